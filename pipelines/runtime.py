@@ -1,0 +1,86 @@
+"""Run an artifact the way an app would: its own tokenizer.json, its manifest, its runtime.
+
+Nothing here imports torch or the source model: if this works, an app that knows only the
+manifest can reproduce the embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from converters import Shape, load_runner
+from pipelines.manifest import read_manifest
+
+
+class ArtifactEncoder:
+    def __init__(self, artifact_dir: Path, threads: int | None = None) -> None:
+        from tokenizers import Tokenizer
+
+        self.artifact_dir = Path(artifact_dir)
+        self.manifest = read_manifest(self.artifact_dir)
+        self.tokenizer = Tokenizer.from_file(str(self.artifact_dir / self.manifest["tokenizer"]["file"]))
+        self.tokenizer.no_padding()  # we pad per batch or per bucket below
+        self.input_names: list[str] = [spec["name"] for spec in self.manifest["inputs"]]
+        self.pad_id = int(self.manifest["tokenizer"]["pad_token_id"])
+        self.runner = load_runner(self.manifest["format"], self.artifact_dir, self.manifest, threads)
+
+    def tokenize(self, sentences: Sequence[str]) -> list[dict[str, list[int]]]:
+        encodings = self.tokenizer.encode_batch(list(sentences))
+        return [
+            {"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids} for e in encodings
+        ]
+
+    def _sequence_bucket(self, length: int) -> int:
+        sequences = sorted({s.sequence for s in self.runner.shapes})
+        return next((seq for seq in sequences if seq >= length), sequences[-1])
+
+    def _chunks_for_bucket(self, rows: list, sequence: int):
+        """Split rows of one sequence bucket into batches, using the largest batch bucket that fills."""
+        shapes = sorted((s for s in self.runner.shapes if s.sequence == sequence), key=lambda s: -s.batch)
+        start = 0
+        while start < len(rows):
+            left = len(rows) - start
+            shape = next((s for s in shapes if s.batch <= left), shapes[-1])
+            yield shape, rows[start : start + shape.batch]
+            start += shape.batch
+
+    def _pad(self, rows: list[dict[str, list[int]]], batch: int, sequence: int) -> dict[str, np.ndarray]:
+        arrays = {}
+        for name in self.input_names:
+            fill = self.pad_id if name == "input_ids" else 0
+            out = np.full((batch, sequence), fill, dtype=np.int64)
+            for i, row in enumerate(rows):
+                values = row[name][:sequence]
+                out[i, : len(values)] = values
+            if batch > len(rows) and name == "attention_mask":
+                out[len(rows) :, 0] = 1  # filler rows need one real position; their outputs are dropped
+            arrays[name] = out
+        return arrays
+
+    def run_tokenized(self, rows: list[dict[str, list[int]]]) -> np.ndarray:
+        """One batch of tokenized rows -> (len(rows), dim) embeddings."""
+        length = max(len(r["input_ids"]) for r in rows)
+        if self.runner.shapes is None:
+            return self.runner.run(self._pad(rows, len(rows), length), None)
+        outputs = np.zeros((len(rows), int(self.manifest["embedding_dim"])), dtype=np.float32)
+        by_bucket: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            by_bucket.setdefault(self._sequence_bucket(len(row["input_ids"])), []).append(i)
+        for sequence, indices in by_bucket.items():
+            for shape, chunk in self._chunks_for_bucket(indices, sequence):
+                padded = self._pad([rows[i] for i in chunk], shape.batch, shape.sequence)
+                outputs[chunk] = self.runner.run(padded, shape)[: len(chunk)]
+        return outputs
+
+    def encode(self, sentences: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Embed sentences in length-sorted batches (as sentence-transformers does), original order out."""
+        rows = self.tokenize(sentences)
+        result = np.zeros((len(rows), int(self.manifest["embedding_dim"])), dtype=np.float32)
+        order = np.argsort([-len(r["input_ids"]) for r in rows], kind="stable")
+        for start in range(0, len(rows), batch_size):
+            index = order[start : start + batch_size]
+            result[index] = self.run_tokenized([rows[i] for i in index])
+        return result

@@ -1,0 +1,37 @@
+"""Shared fixtures: the real bundled model, loaded once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
+
+
+@pytest.fixture(scope="session")
+def source():
+    from pipelines.model_source import resolve_model
+
+    return resolve_model(None)
+
+
+@pytest.fixture(scope="session")
+def st_model(source):
+    from pipelines.model_source import load_sentence_transformer
+
+    return load_sentence_transformer(source)
+
+
+@pytest.fixture(scope="session")
+def spec(st_model):
+    from pipelines.graph import graph_spec
+
+    return graph_spec(st_model, None)
+
+
+@pytest.fixture(scope="session")
+def dev_sentences() -> list[str]:
+    from pipelines.data import load_stsb
+
+    return load_stsb("dev").unique_sentences()
