@@ -50,6 +50,11 @@ def artifact_files(artifact_dir: Path) -> list[Path]:
     )
 
 
+def path_size(path: Path) -> int:
+    """Bytes of a file, or of every file in a directory (an .mlpackage is a folder)."""
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 def checksums(artifact_dir: Path) -> dict[str, str]:
     return {p.relative_to(artifact_dir).as_posix(): sha256_file(p) for p in artifact_files(artifact_dir)}
 
@@ -68,6 +73,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write to a temporary file beside ``path`` and rename it into place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2, sort_keys=False)
             handle.write("\n")

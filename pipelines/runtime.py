@@ -26,6 +26,9 @@ class ArtifactEncoder:
         self.input_names: list[str] = [spec["name"] for spec in self.manifest["inputs"]]
         self.pad_id = int(self.manifest["tokenizer"]["pad_token_id"])
         self.runner = load_runner(self.manifest["format"], self.artifact_dir, self.manifest, threads)
+        # A runner may stand in for a runtime that cannot run on this OS (Core ML off macOS): it says so.
+        self.emulated: bool = getattr(self.runner, "emulated", False)
+        self.runtime_name: str = getattr(self.runner, "description", self.manifest["runtime"])
 
     def tokenize(self, sentences: Sequence[str]) -> list[dict[str, list[int]]]:
         encodings = self.tokenizer.encode_batch(list(sentences))

@@ -1,0 +1,60 @@
+"""Targets: what each device class needs. A target is a small object registered by name.
+
+Adding a fifth target: write targets/<name>.py with a ``Target`` whose ``artifacts()`` returns the
+artifact plans (format + options + gate), call ``register`` on it, and import it below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Parity a shipped artifact must reach against the fp32 PyTorch model on STS-B dev."""
+
+    min_mean_cosine: float
+    min_cosine: float  # worst single sentence
+    max_spearman_drop: float  # points (x100) below the fp32 model at its own dims
+
+
+@dataclass(frozen=True)
+class ArtifactPlan:
+    """One artifact a target emits: a folder under dist/<model>/<target>/."""
+
+    folder: str  # relative to the target folder; "" for the target folder itself
+    format: str  # key of converters.FORMAT_MODULES
+    options: Any  # the format's options dataclass
+    gate: Gate
+    description: str
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    extra: str  # pip extra that installs its runtimes
+    plans: tuple[ArtifactPlan, ...] = field(default_factory=tuple)
+
+
+TARGETS: dict[str, Target] = {}
+
+
+def register(target: Target) -> Target:
+    TARGETS[target.name] = target
+    return target
+
+
+def get_targets(name: str) -> list[Target]:
+    """'all' or one registered name."""
+    if name == "all":
+        return list(TARGETS.values())
+    if name not in TARGETS:
+        raise ConfigError(f"unknown target {name!r}; choose one of: {', '.join([*TARGETS, 'all'])}")
+    return [TARGETS[name]]
+
+
+from targets import gpu, x86  # noqa: E402,F401  (registration by import)

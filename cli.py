@@ -1,0 +1,146 @@
+"""Command line: export, verify, bench and package sentence-embedding artifacts.
+
+    python cli.py export --target x86 [--model DIR|PACKAGE|HUB-ID] [--dims 128] [--out dist/]
+    python cli.py verify dist/all-MiniLM-L6-v2/x86
+    python cli.py bench  dist/all-MiniLM-L6-v2/x86
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _fail(exc) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(getattr(exc, "exit_code", 2))
+
+
+class ToolchainGroup(click.Group):
+    """Turns a ToolchainError anywhere into one line on stderr and its exit code."""
+
+    def invoke(self, ctx):
+        from pipelines.errors import ToolchainError
+
+        try:
+            return super().invoke(ctx)
+        except ToolchainError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            click.echo("interrupted: no partial artifact was left in place", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=ToolchainGroup)
+def main() -> None:
+    """Ship a sentence-embedding model to x86, mobile, Apple and GPU targets, verified."""
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def _target_names() -> list[str]:
+    from targets import TARGETS
+
+    return [*TARGETS, "all"]
+
+
+@main.command()
+@click.option("--target", "target", default="x86", show_default=True, help="x86, mobile, apple, gpu or all")
+@click.option("--model", default=None, help="model dir, pip package or hub id [default: bundled all-MiniLM-L6-v2]")
+@click.option("--dims", type=int, default=None, help="PCA output dimensions folded into the graph")
+@click.option("--fit-corpus", type=click.Path(path_type=Path), default=None, help="sentences (one per line) to fit PCA")
+@click.option("--out", default="dist", show_default=True, help="output folder")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="rebuild from a manifest.json or build config (other options are ignored)")
+@click.option("--no-verify", is_flag=True, help="skip parity verification and the gate (not recommended)")
+@click.option("--allow-pickle", is_flag=True, help="allow pickle weight files (only for sources you trust)")
+@click.option("--trust-remote-code", is_flag=True, help="allow model code from the hub (only for sources you trust)")
+def export(target, model, dims, fit_corpus, out, config_file, no_verify, allow_pickle, trust_remote_code) -> None:
+    """Convert, verify and gate the model for one target (or all)."""
+    from pipelines.config import BuildConfig
+    from pipelines.export import export as run_export
+    from pipelines.summary import print_summary
+
+    if config_file is not None:
+        config = BuildConfig.from_file(config_file)
+    else:
+        config = BuildConfig(
+            model=model, target=target, dims=dims, fit_corpus=str(fit_corpus) if fit_corpus else None, out=out,
+            verify=not no_verify, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        )
+    console = _console()
+    results = run_export(config, log=lambda msg: console.print(f"[dim]•[/dim] {msg}"))
+    print_summary(console, results)
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--min-cosine", type=float, default=None, help="override the gate's minimum mean cosine")
+@click.option("--max-spearman-drop", type=float, default=None, help="override the gate's max STS-B drop (points)")
+@click.option("--model", default=None, help="source model, if not the one recorded in the manifest")
+@click.option("--json", "as_json", is_flag=True, help="print a machine-readable verdict")
+@click.option("--quick", is_flag=True, help="parity on the first 200 STS-B dev pairs only")
+def verify(path, min_cosine, max_spearman_drop, model, as_json, quick) -> None:
+    """Gate before deployment: checksums, test vectors, STS-B parity. Exits 1 on failure."""
+    from pipelines.gatekeeper import verify_path
+
+    results = verify_path(path, model=model, min_mean_cosine=min_cosine, max_spearman_drop=max_spearman_drop,
+                          limit=200 if quick else None)
+    if as_json:
+        click.echo(json.dumps({"ok": all(r["ok"] for r in results), "artifacts": results}, indent=2))
+    else:
+        from pipelines.summary import print_verify
+
+        print_verify(_console(), results)
+    if not all(r["ok"] for r in results):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--threads", type=int, default=None, help="threads for every engine [default: all cores]")
+@click.option("--repeats", type=int, default=3, show_default=True, help="throughput passes (median is reported)")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="also write the results as JSON (and a .md table beside it)")
+def bench(path, threads, repeats, json_out) -> None:
+    """Speed vs the fp32 PyTorch model, measured in the same run; recorded in each manifest."""
+    from pipelines.bench import BenchConfig, markdown_table
+    from pipelines.bench import bench as run_bench
+    from pipelines.manifest import find_artifacts, read_manifest, write_json_atomic
+    from pipelines.report import write_artifact_report
+
+    artifacts = find_artifacts(path)
+    config = BenchConfig(threads=threads or BenchConfig().threads, repeats=repeats)
+    console = _console()
+    model = read_manifest(artifacts[0])["model"]["source"]
+    result = run_bench(artifacts, model, config, progress=lambda msg: console.print(f"[dim]• timing[/dim] {msg}"))
+    table = markdown_table(result)
+    console.print(table)
+    for row in result["rows"][1:]:
+        manifest = read_manifest(Path(row["path"]))
+        manifest["speed"] = {**row, "baseline": result["rows"][0], "config": result["config"], "cpu": result["cpu"],
+                             "table_md": table}
+        write_json_atomic(Path(row["path"]) / "manifest.json", manifest)
+        write_artifact_report(Path(row["path"]), manifest)
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        json_out.with_suffix(".md").write_text(table + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Speed: each engine runs in its own subprocess (clean peak RSS, no shared thread pools), one after
+the other in the same `bench` run, so ratios against the fp32 PyTorch model are like for like.
+
+Workload: STS-B dev sentences sorted by length (as sentence-transformers batches them).
+- throughput: batch 32 over ``throughput_sentences`` sentences, median of ``repeats`` passes;
+- latency: batch 1 over ``latency_sentences`` sentences spread over the length range, p50/p95;
+- fixed-shape artifacts also report batch-1 latency per sequence bucket.
+Tokenization is inside every timing, as an app would see it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    threads: int = os.cpu_count() or 1
+    batch_size: int = 32
+    throughput_sentences: int = 1024
+    latency_sentences: int = 100
+    repeats: int = 3
+    warmup: int = 1
+
+
+def workload(config: BenchConfig) -> tuple[list[str], list[str]]:
+    from pipelines.data import load_stsb
+
+    sentences = load_stsb("dev").unique_sentences()
+    throughput = sorted(sentences[: config.throughput_sentences], key=len, reverse=True)
+    step = max(1, len(sentences) // config.latency_sentences)
+    latency = sentences[::step][: config.latency_sentences]
+    return throughput, latency
+
+
+def _time_engine(encode, config: BenchConfig) -> dict:
+    throughput_set, latency_set = workload(config)
+    for _ in range(config.warmup):
+        encode(throughput_set[: config.batch_size * 2], config.batch_size)
+        encode(latency_set[:5], 1)
+    passes = []
+    for _ in range(config.repeats):
+        started = time.perf_counter()
+        encode(throughput_set, config.batch_size)
+        passes.append(time.perf_counter() - started)
+    latencies = []
+    for sentence in latency_set:
+        started = time.perf_counter()
+        encode([sentence], 1)
+        latencies.append((time.perf_counter() - started) * 1000)
+    return {
+        "throughput_sps": len(throughput_set) / float(np.median(passes)),
+        "latency_p50_ms": float(np.percentile(latencies, 50)),
+        "latency_p95_ms": float(np.percentile(latencies, 95)),
+    }
+
+
+def _bucket_latency(encoder, config: BenchConfig) -> dict[str, float]:
+    """Batch-1 latency of each fixed sequence bucket (a sentence padded to it)."""
+    out = {}
+    row = encoder.tokenize(["A man is playing a guitar."])
+    for shape in sorted(encoder.runner.shapes, key=lambda s: (s.batch, s.sequence)):
+        if shape.batch != 1:
+            continue
+        padded = encoder._pad(row, 1, shape.sequence)
+        encoder.runner.run(padded, shape)
+        times = []
+        for _ in range(20):
+            started = time.perf_counter()
+            encoder.runner.run(padded, shape)
+            times.append((time.perf_counter() - started) * 1000)
+        out[str(shape.sequence)] = float(np.median(times))
+    return out
+
+
+def run_worker(job: dict) -> dict:
+    """Runs inside the subprocess."""
+    config = BenchConfig(**job["config"])
+    result: dict = {"engine": job["engine"]}
+    if job["engine"] == "torch":
+        import torch
+
+        from pipelines.model_source import load_sentence_transformer, resolve_model
+
+        torch.set_num_threads(config.threads)
+        source = resolve_model(job["model"])
+        model = load_sentence_transformer(source)
+        result.update(_time_engine(lambda s, b: model.encode(s, batch_size=b), config))
+        result["label"] = "fp32 PyTorch (sentence-transformers)"
+        result["size_bytes"] = sum(p.stat().st_size for p in source.path.glob("*.safetensors"))
+    else:
+        from pipelines.runtime import ArtifactEncoder
+
+        encoder = ArtifactEncoder(Path(job["artifact"]), threads=config.threads)
+        result.update(_time_engine(encoder.encode, config))
+        result["label"] = f"{encoder.manifest['target']} {encoder.manifest['artifact']}"
+        result["runtime"] = encoder.runtime_name
+        result["size_bytes"] = encoder.manifest.get("size_bytes")
+        if encoder.runner.shapes:
+            result["bucket_latency_ms"] = _bucket_latency(encoder, config)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def run_in_subprocess(job: dict) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(job["config"]["threads"]), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.bench", json.dumps(job)],
+        capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent,
+    )
+    marker = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
+    if proc.returncode != 0 or not marker:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"bench worker for {job.get('artifact') or job['engine']} failed: {tail}")
+    return json.loads(marker[-1][len("BENCH_RESULT ") :])
+
+
+def bench(artifacts: list[Path], model: str, config: BenchConfig, progress=lambda msg: None) -> dict:
+    """Baseline first, then every artifact; returns rows with ratios against the baseline."""
+    progress("fp32 PyTorch baseline")
+    baseline = run_in_subprocess({"engine": "torch", "model": model, "config": asdict(config)})
+    rows = [baseline]
+    for artifact in artifacts:
+        progress(str(artifact))
+        row = run_in_subprocess({"engine": "artifact", "artifact": str(artifact), "config": asdict(config)})
+        row["path"] = str(artifact)
+        rows.append(row)
+    for row in rows:
+        row["throughput_ratio"] = row["throughput_sps"] / baseline["throughput_sps"]
+        row["latency_p50_ratio"] = row["latency_p50_ms"] / baseline["latency_p50_ms"]
+    return {"config": asdict(config), "cpu": cpu_name(), "rows": rows}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores visible)"
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def markdown_table(result: dict) -> str:
+    config = result["config"]
+    lines = [
+        f"CPU: {result['cpu']}; threads: {config['threads']}; throughput at batch {config['batch_size']} over "
+        f"{config['throughput_sentences']} length-sorted STS-B dev sentences, median of {config['repeats']}; "
+        f"latency at batch 1 over {config['latency_sentences']} sentences.",
+        "",
+        "| engine | size MB | batch-32 sent/s | × fp32 | b1 p50 ms | b1 p95 ms | × fp32 p50 | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        size = f"{row['size_bytes'] / 1e6:.1f}" if row.get("size_bytes") else "–"
+        lines.append(
+            f"| {row['label']} | {size} | {row['throughput_sps']:.0f} | {row['throughput_ratio']:.2f} | "
+            f"{row['latency_p50_ms']:.2f} | {row['latency_p95_ms']:.2f} | {row['latency_p50_ratio']:.2f} | "
+            f"{row['peak_rss_mb']:.0f} |"
+        )
+    buckets = [r for r in result["rows"] if r.get("bucket_latency_ms")]
+    for row in buckets:
+        per = ", ".join(f"{seq} tokens: {ms:.2f} ms" for seq, ms in row["bucket_latency_ms"].items())
+        lines.append(f"\n{row['label']} batch-1 latency per bucket: {per}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print("BENCH_RESULT " + json.dumps(run_worker(json.loads(sys.argv[1]))), flush=True)

@@ -1,0 +1,276 @@
+"""The export pipeline: load -> (fit PCA) -> per artifact: convert -> package -> verify -> gate -> move into place.
+
+Every artifact is built in a hidden temporary folder beside its destination and renamed into
+place only after it passed its gate, so an interrupted or failed run leaves the old artifact or
+none, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+
+import numpy as np
+
+from converters import Conversion, format_module
+from pipelines.config import BuildConfig
+from pipelines.data import load_stsb, read_corpus
+from pipelines.errors import ConfigError, GateError, OutputError, ToolchainError
+from pipelines.graph import GraphSpec, build_graph, graph_spec
+from pipelines.manifest import MANIFEST, SCHEMA, checksums, library_versions, path_size, write_json_atomic
+from pipelines.model_source import ModelSource, load_sentence_transformer, resolve_model
+from pipelines.pca import Projection, fit_pca
+from pipelines.reference import Reference
+from pipelines.report import write_artifact_report
+from pipelines.runtime import ArtifactEncoder
+from pipelines.verify import gate_failures, measure_parity, test_vector_min_cosine, write_test_vectors
+from targets import ArtifactPlan, Target, get_targets
+
+PCA_FILE = "pca.safetensors"
+TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+@dataclass
+class ArtifactResult:
+    target: str
+    folder: str  # path of the artifact (final location)
+    format: str
+    ok: bool
+    manifest: dict | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Session:
+    """What every artifact of one export shares: the source model, its graph spec and the reference."""
+
+    config: BuildConfig
+    source: ModelSource
+    st_model: object
+    projection: Projection | None
+    spec: GraphSpec
+    reference: Reference
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.config.out) / (self.source.name + (f"-pca{self.spec.pca_dims}" if self.projection else ""))
+
+
+def _options_dict(options) -> dict:
+    return asdict(options) if is_dataclass(options) else dict(options or {})
+
+
+def fit_projection(st_model, dims: int, fit_corpus: str | None) -> tuple[Projection, str]:
+    source_dim = st_model.get_embedding_dimension()
+    if not 1 <= dims <= source_dim:
+        raise ConfigError(f"--dims must be between 1 and the model's dimension {source_dim}, got {dims}")
+    if fit_corpus:
+        sentences, corpus_name = read_corpus(Path(fit_corpus)), str(fit_corpus)
+    else:
+        sentences, corpus_name = load_stsb("train").unique_sentences(), "STS-B train (data/stsb/sts-train.csv)"
+    if len(sentences) < dims:
+        raise ConfigError(f"PCA to {dims} dims needs at least {dims} corpus sentences, the corpus has {len(sentences)}")
+    embeddings = st_model.encode(sentences, batch_size=32, convert_to_numpy=True, show_progress_bar=len(sentences) > 500)
+    return fit_pca(embeddings, dims), corpus_name
+
+
+def open_session(config: BuildConfig) -> Session:
+    if config.dims is not None and config.dims <= 0:
+        raise ConfigError(f"--dims must be a positive number of dimensions, got {config.dims}")
+    if config.fit_corpus and config.dims is None:
+        raise ConfigError("--fit-corpus is only used with --dims (it fits the PCA projection)")
+    if config.fit_corpus:
+        read_corpus(Path(config.fit_corpus))  # fail on a bad corpus before loading anything heavy
+    check_output_dir(Path(config.out))
+    source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
+    st_model = load_sentence_transformer(
+        source, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code
+    )
+    projection = None
+    if config.dims is not None:
+        projection, _ = fit_projection(st_model, config.dims, config.fit_corpus)
+    spec = graph_spec(st_model, projection)
+    return Session(config, source, st_model, projection, spec, Reference(st_model, source, projection))
+
+
+def check_output_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output path {str(out)!r} is a file; pass a directory to --out")
+    probe_dir = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(probe_dir, os.W_OK):
+        raise OutputError(f"output directory {str(probe_dir)!r} is not writable; pass a writable --out")
+
+
+def write_tokenizer(session: Session, out_dir: Path, max_length: int) -> dict:
+    """tokenizer.json truncating exactly as the source model does (right side, at max_length tokens)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(session.st_model.tokenizer.backend_tokenizer.to_str())
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    for name in TOKENIZER_FILES:
+        if (session.source.path / name).is_file():
+            shutil.copyfile(session.source.path / name, out_dir / name)
+    hf = session.st_model.tokenizer
+    return {
+        "file": "tokenizer.json",
+        "pad_token_id": int(hf.pad_token_id or 0),
+        "padding_side": "right",
+        "truncation": f"right side, to {max_length} tokens including special tokens (as the source model)",
+        "max_length": max_length,
+    }
+
+
+def calibration_batches(session: Session, count: int, batch: int = 8) -> list[dict[str, np.ndarray]]:
+    """Padded train-sentence batches for static quantization (padded: calibrators need equal shapes)."""
+    sentences = load_stsb("train").unique_sentences()[:count]
+    out = []
+    for start in range(0, len(sentences), batch):
+        encoded = session.st_model.tokenizer(
+            sentences[start : start + batch], padding="max_length", truncation=True, max_length=64, return_tensors="np"
+        )
+        out.append({name: encoded[name].astype(np.int64) for name in session.spec.input_names})
+    return out
+
+
+def build_manifest(session: Session, target: Target, plan: ArtifactPlan, conversion: Conversion,
+                   tokenizer: dict, artifact_dir: Path) -> dict:
+    spec = session.spec
+    dtype = conversion.input_dtype
+    sequence_dim = "sequence" if conversion.shapes is None else "bucket"
+    return {
+        "schema": SCHEMA,
+        "target": target.name,
+        "artifact": plan.description,
+        "format": plan.format,
+        "file": conversion.model_file,
+        "runtime": conversion.runtime,
+        "size_bytes": path_size(artifact_dir / conversion.model_file),
+        "precision": conversion.precision,
+        "inputs": [{"name": n, "dtype": dtype, "shape": ["batch", sequence_dim]} for n in spec.input_names],
+        "output": {"name": spec.output_name, "dtype": "float32", "shape": ["batch", spec.embedding_dim]},
+        "shapes": [asdict(s) for s in conversion.shapes] if conversion.shapes is not None else None,
+        "embedding_dim": spec.embedding_dim,
+        "max_seq_length": tokenizer["max_length"],
+        "normalized": spec.normalized,
+        "pooling": spec.pooling,
+        "pca": None if session.projection is None else {
+            "dims": spec.pca_dims,
+            "source_dim": spec.source_dim,
+            "explained_variance_ratio": round(session.projection.explained_variance_ratio, 6),
+            "fit_corpus": session.config.fit_corpus or "STS-B train",
+            "file": PCA_FILE,
+        },
+        "tokenizer": tokenizer,
+        "model": {
+            "name": session.source.name,
+            "source": session.source.spec,
+            "weights_sha256": session.reference.weights_sha256,
+        },
+        "graph": asdict(spec),
+        "conversion": conversion.details,
+        "options": _options_dict(plan.options),
+        "gate": asdict(plan.gate),
+        "build": session.config.to_dict(),
+        "versions": library_versions(),
+        "created_unix": int(os.environ.get("SOURCE_DATE_EPOCH", time.time())),
+        "files": checksums(artifact_dir),
+    }
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Replace ``final`` with ``tmp``; at every instant the path holds the old artifact, the new one, or nothing."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _destination(session: Session, target: Target, plan: ArtifactPlan) -> Path:
+    base = session.model_dir / target.name
+    return base / plan.folder if plan.folder else base
+
+
+def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Callable[[str], None]) -> dict:
+    """Convert, package, verify and gate one artifact; returns its manifest. Raises on failure."""
+    final = _destination(session, target, plan)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        module = format_module(plan.format)
+        graph = build_graph(session.st_model, session.projection, additive_mask=module.ADDITIVE_MASK)
+        calibration = None
+        if getattr(getattr(plan.options, "quant", None), "mode", None) == "static":
+            calibration = calibration_batches(session, plan.options.quant.calibration_sentences)
+        log(f"{target.name}: converting to {plan.description}")
+        conversion = module.convert(graph, session.spec, tmp, plan.options, calibration=calibration)
+        max_length = session.spec.max_seq_length
+        if conversion.shapes:
+            max_length = min(max_length, max(s.sequence for s in conversion.shapes))
+        tokenizer = write_tokenizer(session, tmp, max_length)
+        if session.projection is not None:
+            session.projection.save(tmp / PCA_FILE)
+        write_json_atomic(tmp / MANIFEST, build_manifest(session, target, plan, conversion, tokenizer, tmp))
+        encoder = ArtifactEncoder(tmp)
+        write_test_vectors(tmp, encoder, session.reference)
+        manifest = build_manifest(session, target, plan, conversion, tokenizer, tmp)
+        if session.config.verify:
+            log(f"{target.name}: verifying {plan.description} on STS-B dev")
+            parity = measure_parity(encoder.encode, session.reference)
+            parity.test_vectors_min_cosine = test_vector_min_cosine(tmp, encoder)
+            parity.emulated = encoder.emulated
+            parity.runtime = encoder.runtime_name
+            manifest["parity"] = parity.to_dict()
+            failures = gate_failures(parity, plan.gate)
+            manifest["verdict"] = "pass" if not failures else "fail"
+            if failures:
+                raise GateError(f"{target.name} ({plan.description}) failed its gate: " + "; ".join(failures))
+        write_json_atomic(tmp / MANIFEST, manifest)
+        write_artifact_report(tmp, manifest)
+        _swap_into_place(tmp, final)
+        return manifest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def export(config: BuildConfig, log: Callable[[str], None] = print) -> list[ArtifactResult]:
+    """Build every artifact of the configured target(s). A failing artifact does not stop the others."""
+    targets = get_targets(config.target)
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks remove temporary folders.
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        session = open_session(config)
+        results = []
+        for target in targets:
+            for plan in target.plans:
+                started = time.perf_counter()
+                final = _destination(session, target, plan)
+                try:
+                    manifest = build_artifact(session, target, plan, log)
+                    results.append(ArtifactResult(target.name, str(final), plan.format, True, manifest,
+                                                  seconds=time.perf_counter() - started))
+                except ToolchainError as exc:
+                    results.append(ArtifactResult(target.name, str(final), plan.format, False, error=str(exc),
+                                                  seconds=time.perf_counter() - started))
+                except Exception as exc:  # a converter crash fails this artifact, not the whole run
+                    message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    results.append(ArtifactResult(target.name, str(final), plan.format, False, error=message,
+                                                  seconds=time.perf_counter() - started))
+        return results
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,95 @@
+"""`verify`: the deployment gate for artifacts already on disk (a folder or a release archive)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from pipelines.errors import ArtifactError, ToolchainError
+from pipelines.manifest import check_files, find_artifacts, read_manifest
+from pipelines.model_source import load_sentence_transformer, resolve_model
+from pipelines.pca import Projection
+from pipelines.reference import Reference
+from pipelines.runtime import ArtifactEncoder
+from pipelines.verify import gate_failures, measure_parity, test_vector_min_cosine
+from targets import Gate
+
+
+class ReferenceCache:
+    """One loaded source model per model spec, shared by every artifact verified in a run."""
+
+    def __init__(self, model_override: str | None) -> None:
+        self.model_override = model_override
+        self._models: dict[str, tuple] = {}
+
+    def reference_for(self, artifact_dir: Path, manifest: dict) -> Reference:
+        spec = self.model_override or manifest["model"]["source"]
+        if spec not in self._models:
+            source = resolve_model(spec)
+            self._models[spec] = (source, load_sentence_transformer(source))
+        source, st_model = self._models[spec]
+        projection = Projection.load(artifact_dir / manifest["pca"]["file"]) if manifest.get("pca") else None
+        reference = Reference(st_model, source, projection)
+        if reference.weights_sha256 != manifest["model"]["weights_sha256"]:
+            raise ArtifactError(
+                f"source model {spec!r} is not the one this artifact was built from (weights sha256 differ); "
+                "pass the original with --model"
+            )
+        return reference
+
+
+def verify_artifact(artifact_dir: Path, references: ReferenceCache, gate: Gate | None, limit: int | None) -> dict:
+    manifest = read_manifest(artifact_dir)
+    check_files(artifact_dir, manifest)
+    reference = references.reference_for(artifact_dir, manifest)
+    encoder = ArtifactEncoder(artifact_dir)
+    probe = encoder.encode(["dimension probe"])
+    if probe.shape[1] != manifest["embedding_dim"]:
+        raise ArtifactError(
+            f"{manifest['file']} outputs {probe.shape[1]} dims but the manifest says {manifest['embedding_dim']}"
+        )
+    parity = measure_parity(encoder.encode, reference, limit=limit)
+    parity.test_vectors_min_cosine = test_vector_min_cosine(artifact_dir, encoder)
+    parity.emulated = encoder.emulated
+    parity.runtime = encoder.runtime_name
+    gate = gate or Gate(**manifest["gate"])
+    failures = gate_failures(parity, gate)
+    return {
+        "path": str(artifact_dir),
+        "target": manifest["target"],
+        "artifact": manifest["artifact"],
+        "ok": not failures,
+        "failures": failures,
+        "parity": parity.to_dict(),
+        "gate": gate.__dict__,
+    }
+
+
+def verify_path(
+    path: Path,
+    *,
+    model: str | None = None,
+    min_mean_cosine: float | None = None,
+    max_spearman_drop: float | None = None,
+    limit: int | None = None,
+) -> list[dict]:
+    """Verify every artifact at or below ``path``; a broken artifact is a failed row, not a crash."""
+    from pipelines.package import open_artifact_source
+
+    results = []
+    references = ReferenceCache(model)
+    with open_artifact_source(Path(path)) as root:
+        for artifact_dir in find_artifacts(root):
+            gate = None
+            if min_mean_cosine is not None or max_spearman_drop is not None:
+                base = Gate(**read_manifest(artifact_dir)["gate"])
+                gate = replace(
+                    base,
+                    min_mean_cosine=base.min_mean_cosine if min_mean_cosine is None else min_mean_cosine,
+                    max_spearman_drop=base.max_spearman_drop if max_spearman_drop is None else max_spearman_drop,
+                )
+            try:
+                results.append(verify_artifact(artifact_dir, references, gate, limit))
+            except ToolchainError as exc:
+                results.append({"path": str(artifact_dir), "ok": False, "failures": [str(exc)]})
+    return results

@@ -1,0 +1,55 @@
+"""The fp32 PyTorch reference: sentence-transformers' own encode, plus the PCA projection if any.
+
+Reference embeddings of a sentence list are cached on disk (keyed by the weights' sha256 and
+the sentences), since verify, bench and the tests all need the same STS-B dev embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.model_source import ModelSource
+from pipelines.pca import Projection
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("EMBEDDING_TOOLCHAIN_CACHE") or Path.home() / ".cache" / "embedding-toolchain"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Reference:
+    def __init__(self, st_model, source: ModelSource, projection: Projection | None = None) -> None:
+        self.st_model = st_model
+        self.source = source
+        self.projection = projection
+        self._weights_sha = source.weights_sha256()
+
+    @property
+    def weights_sha256(self) -> str:
+        return self._weights_sha
+
+    def source_embeddings(self, sentences: Sequence[str]) -> np.ndarray:
+        """fp32 embeddings of the unmodified source model (its own dims)."""
+        key = hashlib.sha256("\x00".join(sentences).encode("utf-8")).hexdigest()[:16]
+        path = cache_dir() / f"ref-{self._weights_sha[:16]}-{key}.npy"
+        if path.is_file():
+            cached = np.load(path, allow_pickle=False)
+            if cached.shape[0] == len(sentences):
+                return cached
+        embeddings = self.st_model.encode(list(sentences), batch_size=32, convert_to_numpy=True).astype(np.float32)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, embeddings)
+        os.replace(tmp, path)
+        return embeddings
+
+    def embeddings(self, sentences: Sequence[str]) -> np.ndarray:
+        """What the artifact should output: source embeddings, projected and re-normalised if PCA is on."""
+        source = self.source_embeddings(sentences)
+        return self.projection.apply(source) if self.projection is not None else source

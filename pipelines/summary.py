@@ -1,0 +1,49 @@
+"""Terminal tables: the export summary and the verify verdicts."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+
+def _cell(value, fmt: str = "{:.4f}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def print_summary(console, results) -> None:
+    table = Table(title="Export summary")
+    for column in ("target", "artifact", "format", "size MB", "mean cos", "min cos", "STS-B Δ", "verdict", "time s"):
+        table.add_column(column)
+    for r in results:
+        m = r.manifest or {}
+        parity = m.get("parity") or {}
+        size = m["size_bytes"] / 1e6 if m.get("size_bytes") else None
+        verdict = "[green]pass[/green]" if r.ok else f"[red]FAIL[/red]: {r.error}"
+        if r.ok and not parity:
+            verdict = "[yellow]built, not verified[/yellow]"
+        if parity.get("emulated"):
+            verdict += " (emulated)"
+        table.add_row(
+            r.target, m.get("artifact", "–"), r.format, _cell(size, "{:.1f}"), _cell(parity.get("mean_cosine")),
+            _cell(parity.get("min_cosine")), _cell(-parity["spearman_drop"] if parity else None, "{:+.2f}"),
+            verdict, f"{r.seconds:.0f}",
+        )
+    console.print(table)
+    for r in results:
+        if r.ok:
+            console.print(f"  {r.target}: {r.folder}")
+
+
+def print_verify(console, results: list[dict]) -> None:
+    table = Table(title="Verify")
+    for column in ("artifact", "mean cos", "min cos", "STS-B", "Δ vs fp32", "test vectors", "verdict"):
+        table.add_column(column)
+    for r in results:
+        p = r.get("parity") or {}
+        verdict = "[green]pass[/green]" if r["ok"] else "[red]FAIL[/red]: " + "; ".join(r["failures"])
+        if p.get("emulated"):
+            verdict += " (emulated)"
+        table.add_row(
+            r["path"], _cell(p.get("mean_cosine")), _cell(p.get("min_cosine")), _cell(p.get("spearman"), "{:.2f}"),
+            _cell(-p["spearman_drop"] if p else None, "{:+.2f}"), _cell(p.get("test_vectors_min_cosine")), verdict,
+        )
+    console.print(table)

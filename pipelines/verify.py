@@ -1,0 +1,135 @@
+"""Parity of an artifact against the fp32 PyTorch model, and the gate that stops a bad artifact."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from pipelines.errors import ArtifactError
+from pipelines.data import StsPairs, load_stsb
+from pipelines.reference import Reference
+from pipelines.runtime import ArtifactEncoder
+from targets import Gate
+
+TEST_VECTORS = "test_vectors.json"
+TEST_SENTENCES = (
+    "A man is playing a guitar.",
+    "The quick brown fox jumps over the lazy dog.",
+    "",
+    "   ",
+    "Émoji test 🙂🚀 with mixed scripts: 東京, Москва, القاهرة.",
+    "How do I reset my password?",
+    "Der Himmel ist blau.",
+    "a",
+    "Numbers 3.14159 and symbols #@!$%^&*()",
+    "This sentence is repeated until it is far longer than the model's limit. " * 60,
+    "A woman is slicing an onion.",
+    "Stocks fell sharply after the announcement.",
+)
+
+
+@dataclass
+class Parity:
+    sentences: int
+    mean_cosine: float
+    min_cosine: float
+    p1_cosine: float
+    nonfinite_rows: int
+    spearman: float  # artifact, STS-B dev, x100
+    spearman_reference: float  # fp32 PyTorch at the artifact's dims (with PCA if any)
+    spearman_source: float  # fp32 PyTorch at the source model's dims
+    spearman_drop: float  # spearman_source - spearman
+    test_vectors_min_cosine: float | None = None
+    emulated: bool = False  # True where the format's runtime cannot run here (Core ML on Linux)
+    runtime: str = ""
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(axis=1) / norms
+
+
+def sts_spearman(embeddings: np.ndarray, sentences: list[str], pairs: StsPairs) -> float:
+    index = {s: i for i, s in enumerate(sentences)}
+    left = embeddings[[index[s] for s in pairs.sentences1]]
+    right = embeddings[[index[s] for s in pairs.sentences2]]
+    return float(spearmanr(row_cosines(left, right), pairs.scores).statistic * 100)
+
+
+def measure_parity(embed, reference: Reference, limit: int | None = None) -> Parity:
+    """embed: callable(list[str]) -> (n, dim) array. STS-B dev, optionally the first ``limit`` pairs."""
+    pairs = load_stsb("dev")
+    if limit:
+        pairs = StsPairs(pairs.sentences1[:limit], pairs.sentences2[:limit], pairs.scores[:limit])
+    sentences = pairs.unique_sentences()
+    got = np.asarray(embed(sentences), dtype=np.float32)
+    expected = reference.embeddings(sentences)
+    finite = np.isfinite(got).all(axis=1)
+    cos = np.where(finite, row_cosines(got, expected), -1.0)
+    cos = np.nan_to_num(cos, nan=-1.0)
+    source = reference.source_embeddings(sentences)
+    spearman = sts_spearman(np.nan_to_num(got), sentences, pairs) if finite.all() else float("nan")
+    spearman_source = sts_spearman(source, sentences, pairs)
+    return Parity(
+        sentences=len(sentences),
+        mean_cosine=float(cos.mean()),
+        min_cosine=float(cos.min()),
+        p1_cosine=float(np.percentile(cos, 1)),
+        nonfinite_rows=int((~finite).sum()),
+        spearman=spearman,
+        spearman_reference=sts_spearman(expected, sentences, pairs),
+        spearman_source=spearman_source,
+        spearman_drop=spearman_source - spearman,
+    )
+
+
+def gate_failures(parity: Parity, gate: Gate) -> list[str]:
+    """Every way the parity misses the gate, as readable sentences; empty means pass."""
+    failures = []
+    if parity.nonfinite_rows:
+        failures.append(f"{parity.nonfinite_rows} of {parity.sentences} embeddings contain NaN or inf")
+    if not parity.mean_cosine >= gate.min_mean_cosine:
+        failures.append(f"mean cosine {parity.mean_cosine:.4f} < {gate.min_mean_cosine}")
+    if not parity.min_cosine >= gate.min_cosine:
+        failures.append(f"min cosine {parity.min_cosine:.4f} < {gate.min_cosine}")
+    if not parity.spearman_drop <= gate.max_spearman_drop:
+        failures.append(f"STS-B Spearman drop {parity.spearman_drop:.2f} > {gate.max_spearman_drop} points")
+    if parity.test_vectors_min_cosine is not None and not parity.test_vectors_min_cosine >= gate.min_cosine:
+        failures.append(f"test vectors: min cosine {parity.test_vectors_min_cosine:.4f} < {gate.min_cosine}")
+    return failures
+
+
+def write_test_vectors(artifact_dir: Path, encoder: ArtifactEncoder, reference: Reference) -> None:
+    """A dozen sentences with their token ids and the fp32 embeddings an app's CI can check against."""
+    rows = encoder.tokenize(TEST_SENTENCES)
+    expected = reference.embeddings(list(TEST_SENTENCES))
+    vectors = [
+        {"text": text, "input_ids": row["input_ids"], "expected_embedding": [round(float(v), 7) for v in emb]}
+        for text, row, emb in zip(TEST_SENTENCES, rows, expected, strict=True)
+    ]
+    payload = {"description": "fp32 PyTorch embeddings; compare by cosine (tolerance: manifest gate.min_cosine)",
+               "vectors": vectors}
+    (artifact_dir / TEST_VECTORS).write_text(json.dumps(payload, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def test_vector_min_cosine(artifact_dir: Path, encoder: ArtifactEncoder) -> float:
+    """Run the artifact on its own test vectors: token ids must match, then the worst cosine is returned."""
+    payload = json.loads((artifact_dir / TEST_VECTORS).read_text(encoding="utf-8"))
+    vectors = payload["vectors"]
+    texts = [v["text"] for v in vectors]
+    for vector, row in zip(vectors, encoder.tokenize(texts), strict=True):
+        if row["input_ids"] != vector["input_ids"]:
+            raise ArtifactError(f"tokenizer output differs from {TEST_VECTORS} for {vector['text'][:40]!r}")
+    got = encoder.encode(texts)
+    expected = np.array([v["expected_embedding"] for v in vectors], dtype=np.float32)
+    return float(np.nan_to_num(row_cosines(got, expected), nan=-1.0).min())
