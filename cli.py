@@ -142,5 +142,17 @@ def bench(path, threads, repeats, json_out) -> None:
         json_out.with_suffix(".md").write_text(table + "\n", encoding="utf-8")
 
 
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path), default="dist")
+def report(path) -> None:
+    """report.md + report.html (table and accuracy/speed/size plot) over every artifact under PATH."""
+    from pipelines.manifest import MANIFEST
+    from pipelines.report import write_model_report
+
+    root = path.parent if (path / MANIFEST).is_file() else path  # never add files inside an artifact
+    md, page = write_model_report(root)
+    click.echo(f"wrote {md} and {page}")
+
+
 if __name__ == "__main__":
     main()

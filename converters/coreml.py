@@ -7,7 +7,7 @@ shape works from iOS 16.
 
 Core ML predicts only on macOS. On Linux this module still converts, inspects the saved program,
 and emulates fp16 two ways: the EmbeddingGraph in float16 PyTorch (``emulate``), and the saved
-program's own ops run by coremltools' numpy reference implementations (``execute_program``).
+program's own ops run by coremltools' reference implementations (``load_program_executor``).
 Both are emulations: neither is the Core ML runtime, the GPU or the Neural Engine.
 """
 
@@ -39,6 +39,7 @@ EMULATION_LABEL = "emulated"  # every emulated result says so: it is not a Core 
 
 @dataclass(frozen=True)
 class CoreMLOptions:
+    # Every (batch, sequence) pair becomes one enumerated shape; inputs are padded up to the next bucket.
     sequence_buckets: tuple[int, ...] = (32, 64, 128, 256)
     batch_sizes: tuple[int, ...] = (1,)
     precision: Literal["fp16", "fp32"] = "fp16"
@@ -50,10 +51,15 @@ class CoreMLOptions:
         return [(b, s) for b in sorted(set(self.batch_sizes)) for s in sorted(set(self.sequence_buckets))]
 
 
+def _shape(batch: int, sequence: int) -> Shape:
+    return Shape(batch, sequence, f"{batch}x{sequence}")  # all shapes run through the one model file
+
+
 def native_prediction_available() -> bool:
     """True where coremltools can call the Core ML framework (macOS with its native extension)."""
     if sys.platform != "darwin":
         return False
+    require("coremltools", "apple")
     from coremltools.models import model as ct_model
 
     return ct_model._MLModelProxy is not None
@@ -151,7 +157,7 @@ def convert(graph: EmbeddingGraph, spec: GraphSpec, out_dir: Path, options: Core
         model_file=MODEL_FILE,
         precision=options.precision,
         runtime="coreml",
-        shapes=[Shape(b, s, f"{b}x{s}") for b, s in pairs],
+        shapes=[_shape(b, s) for b, s in pairs],
         input_dtype="int32",
         details={
             "exporter": "torch.export + run_decompositions",
@@ -175,7 +181,7 @@ def _dtype_name(proto_enum: Any, value: int) -> str:
     return proto_enum.Name(value).lower()
 
 
-def _feature(feature: Any, proto: Any) -> dict[str, Any]:
+def _input_feature(feature: Any, proto: Any) -> dict[str, Any]:
     array = feature.type.multiArrayType
     enumerated = sorted(tuple(s.shape) for s in array.enumeratedShapes.shapes) or [tuple(array.shape)]
     return {
@@ -186,9 +192,9 @@ def _feature(feature: Any, proto: Any) -> dict[str, Any]:
     }
 
 
-def _main_operations(model_spec: Any) -> list[Any]:
-    function = model_spec.mlProgram.functions["main"]
-    return list(function.block_specializations[function.opset].operations)
+def _dims(tensor_type: Any) -> list[int | None]:
+    """Tensor dims from the program; None where symbolic (the model description omits a shape with one)."""
+    return [d.constant.size if d.WhichOneof("dimension") == "constant" else None for d in tensor_type.dimensions]
 
 
 def summarize_program(model_path: Path) -> dict[str, Any]:
@@ -202,18 +208,21 @@ def summarize_program(model_path: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "model_type": model_type,
         "specification_version": model_spec.specificationVersion,
-        "inputs": [_feature(f, proto) for f in model_spec.description.input],
-        "outputs": [_feature(f, proto) for f in model_spec.description.output],
+        "inputs": [_input_feature(f, proto) for f in model_spec.description.input],
         "package_bytes": sum(p.stat().st_size for p in Path(model_path).rglob("*") if p.is_file()),
     }
     if model_type != "mlProgram":
         return summary
+    function = model_spec.mlProgram.functions["main"]
+    block = function.block_specializations[function.opset]
+    output_types: dict[str, Any] = {}
     op_counts: Counter[str] = Counter()
     precisions: Counter[str] = Counter()
     by_precision: dict[str, Counter[str]] = {}
     weights: Counter[str] = Counter()
-    for op in _main_operations(model_spec):
+    for op in block.operations:
         op_counts[op.type] += 1
+        output_types.update({out.name: out.type.tensorType for out in op.outputs})
         dtype = _dtype_name(MIL_pb2.DataType, op.outputs[0].type.tensorType.dataType) if op.outputs else ""
         if op.type == "const":
             if op.attributes["val"].WhichOneof("value") == "blobFileValue":
@@ -224,6 +233,14 @@ def summarize_program(model_path: Path) -> dict[str, Any]:
             by_precision.setdefault(dtype, Counter())[op.type] += 1
     summary.update(
         {
+            "outputs": [
+                {
+                    "name": name,
+                    "dtype": _dtype_name(MIL_pb2.DataType, output_types[name].dataType),
+                    "dims": _dims(output_types[name]),
+                }
+                for name in block.outputs
+            ],
             "op_counts": dict(sorted(op_counts.items())),
             "op_precisions": dict(sorted(precisions.items())),
             "ops_by_precision": {k: dict(sorted(v.items())) for k, v in sorted(by_precision.items())},
@@ -259,7 +276,7 @@ def inspect_spec(artifact_dir: Path, manifest: dict) -> dict[str, Any]:
     if summary["model_type"] != "mlProgram":
         raise ArtifactError(f"{name} is a {summary['model_type']} model, not an ML Program")
     inputs, outputs = summary["inputs"], summary["outputs"]
-    expected_names = [spec["name"] for spec in manifest["inputs"]]
+    expected_names = [item["name"] for item in manifest["inputs"]]
     if [i["name"] for i in inputs] != expected_names:
         raise ArtifactError(f"{name} inputs {[i['name'] for i in inputs]} differ from the manifest's {expected_names}")
     if any(i["dtype"] != "int32" for i in inputs):
@@ -270,8 +287,8 @@ def inspect_spec(artifact_dir: Path, manifest: dict) -> dict[str, Any]:
         listed = sorted([s["batch"], s["sequence"]] for s in manifest["shapes"])
         if listed != inputs[0]["shapes"]:
             raise ArtifactError(f"{name} enumerates shapes {inputs[0]['shapes']}, the manifest lists {listed}")
-    if len(outputs) != 1 or outputs[0]["default"][-1] != int(manifest["embedding_dim"]):
-        found = [o["default"] for o in outputs]
+    if len(outputs) != 1 or outputs[0]["dims"][-1:] != [int(manifest["embedding_dim"])]:
+        found = [o["dims"] for o in outputs]
         raise ArtifactError(f"{name} outputs {found}; expected one (batch, {manifest['embedding_dim']}) embedding")
     if manifest.get("precision") == "fp16" and not summary["op_precisions"].get("float16"):
         raise ArtifactError(f"{name} is recorded as fp16 but no op computes in float16")
@@ -286,7 +303,7 @@ def inspect_spec(artifact_dir: Path, manifest: dict) -> dict[str, Any]:
 
 
 def _shapes(summary: dict[str, Any]) -> list[Shape]:
-    return [Shape(b, s, f"{b}x{s}") for b, s in summary["inputs"][0]["shapes"]]
+    return [_shape(b, s) for b, s in summary["inputs"][0]["shapes"]]
 
 
 class CoreMLRunner:
@@ -321,6 +338,16 @@ def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> Core
 def emulate(graph: EmbeddingGraph, inputs: dict[str, np.ndarray]) -> np.ndarray:
     """The graph in float16 PyTorch on CPU: a proxy for an fp16 Core ML program. Returns float32 (B, dim)."""
     half = copy.deepcopy(graph).half()  # a copy: the caller's graph shares weights with the source model
+
+    def half_mask(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        # The graph builds its additive mask in fp32, which would promote attention to fp32 (and fail
+        # in transformers' eager attention); the converted program computes it in fp16.
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.is_floating_point():
+            kwargs = {**kwargs, "attention_mask": mask.half()}
+        return args, kwargs
+
+    half.encoder.register_forward_pre_hook(half_mask, with_kwargs=True)
     names = ("input_ids", "attention_mask", "token_type_ids")
     tensors = [torch.from_numpy(np.asarray(inputs[n], dtype=np.int64)) for n in names if n in inputs]
     with torch.no_grad():
@@ -336,31 +363,47 @@ def _load_program(model_path: Path) -> Any:
     return load_mil(model_spec, model_spec.specificationVersion, file_weights_dir=model.weights_dir)
 
 
-def _linear_fp32(op: Any, cache: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
-    if op.name not in cache:
-        bias = op.bias.val.astype(np.float32) if op.bias is not None else None
-        cache[op.name] = (op.weight.val.astype(np.float32).T.copy(), bias)
-    weight, bias = cache[op.name]
-    out = op.x.val.astype(np.float32) @ weight
-    return out + bias if bias is not None else out
+def _f32(value: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
 
 
-def _matmul_fp32(op: Any, cache: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
-    x, y = op.x.val.astype(np.float32), op.y.val.astype(np.float32)
-    if op.transpose_x.val:
-        x = np.swapaxes(x, -1, -2)
-    if op.transpose_y.val:
-        y = np.swapaxes(y, -1, -2)
-    return x @ y
+class _FastKernels:
+    """fp32 torch kernels for the ops whose coremltools reference is slow: numpy has no fp16 BLAS, and gelu
+    calls math.erf per element. The caller rounds each result to the op's declared dtype (fp16 products
+    are exact in fp32, so this is fp16 storage with fp32 accumulation)."""
 
+    def __init__(self) -> None:
+        self._weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.by_op_type: dict[str, Callable[[Any], np.ndarray]] = {
+            "linear": self.linear,
+            "matmul": self.matmul,
+            "gelu": self.gelu,
+        }
 
-# numpy has no BLAS for float16, which makes coremltools' linear/matmul 10x slower than the rest of the
-# program together; these compute in fp32 and round to the op's dtype (fp16 products are exact in fp32).
-_FAST_KERNELS: dict[str, Callable[[Any, dict], np.ndarray]] = {"linear": _linear_fp32, "matmul": _matmul_fp32}
+    def linear(self, op: Any) -> np.ndarray:
+        if op.name not in self._weights:
+            self._weights[op.name] = (_f32(op.weight.val), _f32(op.bias.val) if op.bias is not None else None)
+        weight, bias = self._weights[op.name]
+        return torch.nn.functional.linear(_f32(op.x.val), weight, bias).numpy()
+
+    def matmul(self, op: Any) -> np.ndarray:
+        x, y = _f32(op.x.val), _f32(op.y.val)
+        if op.transpose_x.val:
+            x = x.transpose(-1, -2)
+        if op.transpose_y.val:
+            y = y.transpose(-1, -2)
+        return torch.matmul(x, y).numpy()
+
+    def gelu(self, op: Any) -> np.ndarray:
+        x, mode = _f32(op.x.val), op.mode.val
+        if mode == "SIGMOID_APPROXIMATION":
+            return (x * torch.sigmoid(1.702 * x)).numpy()
+        return torch.nn.functional.gelu(x, approximate="tanh" if mode == "TANH_APPROXIMATION" else "none").numpy()
 
 
 class ProgramExecutor:
-    """Runs the saved ML Program op by op with coremltools' numpy reference implementations (value_inference).
+    """Runs the saved ML Program op by op with coremltools' numpy reference implementations (value_inference;
+    linear, matmul and gelu through _FastKernels).
 
     Each op's result is rounded to the dtype the program declares for it, so fp16 storage between ops
     is reproduced; what happens inside an op on the GPU or Neural Engine is not. Labelled "emulated".
@@ -376,7 +419,7 @@ class ProgramExecutor:
         self.shapes: list[Shape] | None = _shapes(summary)
         self.input_names = [i["name"] for i in summary["inputs"]]
         self.function = _load_program(model_path).functions["main"]
-        self._cache: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        self._kernels = _FastKernels().by_op_type
         for op in self.function.operations:
             if op.blocks:
                 raise ArtifactError(f"{model_path.name} has control flow ({op.op_type}); it cannot be emulated")
@@ -390,7 +433,7 @@ class ProgramExecutor:
         holder = sym_type()
         holder.val = np.asarray(value).astype(types.nptype_from_builtin(primitive))
         if not types.is_tensor(sym_type):
-            holder.val = holder.val.item() if holder.val.dtype != np.bool_ else bool(holder.val)
+            holder.val = holder.val.item()  # a Python scalar, as the op definitions expect
         var._sym_type = sym_type
         var._sym_val = holder
 
@@ -410,9 +453,9 @@ class ProgramExecutor:
                     continue
                 out_types = op.type_inference()
                 out_types = out_types if isinstance(out_types, tuple) else (out_types,)
-                kernel = _FAST_KERNELS.get(op.op_type)
+                kernel = self._kernels.get(op.op_type)
                 try:
-                    values = kernel(op, self._cache) if kernel else op.value_inference()
+                    values = kernel(op) if kernel else op.value_inference()
                 except NotImplementedError as exc:
                     raise ArtifactError(f"op {op.op_type} ({op.name}) has no reference implementation: {exc}") from None
                 values = values if isinstance(values, tuple | list) else (values,)

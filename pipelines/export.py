@@ -66,18 +66,14 @@ def _options_dict(options) -> dict:
     return asdict(options) if is_dataclass(options) else dict(options or {})
 
 
-def fit_projection(st_model, dims: int, fit_corpus: str | None) -> tuple[Projection, str]:
-    source_dim = st_model.get_embedding_dimension()
+def fit_projection(reference: Reference, dims: int, fit_corpus: str | None) -> Projection:
+    source_dim = reference.st_model.get_embedding_dimension()
     if not 1 <= dims <= source_dim:
         raise ConfigError(f"--dims must be between 1 and the model's dimension {source_dim}, got {dims}")
-    if fit_corpus:
-        sentences, corpus_name = read_corpus(Path(fit_corpus)), str(fit_corpus)
-    else:
-        sentences, corpus_name = load_stsb("train").unique_sentences(), "STS-B train (data/stsb/sts-train.csv)"
+    sentences = read_corpus(Path(fit_corpus)) if fit_corpus else load_stsb("train").unique_sentences()
     if len(sentences) < dims:
         raise ConfigError(f"PCA to {dims} dims needs at least {dims} corpus sentences, the corpus has {len(sentences)}")
-    embeddings = st_model.encode(sentences, batch_size=32, convert_to_numpy=True, show_progress_bar=len(sentences) > 500)
-    return fit_pca(embeddings, dims), corpus_name
+    return fit_pca(reference.source_embeddings(sentences), dims)
 
 
 def open_session(config: BuildConfig) -> Session:
@@ -92,11 +88,11 @@ def open_session(config: BuildConfig) -> Session:
     st_model = load_sentence_transformer(
         source, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code
     )
-    projection = None
+    reference = Reference(st_model, source)
     if config.dims is not None:
-        projection, _ = fit_projection(st_model, config.dims, config.fit_corpus)
-    spec = graph_spec(st_model, projection)
-    return Session(config, source, st_model, projection, spec, Reference(st_model, source, projection))
+        reference.projection = fit_projection(reference, config.dims, config.fit_corpus)
+    spec = graph_spec(st_model, reference.projection)
+    return Session(config, source, st_model, reference.projection, spec, reference)
 
 
 def check_output_dir(out: Path) -> None:

@@ -135,7 +135,11 @@ def check_weights_are_safe(path: Path, allow_pickle: bool) -> None:
 def load_sentence_transformer(source: ModelSource, *, allow_pickle: bool = False, trust_remote_code: bool = False):
     """Load the fp32 reference model on CPU with eager attention (the exporters need it)."""
     check_weights_are_safe(source.path, allow_pickle)
+    import transformers
     from sentence_transformers import SentenceTransformer
+
+    transformers.logging.disable_progress_bar()  # keep stderr for errors: one line each
+    transformers.logging.set_verbosity_error()
 
     model = SentenceTransformer(
         str(source.path),

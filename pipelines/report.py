@@ -63,3 +63,111 @@ def write_artifact_report(artifact_dir: Path, manifest: dict) -> None:
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(artifact_report(manifest), encoding="utf-8")
     tmp.replace(path)
+
+
+def _rows(root: Path) -> list[dict]:
+    from pipelines.manifest import find_artifacts, read_manifest
+
+    rows = []
+    for folder in find_artifacts(root):
+        manifest = read_manifest(folder)
+        parity = manifest.get("parity") or {}
+        speed = manifest.get("speed") or {}
+        rows.append({
+            "name": f"{folder.relative_to(root).as_posix()}",
+            "target": manifest["target"],
+            "artifact": manifest["artifact"],
+            "dims": manifest["embedding_dim"],
+            "size_mb": manifest.get("size_bytes", 0) / 1e6,
+            "mean_cosine": parity.get("mean_cosine"),
+            "min_cosine": parity.get("min_cosine"),
+            "spearman": parity.get("spearman"),
+            "spearman_drop": parity.get("spearman_drop"),
+            "emulated": parity.get("emulated", False),
+            "throughput_ratio": speed.get("throughput_ratio"),
+            "throughput_sps": speed.get("throughput_sps"),
+            "latency_p50_ms": speed.get("latency_p50_ms"),
+            "verdict": manifest.get("verdict", "not verified"),
+        })
+    return rows
+
+
+def _svg_plot(rows: list[dict]) -> str:
+    """Accuracy (STS-B ×100) against speed (× fp32 PyTorch throughput); marker area ∝ file size."""
+    points = [r for r in rows if r["spearman"] is not None and r["throughput_ratio"] is not None]
+    if not points:
+        return "<p>No artifact has both parity and speed results yet: run <code>cli.py bench</code>.</p>"
+    width, height, pad = 720, 420, 60
+    xs = [r["throughput_ratio"] for r in points]
+    ys = [r["spearman"] for r in points]
+    x0, x1 = 0.0, max(xs) * 1.15
+    y0, y1 = min(ys) - 0.5, max(ys) + 0.5
+
+    def sx(v: float) -> float:
+        return pad + (v - x0) / (x1 - x0) * (width - 2 * pad)
+
+    def sy(v: float) -> float:
+        return height - pad - (v - y0) / (y1 - y0) * (height - 2 * pad)
+
+    palette = {"x86": "#1f77b4", "gpu": "#2ca02c", "mobile": "#ff7f0e", "apple": "#9467bd"}
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+             f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
+             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="black"/>',
+             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>',
+             f'<text x="{width / 2}" y="{height - 15}" text-anchor="middle">batch-32 throughput, × fp32 PyTorch</text>',
+             f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" text-anchor="middle">'
+             f"STS-B dev Spearman ×100</text>"]
+    for i in range(5):
+        xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
+        parts.append(f'<text x="{sx(xv)}" y="{height - pad + 16}" text-anchor="middle">{xv:.1f}</text>')
+        parts.append(f'<text x="{pad - 6}" y="{sy(yv) + 4}" text-anchor="end">{yv:.1f}</text>')
+    parts.append(f'<line x1="{sx(1)}" y1="{pad}" x2="{sx(1)}" y2="{height - pad}" stroke="#bbb" stroke-dasharray="4"/>')
+    for r in points:
+        radius = 4 + (r["size_mb"] ** 0.5)
+        color = palette.get(r["target"], "#555")
+        label = f"{r['name']} ({r['size_mb']:.0f} MB, {r['dims']}d)"
+        parts.append(f'<circle cx="{sx(r["throughput_ratio"]):.1f}" cy="{sy(r["spearman"]):.1f}" r="{radius:.1f}" '
+                     f'fill="{color}" fill-opacity="0.6"><title>{label}</title></circle>')
+        parts.append(f'<text x="{sx(r["throughput_ratio"]) + radius + 3:.1f}" y="{sy(r["spearman"]) + 4:.1f}">'
+                     f"{label}</text>")
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _table_md(rows: list[dict]) -> str:
+    lines = ["| artifact | dims | size MB | mean cos | min cos | STS-B | Δ vs fp32 | × fp32 sent/s | b1 p50 ms | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        drop = None if r["spearman_drop"] is None else -r["spearman_drop"]
+        verdict = r["verdict"] + (" (emulated parity)" if r["emulated"] else "")
+        lines.append(
+            f"| {r['name']} | {r['dims']} | {r['size_mb']:.1f} | {_fmt(r['mean_cosine'])} | {_fmt(r['min_cosine'])} | "
+            f"{_fmt(r['spearman'], 2)} | {_fmt(drop, 2)} | {_fmt(r['throughput_ratio'], 2)} | "
+            f"{_fmt(r['latency_p50_ms'], 2)} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def write_model_report(root: Path) -> tuple[Path, Path]:
+    """report.md and report.html over every artifact under ``root``: one table and one plot."""
+    import html
+    import markdown_it
+
+    rows = _rows(root)
+    table = _table_md(rows)
+    intro = (f"# Embedding artifacts under `{root}`\n\nParity is against the fp32 PyTorch (sentence-transformers) "
+             "model on every STS-B dev sentence; speed ratios come from one `cli.py bench` run (see each artifact's "
+             "report.md for threads, batch sizes and absolute figures).\n")
+    md = intro + "\n" + table + "\n\n![accuracy vs speed vs size](report.svg)\n"
+    svg = _svg_plot(rows)
+    (root / "report.svg").write_text(svg if svg.startswith("<svg") else "", encoding="utf-8")
+    (root / "report.md").write_text(md, encoding="utf-8")
+    body = markdown_it.MarkdownIt("commonmark").enable("table").render(intro + "\n" + table)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(str(root))}</title><style>"
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+            "</style></head><body>" + body + "<h2>Accuracy vs speed vs size</h2>"
+            "<p>Marker area grows with file size. The dashed line is the fp32 PyTorch speed.</p>" + svg +
+            "</body></html>")
+    (root / "report.html").write_text(page, encoding="utf-8")
+    return root / "report.md", root / "report.html"

@@ -1,0 +1,187 @@
+"""TFLite (LiteRT) artifact: litert-torch converts the EmbeddingGraph, ai-edge-quantizer quantizes it.
+
+Fixed shapes: litert-torch 0.10 cannot lower a symbolic sequence length (its int64->int32 pass and
+the JAX lowering both fail on symbolic dims), so the model is traced once per (batch, sequence)
+bucket. The largest default bucket equals the source model's max_seq_length, so truncation matches.
+
+One file, one signature per bucket, rather than one file per bucket: litert-torch merges the
+signatures into one flatbuffer and stores each constant once, so every bucket shares the weights.
+With four buckets the int8 file is about 27 MB, whereas four single-bucket files would be about
+22 MB each. An app picks the bucket by signature name (see ``details["signatures"]``).
+
+Quantization runs as a separate step on the fp32 flatbuffer (this is exactly what litert-torch's
+``full_dynamic_recipe`` does internally; the bytes are identical) so the fp32 size is measured in
+the same conversion and recorded. "int8" is dynamic-range: int8 per-channel weights, activations
+quantized on the fly. PT2E int8 is not offered: it converts, but the interpreter rejects its
+EMBEDDING_LOOKUP (non-zero zero point).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from converters import Conversion, Shape
+from pipelines.errors import ArtifactError, ConfigError, require
+from pipelines.graph import EmbeddingGraph, GraphSpec, example_inputs
+
+MODEL_FILE = "model.tflite"
+RUNTIME = "ai-edge-litert"
+ADDITIVE_MASK = True  # transformers' boolean / new_ones mask ops do not lower through litert-torch
+# quantization option -> ai_edge_quantizer.recipe function (None: keep fp32)
+RECIPES: dict[str, str | None] = {
+    "int8": "dynamic_wi8_afp32",  # int8 per-channel weights, int8 compute with on-the-fly activation scales
+    "int8-weight-only": "weight_only_wi8_afp32",  # int8 storage, fp32 compute: closer to fp32, slower
+    "fp32": None,
+}
+
+
+@dataclass(frozen=True)
+class TFLiteOptions:
+    sequence_buckets: tuple[int, ...] = (32, 64, 128, 256)
+    batch_sizes: tuple[int, ...] = (1,)
+    quantization: Literal["int8", "int8-weight-only", "fp32"] = "int8"  # a key of RECIPES
+
+
+def signature_name(batch: int, sequence: int) -> str:
+    return f"b{batch}_s{sequence}"
+
+
+class _NamedOutput(nn.Module):
+    """litert-torch names signature outputs after the keys of a returned dict; otherwise they are 'output_0'."""
+
+    def __init__(self, graph: EmbeddingGraph, output_name: str) -> None:
+        super().__init__()
+        self.embedding = graph  # not "graph": torch.export unlifting reserves that name
+        self.output_name = output_name
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        return {self.output_name: self.embedding(input_ids, attention_mask, token_type_ids)}
+
+
+def _validate(spec: GraphSpec, options: TFLiteOptions) -> None:
+    if options.quantization not in RECIPES:
+        raise ConfigError(f"TFLite quantization {options.quantization!r} is unknown (known: {', '.join(RECIPES)})")
+    if not options.sequence_buckets or not options.batch_sizes:
+        raise ConfigError("TFLite needs at least one sequence bucket and one batch size")
+    if any(b < 1 for b in options.batch_sizes) or any(s < 1 for s in options.sequence_buckets):
+        raise ConfigError("TFLite batch sizes and sequence buckets must be positive")
+    if max(options.sequence_buckets) > spec.max_seq_length:
+        raise ConfigError(
+            f"TFLite sequence bucket {max(options.sequence_buckets)} exceeds the model's max_seq_length "
+            f"{spec.max_seq_length}; use buckets up to {spec.max_seq_length}"
+        )
+
+
+def _op_counts(model: bytes, subgraph: int) -> dict[str, int]:
+    """Builtin op histogram of one signature's subgraph (all buckets have the same ops)."""
+    schema = require("ai_edge_litert.schema_py_generated", "mobile")
+    parsed = schema.Model.GetRootAs(model, 0)
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    graph = parsed.Subgraphs(subgraph)
+    counts: Counter[str] = Counter()
+    for i in range(graph.OperatorsLength()):
+        code = parsed.OperatorCodes(graph.Operators(i).OpcodeIndex())
+        # Small op codes live in the deprecated int8 field; the larger of the two is the real one.
+        counts[names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]] += 1
+    return dict(sorted(counts.items()))
+
+
+def convert(
+    graph: EmbeddingGraph,
+    spec: GraphSpec,
+    out_dir: Path,
+    options: TFLiteOptions,
+    calibration: list[dict[str, np.ndarray]] | None = None,  # shared signature; dynamic-range int8 needs none
+) -> Conversion:
+    _validate(spec, options)
+    litert_torch = require("litert_torch", "mobile")
+    shapes = [
+        Shape(batch, seq, signature_name(batch, seq))
+        for batch in sorted(set(options.batch_sizes))
+        for seq in sorted(set(options.sequence_buckets))
+    ]
+    module = _NamedOutput(graph, spec.output_name).eval()
+    converter = litert_torch.Converter()
+    for shape in shapes:
+        sample = dict(zip(spec.input_names, example_inputs(spec, shape.batch, shape.sequence), strict=True))
+        converter.signature(shape.name, module, sample_kwargs=sample)
+    fp32_model = converter.convert().model_content()
+
+    recipe_name = RECIPES[options.quantization]
+    model = fp32_model
+    if recipe_name is not None:
+        quantizer = require("ai_edge_quantizer.quantizer", "mobile")
+        recipe = getattr(require("ai_edge_quantizer.recipe", "mobile"), recipe_name)()
+        result = quantizer.Quantizer(fp32_model, recipe).quantize(
+            enable_progress_bar=False, enable_progress_report=False
+        )
+        model = bytes(result.quantized_model)
+    (out_dir / MODEL_FILE).write_bytes(model)
+
+    # Read the I/O back from the written file, so the manifest states what the runtime will see.
+    interpreter = require("ai_edge_litert.interpreter", "mobile").Interpreter(model_path=str(out_dir / MODEL_FILE))
+    first = interpreter.get_signature_runner(shapes[0].name)
+    input_dtype = np.dtype(first.get_input_details()[spec.input_names[0]]["dtype"]).name
+    return Conversion(
+        model_file=MODEL_FILE,
+        precision=options.quantization,
+        runtime=RUNTIME,
+        shapes=shapes,
+        input_dtype=input_dtype,
+        details={
+            "converter": "litert-torch",
+            "quantization_recipe": f"ai_edge_quantizer.recipe.{recipe_name}" if recipe_name else None,
+            "fp32_bytes": len(fp32_model),
+            "size_ratio_to_fp32": round(len(model) / len(fp32_model), 4),
+            "signatures": {f"{s.batch}x{s.sequence}": s.name for s in shapes},
+            "op_counts_per_signature": _op_counts(model, 0),
+        },
+    )
+
+
+class TFLiteRunner:
+    """One interpreter (XNNPACK is its default delegate) and one signature runner per bucket."""
+
+    def __init__(self, model_path: Path, shapes: list[Shape], threads: int | None) -> None:
+        interpreter_module = require("ai_edge_litert.interpreter", "mobile")
+        self.shapes: list[Shape] | None = shapes
+        self.description = f"ai-edge-litert {metadata.version('ai-edge-litert')} (XNNPACK delegate)"
+        self._interpreter = interpreter_module.Interpreter(model_path=str(model_path), num_threads=threads)
+        available = self._interpreter.get_signature_list()
+        missing = [s.name for s in shapes if s.name not in available]
+        if missing:
+            raise ArtifactError(f"{model_path.name} has no signature {missing[0]!r}; the manifest does not match it")
+        self._runners = {s.name: self._interpreter.get_signature_runner(s.name) for s in shapes}
+        self._input_dtypes = {
+            name: {k: v["dtype"] for k, v in runner.get_input_details().items()}
+            for name, runner in self._runners.items()
+        }
+
+    def run(self, inputs: dict[str, np.ndarray], shape: Shape | None) -> np.ndarray:
+        if shape is None or shape.name not in self._runners:
+            raise ArtifactError(f"TFLite runs only its fixed shapes {[s.name for s in self.shapes]}; got {shape}")
+        feed = {}
+        for name, dtype in self._input_dtypes[shape.name].items():
+            array = inputs[name]
+            if array.shape != (shape.batch, shape.sequence):
+                raise ArtifactError(f"input {name} has shape {array.shape}; signature {shape.name} needs it padded")
+            feed[name] = array.astype(dtype, copy=False)  # the converter downcasts int64 ids to int32
+        (output,) = self._runners[shape.name](**feed).values()
+        return np.asarray(output, dtype=np.float32)
+
+
+def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> TFLiteRunner:
+    if not manifest.get("shapes"):
+        raise ArtifactError("a TFLite manifest must list its fixed shapes; the artifact is incomplete")
+    shapes = [Shape(int(s["batch"]), int(s["sequence"]), str(s["name"])) for s in manifest["shapes"]]
+    return TFLiteRunner(Path(artifact_dir) / manifest["file"], shapes, threads)

@@ -1,0 +1,110 @@
+"""The ExecuTorch converter on the real bundled model, run in ExecuTorch's own runtime (XNNPACK)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from converters import Conversion, executorch
+from pipelines.errors import ArtifactError, ConfigError
+from pipelines.graph import build_graph
+
+pytest.importorskip("executorch.runtime")
+pytest.importorskip("torchao")
+
+SENTENCES = 64
+BATCH = 16
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def graph(st_model):
+    return build_graph(st_model, None, additive_mask=True)
+
+
+@pytest.fixture(scope="module")
+def converted(graph, spec, tmp_path_factory) -> tuple[Path, Conversion]:
+    out_dir = tmp_path_factory.mktemp("executorch")
+    return out_dir, executorch.convert(graph, spec, out_dir, executorch.ExecuTorchOptions())
+
+
+@pytest.fixture(scope="module")
+def runner(converted, spec):
+    out_dir, conversion = converted
+    manifest = {
+        "file": conversion.model_file,
+        "shapes": None,
+        "inputs": [
+            {"name": n, "dtype": conversion.input_dtype, "shape": ["batch", "sequence"]} for n in spec.input_names
+        ],
+    }
+    return executorch.load_runner(out_dir, manifest, threads=2)
+
+
+def _encode(st_model, spec, sentences: list[str], padding: bool | str = True, length: int = 0) -> dict[str, np.ndarray]:
+    encoded = st_model.tokenizer(
+        sentences, padding=padding, truncation=True, max_length=length or spec.max_seq_length, return_tensors="np"
+    )
+    return {name: encoded[name].astype(np.int64) for name in spec.input_names}
+
+
+def test_conversion_records_dynamic_bounds(converted, spec):
+    out_dir, conversion = converted
+    assert (out_dir / conversion.model_file).is_file()
+    assert conversion.precision == "int8"
+    assert conversion.shapes is None  # any shape within the bounds
+    assert conversion.input_dtype == "int64"
+    assert (conversion.details["max_batch"], conversion.details["max_sequence"]) == (64, spec.max_seq_length)
+    assert conversion.details["delegated_subgraphs"] > 0
+
+
+def test_linear_weights_are_int8(converted, graph):
+    out_dir, conversion = converted
+    params = dict(graph.named_parameters())
+    linear = sum(
+        p.numel()
+        for name, p in params.items()
+        if name.endswith(".weight") and p.dim() == 2 and "embeddings" not in name
+    )
+    fp32_bytes = 4 * sum(p.numel() for p in params.values())
+    # int8 linear weights save 3 bytes per parameter; the embeddings and the rest stay fp32.
+    assert (out_dir / conversion.model_file).stat().st_size <= fp32_bytes - 0.9 * 3 * linear
+
+
+def test_int8_embeddings_match_fp32_graph(runner, graph, st_model, spec, dev_sentences):
+    sentences = dev_sentences[:SENTENCES]
+    outputs, references = [], []
+    for start in range(0, len(sentences), BATCH):
+        inputs = _encode(st_model, spec, sentences[start : start + BATCH])  # per-batch padding
+        outputs.append(runner.run(inputs, None))
+        with torch.no_grad():
+            references.append(graph(*(torch.from_numpy(inputs[name]) for name in spec.input_names)).numpy())
+    cos = _cosine(np.concatenate(outputs), np.concatenate(references))
+    assert cos.mean() >= 0.99, cos.mean()
+    assert cos.min() >= 0.97, cos.min()
+
+
+def test_padding_and_batch_size_keep_the_embedding(runner, st_model, spec, dev_sentences):
+    sentences = dev_sentences[:8]
+    at32 = runner.run(_encode(st_model, spec, sentences, "max_length", 32), None)
+    at64 = runner.run(_encode(st_model, spec, sentences, "max_length", 64), None)
+    alone = np.concatenate([runner.run(_encode(st_model, spec, [s]), None) for s in sentences[:2]])
+    assert _cosine(at32, at64).min() > 0.999
+    assert _cosine(alone, at32[:2]).min() > 0.999
+
+
+def test_runner_refuses_inputs_beyond_the_bounds(runner, spec):
+    too_long = {name: np.ones((1, spec.max_seq_length + 1), dtype=np.int64) for name in spec.input_names}
+    with pytest.raises(ArtifactError, match="bounds"):
+        runner.run(too_long, None)
+
+
+def test_bounds_beyond_the_model_are_refused(graph, spec, tmp_path):
+    with pytest.raises(ConfigError, match="max_sequence"):
+        executorch.convert(graph, spec, tmp_path, executorch.ExecuTorchOptions(max_sequence=512))

@@ -1,0 +1,33 @@
+"""gpu target: fused fp16 ONNX, checked on the CPU provider where no GPU is present."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.config import BuildConfig
+from pipelines.export import export
+
+
+@pytest.fixture(scope="module")
+def gpu_artifact(tmp_path_factory):
+    (result,) = export(BuildConfig(target="gpu", out=str(tmp_path_factory.mktemp("dist"))), log=lambda _: None)
+    assert result.ok, result.error
+    return result.manifest
+
+
+def test_fusions_applied(gpu_artifact):
+    assert gpu_artifact["conversion"]["fused_ops"] == {
+        "EmbedLayerNormalization": 1,
+        "Attention": 6,
+        "BiasGelu": 6,
+        "SkipLayerNormalization": 12,
+    }
+
+
+def test_fp16_parity_and_size(gpu_artifact):
+    parity = gpu_artifact["parity"]
+    assert parity["mean_cosine"] >= 0.999
+    assert parity["spearman_drop"] <= 0.1
+    fp32 = gpu_artifact["conversion"]["fp32_bytes"]
+    assert 0.45 * fp32 <= gpu_artifact["size_bytes"] <= 0.55 * fp32
+    assert gpu_artifact["inputs"][0]["dtype"] == "int64" and gpu_artifact["output"]["dtype"] == "float32"

@@ -1,0 +1,114 @@
+"""The TFLite converter on the real bundled model, run in the real LiteRT interpreter."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from converters import Conversion, Shape, tflite
+from pipelines.errors import ArtifactError, ConfigError
+from pipelines.graph import build_graph
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert")
+
+SENTENCES = 64
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def graph(st_model):
+    return build_graph(st_model, None, additive_mask=True)
+
+
+@pytest.fixture(scope="module")
+def converted(graph, spec, tmp_path_factory) -> tuple[Path, Conversion]:
+    out_dir = tmp_path_factory.mktemp("tflite")
+    return out_dir, tflite.convert(graph, spec, out_dir, tflite.TFLiteOptions())
+
+
+@pytest.fixture(scope="module")
+def runner(converted, spec):
+    out_dir, conversion = converted
+    manifest = {
+        "file": conversion.model_file,
+        "shapes": [asdict(s) for s in conversion.shapes],
+        "inputs": [{"name": n, "dtype": conversion.input_dtype, "shape": [1, "sequence"]} for n in spec.input_names],
+    }
+    return tflite.load_runner(out_dir, manifest, threads=2)
+
+
+def _padded(st_model, spec, sentences: list[str], sequence: int) -> dict[str, np.ndarray]:
+    encoded = st_model.tokenizer(
+        sentences, padding="max_length", max_length=sequence, truncation=True, return_tensors="np"
+    )
+    return {name: encoded[name].astype(np.int64) for name in spec.input_names}
+
+
+def _run_one(runner, inputs: dict[str, np.ndarray], row: int, sequence: int) -> np.ndarray:
+    shape = next(s for s in runner.shapes if s.sequence == sequence)
+    return runner.run({name: array[row : row + 1] for name, array in inputs.items()}, shape)[0]
+
+
+def test_conversion_records_buckets_and_io(converted, spec):
+    out_dir, conversion = converted
+    assert (out_dir / conversion.model_file).is_file()
+    assert conversion.precision == "int8"
+    assert [(s.batch, s.sequence) for s in conversion.shapes] == [(1, 32), (1, 64), (1, 128), (1, 256)]
+    assert max(s.sequence for s in conversion.shapes) == spec.max_seq_length  # truncation matches the source model
+    assert conversion.input_dtype == "int32"  # litert-torch downcasts int64 ids; the runner casts
+    assert set(conversion.details["signatures"].values()) == {s.name for s in conversion.shapes}
+    assert conversion.details["op_counts_per_signature"]["FULLY_CONNECTED"] == 6 * spec.num_hidden_layers
+
+
+def test_int8_file_is_under_30_percent_of_fp32(converted, graph):
+    out_dir, conversion = converted
+    size = (out_dir / conversion.model_file).stat().st_size
+    assert size <= 0.30 * conversion.details["fp32_bytes"]  # the fp32 flatbuffer of this same conversion
+    assert size <= 0.30 * 4 * sum(p.numel() for p in graph.parameters())
+
+
+def test_int8_embeddings_match_fp32_graph(runner, graph, st_model, spec, dev_sentences):
+    sentences = dev_sentences[:SENTENCES]
+    lengths = [len(ids) for ids in st_model.tokenizer(sentences, truncation=True, max_length=256)["input_ids"]]
+    buckets = sorted(s.sequence for s in runner.shapes)
+    outputs = []
+    for i, length in enumerate(lengths):
+        bucket = next(b for b in buckets if b >= length)  # the smallest bucket the sentence fits, as an app would pick
+        outputs.append(_run_one(runner, _padded(st_model, spec, [sentences[i]], bucket), 0, bucket))
+    reference_inputs = st_model.tokenizer(sentences, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        reference = graph(*(reference_inputs[name] for name in spec.input_names)).numpy()
+    cos = _cosine(np.stack(outputs), reference)
+    assert cos.mean() >= 0.99, cos.mean()
+    assert cos.min() >= 0.97, cos.min()
+
+
+def test_padding_to_a_larger_bucket_keeps_the_embedding(runner, st_model, spec, dev_sentences):
+    sentences = dev_sentences[:8]
+    at32, at64 = (_padded(st_model, spec, sentences, seq) for seq in (32, 64))
+    for row in range(len(sentences)):
+        a, b = _run_one(runner, at32, row, 32), _run_one(runner, at64, row, 64)
+        assert _cosine(a[None], b[None])[0] > 0.999
+
+
+def test_runner_rejects_unpadded_or_unknown_shapes(runner, st_model, spec, dev_sentences):
+    inputs = _padded(st_model, spec, dev_sentences[:1], 40)
+    with pytest.raises(ArtifactError):
+        runner.run(inputs, runner.shapes[0])
+    with pytest.raises(ArtifactError):
+        runner.run(inputs, None)
+    with pytest.raises(ArtifactError):
+        runner.run(inputs, Shape(1, 40, "b1_s40"))
+
+
+def test_bucket_longer_than_the_model_is_refused(graph, spec, tmp_path):
+    with pytest.raises(ConfigError, match="max_seq_length"):
+        tflite.convert(graph, spec, tmp_path, tflite.TFLiteOptions(sequence_buckets=(128, 512)))

@@ -1,0 +1,100 @@
+"""x86 target end to end on the real bundled model: convert, verify, and run it as an app would."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipelines.config import BuildConfig
+from pipelines.export import export
+
+
+@pytest.fixture(scope="module")
+def x86_artifact(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    (result,) = export(BuildConfig(target="x86", out=str(out)), log=lambda _: None)
+    assert result.ok, result.error
+    return result
+
+
+def test_x86_parity_and_size(x86_artifact):
+    manifest = x86_artifact.manifest
+    parity = manifest["parity"]
+    assert parity["sentences"] > 2800  # every unique STS-B dev sentence
+    assert parity["mean_cosine"] >= 0.99
+    assert parity["min_cosine"] >= 0.95
+    assert parity["spearman_drop"] <= 0.5
+    assert parity["nonfinite_rows"] == 0
+    assert manifest["size_bytes"] <= 0.30 * manifest["conversion"]["fp32_bytes"]
+    assert manifest["verdict"] == "pass"
+
+
+def test_x86_quantization_recipe_is_recorded(x86_artifact):
+    manifest = x86_artifact.manifest
+    quant = manifest["conversion"]["quantization"]
+    assert quant["per_channel"] is True and quant["mode"] == "dynamic"
+    assert quant["isa"] in ("avx512_vnni", "avx_vnni", "avx512", "avx2", "other", "unknown")
+    ops = manifest["conversion"]["op_counts"]
+    # 6 layers x (Q, K, V, attention output, FFN up, FFN down) weight MatMuls run as int8.
+    assert ops["MatMulInteger"] == 36
+    assert "MatMul" not in ops or ops["MatMul"] == 12  # only activation x activation products stay float
+
+
+def test_app_reproduces_embeddings_from_manifest_alone(x86_artifact):
+    """onnxruntime + tokenizers + manifest.json, nothing from this project."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    from pathlib import Path
+
+    folder = Path(x86_artifact.folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    tokenizer = Tokenizer.from_file(str(folder / manifest["tokenizer"]["file"]))
+    session = ort.InferenceSession(str(folder / manifest["file"]), providers=["CPUExecutionProvider"])
+    vectors = json.loads((folder / "test_vectors.json").read_text())["vectors"]
+    texts = [v["text"] for v in vectors]
+    tokenizer.enable_padding(pad_id=manifest["tokenizer"]["pad_token_id"])
+    encodings = tokenizer.encode_batch(texts)
+    fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+    feeds = {
+        spec["name"]: np.array([getattr(e, fields[spec["name"]]) for e in encodings], dtype=spec["dtype"])
+        for spec in manifest["inputs"]
+    }
+    (embeddings,) = session.run([manifest["output"]["name"]], feeds)
+    assert embeddings.shape == (len(texts), manifest["embedding_dim"])
+    expected = np.array([v["expected_embedding"] for v in vectors])
+    cos = (embeddings * expected).sum(1) / np.linalg.norm(embeddings, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cos.min() >= manifest["gate"]["min_cosine"]
+    assert [e.ids for e in tokenizer.encode_batch(texts[:1])][0][: len(vectors[0]["input_ids"])] == vectors[0]["input_ids"]
+    # The 60-times-repeated sentence is truncated to the model's limit, as the source model does.
+    assert max(len(v["input_ids"]) for v in vectors) == manifest["max_seq_length"] == 256
+
+
+def test_verify_command_passes_and_fails_on_tampering(x86_artifact, tmp_path):
+    import shutil
+
+    from pipelines.gatekeeper import verify_path
+
+    (row,) = verify_path(x86_artifact.folder, limit=100)
+    assert row["ok"], row["failures"]
+    copy = tmp_path / "x86"
+    shutil.copytree(x86_artifact.folder, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    (row,) = verify_path(copy, limit=100)
+    assert not row["ok"]
+    assert "model.onnx" in row["failures"][0] and "sha256" in row["failures"][0]
+
+
+def test_pca_128_within_one_point_of_fp32(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist_pca")
+    (result,) = export(BuildConfig(target="x86", dims=128, out=str(out)), log=lambda _: None)
+    assert result.ok, result.error
+    manifest = result.manifest
+    assert manifest["embedding_dim"] == 128 and manifest["pca"]["dims"] == 128
+    assert manifest["output"]["shape"] == ["batch", 128]
+    assert manifest["parity"]["spearman_drop"] <= 1.0  # vs the fp32 model at 384 dims
+    assert manifest["parity"]["mean_cosine"] >= 0.99  # vs the fp32 model with the same projection
