@@ -1,7 +1,9 @@
 """One module per artifact format. Each module provides:
 
-    convert(graph, spec, out_dir, options) -> Conversion   # writes the model file(s) into out_dir
+    ADDITIVE_MASK: bool  # build the float attention mask in the graph (True) or leave it to transformers
+    convert(graph, spec, out_dir, options, calibration=None) -> Conversion  # writes the model file(s) into out_dir
     load_runner(artifact_dir, manifest, threads) -> Runner  # runs it in the format's real runtime
+    structural_checks(artifact_dir, manifest, encoder_factory) -> dict  # optional: checks beyond parity
 
 Modules are imported lazily so a missing optional runtime only matters for the target that needs it.
 """
@@ -58,6 +60,14 @@ def format_module(name: str):
     if name not in FORMAT_MODULES:
         raise ArtifactError(f"artifact format {name!r} is unknown (known: {', '.join(FORMAT_MODULES)})")
     return importlib.import_module(FORMAT_MODULES[name])
+
+
+def structural_checks(fmt: str, artifact_dir: Path, manifest: dict) -> dict | None:
+    """The format's own checks of the artifact (spec, program execution), where it has any."""
+    from pipelines.runtime import ArtifactEncoder
+
+    checks = getattr(format_module(fmt), "structural_checks", None)
+    return checks(artifact_dir, manifest, ArtifactEncoder) if checks else None
 
 
 def load_runner(fmt: str, artifact_dir: Path, manifest: dict, threads: int | None = None) -> Runner:

@@ -32,6 +32,7 @@ from pipelines.errors import ArtifactError, ConfigError, require
 from pipelines.graph import EmbeddingGraph, GraphSpec, example_inputs
 
 MODEL_FILE = "model.mlpackage"
+ADDITIVE_MASK = True  # transformers' own mask code emits new_ones, which coremltools cannot convert
 MAX_ENUMERATED_SHAPES = 128  # Core ML's limit
 MULTI_INPUT_ENUMERATION_TARGET = "iOS18"
 EMULATION_LABEL = "emulated"  # every emulated result says so: it is not a Core ML prediction
@@ -121,7 +122,9 @@ def _compute_precision(ct: Any, options: CoreMLOptions) -> Any:
     return ct.transform.FP16ComputePrecision(op_selector=lambda op: op.op_type not in keep)
 
 
-def convert(graph: EmbeddingGraph, spec: GraphSpec, out_dir: Path, options: CoreMLOptions) -> Conversion:
+def convert(
+    graph: EmbeddingGraph, spec: GraphSpec, out_dir: Path, options: CoreMLOptions, calibration: Any = None
+) -> Conversion:
     check_options(options, spec)
     ct = require("coremltools", "apple")
     pairs = options.shape_pairs()
@@ -322,36 +325,64 @@ class CoreMLRunner:
         return np.asarray(self.model.predict(feeds)[self.output_name], dtype=np.float32)
 
 
-def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> CoreMLRunner:
-    """Core ML picks its own threads and compute units, so ``threads`` is not used."""
+def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> CoreMLRunner | Fp16EmulationRunner:
+    """Core ML's own prediction on macOS; elsewhere the labelled fp16 emulation. Core ML picks its own threads."""
     if not native_prediction_available():
-        raise ArtifactError(
-            "Core ML prediction needs macOS (coremltools cannot call the Core ML framework on "
-            f"{sys.platform}); on this machine use `inspect_spec` and the emulated checks"
-        )
+        return Fp16EmulationRunner(artifact_dir, manifest)
     return CoreMLRunner(Path(artifact_dir) / manifest.get("file", MODEL_FILE))
+
+
+def structural_checks(artifact_dir: Path, manifest: dict, encoder_factory: Callable[..., Any]) -> dict[str, Any]:
+    """What Linux can check of the real artifact: its spec, and its own program run on the test vectors."""
+    from pipelines.verify import test_vector_min_cosine
+
+    summary = inspect_spec(artifact_dir, manifest)
+    checks: dict[str, Any] = {
+        "spec": {k: summary[k] for k in ("model_type", "shapes", "op_precisions") if k in summary},
+        "native_prediction": native_prediction_available(),
+    }
+    if not native_prediction_available():
+        executor_encoder = encoder_factory(artifact_dir, runner=load_program_executor(artifact_dir, manifest))
+        checks["program_test_vectors_min_cosine"] = round(test_vector_min_cosine(artifact_dir, executor_encoder), 6)
+        checks["program_execution"] = "coremltools reference ops, fp16 storage between ops (emulated)"
+    return checks
 
 
 # ---- fp16 emulation on Linux (labelled "emulated": not Core ML) ----
 
 
-def emulate(graph: EmbeddingGraph, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """The graph in float16 PyTorch on CPU: a proxy for an fp16 Core ML program. Returns float32 (B, dim)."""
-    half = copy.deepcopy(graph).half()  # a copy: the caller's graph shares weights with the source model
+def half_precision_copy(graph: EmbeddingGraph) -> EmbeddingGraph:
+    """The graph in float16: a proxy for an fp16 Core ML program (a copy: the source model keeps fp32)."""
+    return copy.deepcopy(graph).half().eval()
 
-    def half_mask(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        # The graph builds its additive mask in fp32, which would promote attention to fp32 (and fail
-        # in transformers' eager attention); the converted program computes it in fp16.
-        mask = kwargs.get("attention_mask")
-        if mask is not None and mask.is_floating_point():
-            kwargs = {**kwargs, "attention_mask": mask.half()}
-        return args, kwargs
 
-    half.encoder.register_forward_pre_hook(half_mask, with_kwargs=True)
+def emulate(half_graph: EmbeddingGraph, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Run a ``half_precision_copy`` on CPU. Returns float32 (B, dim)."""
     names = ("input_ids", "attention_mask", "token_type_ids")
     tensors = [torch.from_numpy(np.asarray(inputs[n], dtype=np.int64)) for n in names if n in inputs]
     with torch.no_grad():
-        return half(*tensors).float().numpy()
+        return half_graph(*tensors).float().numpy()
+
+
+class Fp16EmulationRunner:
+    """Off macOS: the source graph in float16 PyTorch, fed through the artifact's own buckets. Emulated."""
+
+    emulated = True
+    description = "fp16 PyTorch emulation (Core ML prediction needs macOS)"
+
+    def __init__(self, artifact_dir: Path, manifest: dict) -> None:
+        from pipelines.graph import build_graph
+        from pipelines.model_source import load_sentence_transformer, resolve_model
+        from pipelines.pca import Projection
+
+        st_model = load_sentence_transformer(resolve_model(manifest["model"]["source"]))
+        pca = manifest.get("pca")
+        projection = Projection.load(Path(artifact_dir) / pca["file"]) if pca else None
+        self.graph = half_precision_copy(build_graph(st_model, projection, additive_mask=True))
+        self.shapes: list[Shape] | None = [Shape(**s) for s in manifest["shapes"]]
+
+    def run(self, inputs: dict[str, np.ndarray], shape: Shape | None) -> np.ndarray:
+        return emulate(self.graph, inputs)
 
 
 def _load_program(model_path: Path) -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters import Conversion, format_module
+from converters import Conversion, format_module, structural_checks
 from pipelines.config import BuildConfig
 from pipelines.data import load_stsb, read_corpus
 from pipelines.errors import ConfigError, GateError, OutputError, ToolchainError
@@ -228,6 +228,7 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
             parity.emulated = encoder.emulated
             parity.runtime = encoder.runtime_name
             manifest["parity"] = parity.to_dict()
+            manifest["structure"] = structural_checks(plan.format, tmp, manifest)
             failures = gate_failures(parity, plan.gate)
             manifest["verdict"] = "pass" if not failures else "fail"
             if failures:

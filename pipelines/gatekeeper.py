@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from converters import structural_checks
 from pipelines.errors import ArtifactError, ToolchainError
 from pipelines.manifest import check_files, find_artifacts, read_manifest
 from pipelines.model_source import load_sentence_transformer, resolve_model
@@ -42,6 +43,7 @@ def verify_artifact(artifact_dir: Path, references: ReferenceCache, gate: Gate |
     manifest = read_manifest(artifact_dir)
     check_files(artifact_dir, manifest)
     reference = references.reference_for(artifact_dir, manifest)
+    structure = structural_checks(manifest["format"], artifact_dir, manifest)
     encoder = ArtifactEncoder(artifact_dir)
     probe = encoder.encode(["dimension probe"])
     if probe.shape[1] != manifest["embedding_dim"]:
@@ -61,6 +63,7 @@ def verify_artifact(artifact_dir: Path, references: ReferenceCache, gate: Gate |
         "ok": not failures,
         "failures": failures,
         "parity": parity.to_dict(),
+        "structure": structure,
         "gate": gate.__dict__,
     }
 

@@ -103,7 +103,8 @@ class EmbeddingGraph(nn.Module):
     ) -> torch.Tensor:
         mask = attention_mask
         if self.additive_mask:
-            mask = (1.0 - attention_mask.to(torch.float32))[:, None, None, :] * MASK_FILL
+            dtype = self.encoder.get_input_embeddings().weight.dtype  # fp16 graphs need an fp16 mask
+            mask = (1.0 - attention_mask.to(dtype))[:, None, None, :] * MASK_FILL
         kwargs = {"token_type_ids": token_type_ids} if self.uses_token_type_ids else {}
         hidden = self.encoder(input_ids=input_ids, attention_mask=mask, **kwargs).last_hidden_state
         x = self.pool(hidden, attention_mask)

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from converters import Shape, load_runner
+from converters import Runner, load_runner
 from pipelines.manifest import read_manifest
 
 
 class ArtifactEncoder:
-    def __init__(self, artifact_dir: Path, threads: int | None = None) -> None:
+    def __init__(self, artifact_dir: Path, threads: int | None = None, runner: Runner | None = None) -> None:
         from tokenizers import Tokenizer
 
         self.artifact_dir = Path(artifact_dir)
@@ -25,7 +25,7 @@ class ArtifactEncoder:
         self.tokenizer.no_padding()  # we pad per batch or per bucket below
         self.input_names: list[str] = [spec["name"] for spec in self.manifest["inputs"]]
         self.pad_id = int(self.manifest["tokenizer"]["pad_token_id"])
-        self.runner = load_runner(self.manifest["format"], self.artifact_dir, self.manifest, threads)
+        self.runner = runner or load_runner(self.manifest["format"], self.artifact_dir, self.manifest, threads)
         # A runner may stand in for a runtime that cannot run on this OS (Core ML off macOS): it says so.
         self.emulated: bool = getattr(self.runner, "emulated", False)
         self.runtime_name: str = getattr(self.runner, "description", self.manifest["runtime"])

@@ -58,4 +58,8 @@ def get_targets(name: str) -> list[Target]:
     return [TARGETS[name]]
 
 
-from targets import gpu, x86  # noqa: E402,F401  (registration by import)
+# Registration by import; this order is the order of `--target all`.
+from targets import x86  # noqa: E402,F401,I001
+from targets import mobile  # noqa: E402,F401
+from targets import apple  # noqa: E402,F401
+from targets import gpu  # noqa: E402,F401

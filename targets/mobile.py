@@ -1,0 +1,39 @@
+"""Phones and ARM boards: TFLite int8 (LiteRT, XNNPACK delegate) and ExecuTorch int8 (XNNPACK backend).
+
+ExecuTorch is the PyTorch-native path: it is the successor of the qnnpack/lite-interpreter stack
+(torch.ao's qnnpack quantization is deprecated, and this torch build has no XNNPACK for
+optimize_for_mobile), it installs beside torch 2.13.0 without replacing it, and its XNNPACK
+int8 kernels run here on x86 as on ARM, so parity and speed are measured, not assumed.
+"""
+
+from converters.executorch import ExecuTorchOptions
+from converters.tflite import TFLiteOptions
+from targets import ArtifactPlan, Gate, Target, register
+
+MOBILE_GATE = Gate(min_mean_cosine=0.99, min_cosine=0.97, max_spearman_drop=0.5)
+
+MOBILE = register(
+    Target(
+        name="mobile",
+        description="TFLite int8 with sequence buckets (LiteRT) and ExecuTorch int8 (XNNPACK)",
+        extra="mobile",
+        plans=(
+            ArtifactPlan(
+                folder="tflite",
+                format="tflite",
+                # Batch 1 is the on-device case; 256 = the model's own limit, so truncation matches the source.
+                options=TFLiteOptions(sequence_buckets=(32, 64, 128, 256), batch_sizes=(1,), quantization="int8"),
+                gate=MOBILE_GATE,
+                description="TFLite int8",
+            ),
+            ArtifactPlan(
+                folder="executorch",
+                format="executorch",
+                # Batch bound 32: the planned working memory grows with it (about 250 MB at 32x256).
+                options=ExecuTorchOptions(quantization="int8", max_batch=32),
+                gate=MOBILE_GATE,
+                description="ExecuTorch int8 (XNNPACK)",
+            ),
+        ),
+    )
+)
