@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import warnings
@@ -15,9 +16,13 @@ from pathlib import Path
 
 import click
 
+# Converters print pages of third-party progress bars and warnings; the CLI shows its own progress,
+# and what goes wrong reaches the user as one error line.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-warnings.filterwarnings("ignore", category=DeprecationWarning)
-warnings.filterwarnings("ignore", category=FutureWarning)
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+logging.basicConfig(level=logging.ERROR)
+warnings.filterwarnings("ignore")
 
 
 def _fail(exc) -> None:
@@ -29,7 +34,11 @@ class ToolchainGroup(click.Group):
     """Turns a ToolchainError anywhere into one line on stderr and its exit code."""
 
     def invoke(self, ctx):
+        import torch  # noqa: F401  (torch sets up its loggers on import; quiet them after)
+
         from pipelines.errors import ToolchainError
+
+        logging.getLogger("torch").setLevel(logging.ERROR)
 
         try:
             return super().invoke(ctx)

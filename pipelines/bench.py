@@ -101,6 +101,8 @@ def run_worker(job: dict) -> dict:
         from pipelines.runtime import ArtifactEncoder
 
         encoder = ArtifactEncoder(Path(job["artifact"]), threads=config.threads)
+        if encoder.emulated:  # timing a stand-in would mislead: report why there is no figure instead
+            return {**result, "skipped": f"{encoder.runtime_name}: no speed figure on this OS"}
         result.update(_time_engine(encoder.encode, config))
         result["label"] = f"{encoder.manifest['target']} {encoder.manifest['artifact']}"
         result["runtime"] = encoder.runtime_name
@@ -134,10 +136,12 @@ def bench(artifacts: list[Path], model: str, config: BenchConfig, progress=lambd
         row = run_in_subprocess({"engine": "artifact", "artifact": str(artifact), "config": asdict(config)})
         row["path"] = str(artifact)
         rows.append(row)
+    skipped = [row for row in rows if "skipped" in row]
+    rows = [row for row in rows if "skipped" not in row]
     for row in rows:
         row["throughput_ratio"] = row["throughput_sps"] / baseline["throughput_sps"]
         row["latency_p50_ratio"] = row["latency_p50_ms"] / baseline["latency_p50_ms"]
-    return {"config": asdict(config), "cpu": cpu_name(), "rows": rows}
+    return {"config": asdict(config), "cpu": cpu_name(), "rows": rows, "skipped": skipped}
 
 
 def cpu_name() -> str:
@@ -169,6 +173,8 @@ def markdown_table(result: dict) -> str:
             f"{row['latency_p50_ms']:.2f} | {row['latency_p95_ms']:.2f} | {row['latency_p50_ratio']:.2f} | "
             f"{row['peak_rss_mb']:.0f} |"
         )
+    for row in result.get("skipped", []):
+        lines.append(f"\n{row['path']}: not timed ({row['skipped']})")
     buckets = [r for r in result["rows"] if r.get("bucket_latency_ms")]
     for row in buckets:
         per = ", ".join(f"{seq} tokens: {ms:.2f} ms" for seq, ms in row["bucket_latency_ms"].items())
