@@ -152,6 +152,17 @@ def bench(path, threads, repeats, json_out) -> None:
 
 
 @main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="archive folder [default: PATH/release]")
+def package(path, out) -> None:
+    """One release archive (.tar.gz) per artifact: model, tokenizer, manifest, model card, test vectors."""
+    from pipelines.package import package_all
+
+    for archive in package_all(path, out):
+        click.echo(f"{archive}  ({archive.stat().st_size / 1e6:.1f} MB)")
+
+
+@main.command()
 @click.argument("path", type=click.Path(path_type=Path), default="dist")
 def report(path) -> None:
     """report.md + report.html (table and accuracy/speed/size plot) over every artifact under PATH."""

@@ -26,12 +26,13 @@ from pipelines.manifest import MANIFEST, SCHEMA, checksums, library_versions, pa
 from pipelines.model_source import ModelSource, load_sentence_transformer, resolve_model
 from pipelines.pca import Projection, fit_pca
 from pipelines.reference import Reference
-from pipelines.report import write_artifact_report
+from pipelines.report import model_card, write_artifact_report
 from pipelines.runtime import ArtifactEncoder
 from pipelines.verify import gate_failures, measure_parity, test_vector_min_cosine, write_test_vectors
 from targets import ArtifactPlan, Target, get_targets
 
 PCA_FILE = "pca.safetensors"
+MODEL_CARD = "MODEL_CARD.md"
 TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
@@ -217,6 +218,8 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
         tokenizer = write_tokenizer(session, tmp, max_length)
         if session.projection is not None:
             session.projection.save(tmp / PCA_FILE)
+        draft = build_manifest(session, target, plan, conversion, tokenizer, tmp)
+        (tmp / MODEL_CARD).write_text(model_card(draft), encoding="utf-8")
         write_json_atomic(tmp / MANIFEST, build_manifest(session, target, plan, conversion, tokenizer, tmp))
         encoder = ArtifactEncoder(tmp)
         write_test_vectors(tmp, encoder, session.reference)

@@ -171,3 +171,46 @@ def write_model_report(root: Path) -> tuple[Path, Path]:
             "</body></html>")
     (root / "report.html").write_text(page, encoding="utf-8")
     return root / "report.md", root / "report.html"
+
+
+def model_card(manifest: dict) -> str:
+    """MODEL_CARD.md shipped inside every artifact: what it is, how to call it, what it was checked against."""
+    model = manifest["model"]
+    inputs = ", ".join(f"`{i['name']}` ({i['dtype']}, {' × '.join(map(str, i['shape']))})" for i in manifest["inputs"])
+    shapes = manifest.get("shapes")
+    lines = [
+        f"# {model['name']} — {manifest['artifact']} for {manifest['target']}",
+        "",
+        f"Sentence embeddings from `{model['source']}` (weights sha256 `{model['weights_sha256'][:16]}…`), "
+        f"converted to {manifest['format']} at {manifest['precision']} precision for {manifest['runtime']}.",
+        "",
+        "## Use",
+        "",
+        f"- Tokenize with `{manifest['tokenizer']['file']}` (Hugging Face `tokenizers`); it truncates at "
+        f"{manifest['max_seq_length']} tokens like the source model. Pad on the right with id "
+        f"{manifest['tokenizer']['pad_token_id']}.",
+        f"- Inputs: {inputs}.",
+        f"- Output `{manifest['output']['name']}`: float32 × {manifest['embedding_dim']}, "
+        f"{'L2-normalised (use the dot product as cosine similarity)' if manifest['normalized'] else 'not normalised'}.",
+        f"- Pooling ({manifest['pooling']}), "
+        + (f"PCA to {manifest['pca']['dims']} dims, " if manifest.get("pca") else "")
+        + "and normalisation are inside the model file.",
+    ]
+    if shapes:
+        lines.append("- Fixed shapes: pad to the smallest that fits: "
+                     + ", ".join(f"{s['batch']}×{s['sequence']} (`{s['name']}`)" for s in shapes) + ".")
+    lines += [
+        "",
+        "## Checks",
+        "",
+        "`manifest.json` lists the sha256 of every file and the parity against the fp32 PyTorch model on STS-B dev. "
+        "`test_vectors.json` holds a dozen sentences with their token ids and expected embeddings: run them in your "
+        "app's CI and compare by cosine against the manifest's `gate.min_cosine`.",
+        "",
+        "## Intended use and limits",
+        "",
+        "Semantic similarity, search and clustering of short English texts, as the source model. Quantized and "
+        "half-precision artifacts trade a little accuracy for size and speed: see the manifest's parity figures. "
+        "Texts beyond the token limit are truncated. The license is that of the source model.",
+    ]
+    return "\n".join(lines) + "\n"

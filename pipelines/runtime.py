@@ -68,22 +68,33 @@ class ArtifactEncoder:
         length = max(len(r["input_ids"]) for r in rows)
         if self.runner.shapes is None:
             return self.runner.run(self._pad(rows, len(rows), length), None)
-        outputs = np.zeros((len(rows), int(self.manifest["embedding_dim"])), dtype=np.float32)
         by_bucket: dict[int, list[int]] = {}
         for i, row in enumerate(rows):
             by_bucket.setdefault(self._sequence_bucket(len(row["input_ids"])), []).append(i)
+        parts: list[tuple[list[int], np.ndarray]] = []
         for sequence, indices in by_bucket.items():
             for shape, chunk in self._chunks_for_bucket(indices, sequence):
                 padded = self._pad([rows[i] for i in chunk], shape.batch, shape.sequence)
-                outputs[chunk] = self.runner.run(padded, shape)[: len(chunk)]
-        return outputs
+                parts.append((chunk, self.runner.run(padded, shape)[: len(chunk)]))
+        return _scatter(len(rows), parts)
 
     def encode(self, sentences: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Embed sentences in length-sorted batches (as sentence-transformers does), original order out."""
         rows = self.tokenize(sentences)
-        result = np.zeros((len(rows), int(self.manifest["embedding_dim"])), dtype=np.float32)
+        if not rows:
+            return np.zeros((0, int(self.manifest["embedding_dim"])), dtype=np.float32)
         order = np.argsort([-len(r["input_ids"]) for r in rows], kind="stable")
+        parts = []
         for start in range(0, len(rows), batch_size):
             index = order[start : start + batch_size]
-            result[index] = self.run_tokenized([rows[i] for i in index])
-        return result
+            parts.append((index, self.run_tokenized([rows[i] for i in index])))
+        return _scatter(len(rows), parts)
+
+
+def _scatter(count: int, parts) -> np.ndarray:
+    """Put (indices, embeddings) batches back in input order; the width is what the model really outputs."""
+    width = parts[0][1].shape[1]
+    result = np.zeros((count, width), dtype=np.float32)
+    for index, embeddings in parts:
+        result[index] = embeddings
+    return result

@@ -35,3 +35,15 @@ def dev_sentences() -> list[str]:
     from pipelines.data import load_stsb
 
     return load_stsb("dev").unique_sentences()
+
+
+@pytest.fixture(scope="session")
+def x86_artifact(tmp_path_factory):
+    """The x86 artifact of the bundled model, built once through the real export pipeline."""
+    from pipelines.config import BuildConfig
+    from pipelines.export import export
+
+    out = tmp_path_factory.mktemp("dist")
+    (result,) = export(BuildConfig(target="x86", out=str(out)), log=lambda _: None)
+    assert result.ok, result.error
+    return result

@@ -5,18 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
-
 from pipelines.config import BuildConfig
 from pipelines.export import export
-
-
-@pytest.fixture(scope="module")
-def x86_artifact(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
-    (result,) = export(BuildConfig(target="x86", out=str(out)), log=lambda _: None)
-    assert result.ok, result.error
-    return result
 
 
 def test_x86_parity_and_size(x86_artifact):

@@ -1,0 +1,151 @@
+"""The deployment gate: every way an artifact can be broken makes `verify` fail, naming what is wrong."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from pipelines.errors import ArtifactError
+from pipelines.gatekeeper import verify_path
+from pipelines.manifest import checksums, write_json_atomic
+from pipelines.package import package_all, safe_extract
+
+QUICK = 60  # STS-B dev pairs per verify here; the full set runs in test_x86
+
+
+@pytest.fixture
+def artifact(x86_artifact, tmp_path):
+    copy = tmp_path / "x86"
+    shutil.copytree(x86_artifact.folder, copy)
+    return copy
+
+
+def _manifest(folder):
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def _resign(folder):
+    """Recompute the checksums, as a buggy converter would have written them."""
+    manifest = _manifest(folder)
+    manifest["files"] = checksums(folder)
+    write_json_atomic(folder / "manifest.json", manifest)
+
+
+def test_untouched_artifact_passes(artifact):
+    (row,) = verify_path(artifact, limit=QUICK)
+    assert row["ok"], row["failures"]
+    assert row["parity"]["mean_cosine"] >= 0.99
+
+
+def test_missing_file_fails_naming_it(artifact):
+    (artifact / "tokenizer_config.json").unlink()
+    (row,) = verify_path(artifact, limit=QUICK)
+    assert not row["ok"] and "tokenizer_config.json" in row["failures"][0] and "missing" in row["failures"][0]
+
+
+def test_truncated_file_fails_naming_it(artifact):
+    data = (artifact / "tokenizer.json").read_bytes()
+    (artifact / "tokenizer.json").write_bytes(data[: len(data) // 2])
+    (row,) = verify_path(artifact, limit=QUICK)
+    assert not row["ok"] and "tokenizer.json" in row["failures"][0]
+
+
+def test_extra_file_fails(artifact):
+    (artifact / "payload.bin").write_bytes(b"\x00")
+    (row,) = verify_path(artifact, limit=QUICK)
+    assert not row["ok"] and "payload.bin" in row["failures"][0]
+
+
+def test_nan_output_fails(artifact):
+    model = onnx.load(str(artifact / "model.onnx"))
+    output = model.graph.output[0].name
+    model.graph.node.append(helper.make_node("Mul", [output + "_raw", "nan_const"], [output]))
+    for node in model.graph.node[:-1]:
+        node.output[:] = [o + "_raw" if o == output else o for o in node.output]
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([np.nan], dtype=np.float32), "nan_const"))
+    onnx.save(model, str(artifact / "model.onnx"))
+    _resign(artifact)
+    (row,) = verify_path(artifact, limit=QUICK)
+    assert not row["ok"]
+    assert any("NaN or inf" in f for f in row["failures"]), row["failures"]
+
+
+def test_dims_mismatch_fails(artifact):
+    manifest = _manifest(artifact)
+    manifest["embedding_dim"] = 128
+    write_json_atomic(artifact / "manifest.json", manifest)
+    (row,) = verify_path(artifact, limit=QUICK)
+    assert not row["ok"] and "outputs 384 dims but the manifest says 128" in row["failures"][0]
+
+
+def test_cosine_below_threshold_fails(artifact):
+    (row,) = verify_path(artifact, limit=QUICK, min_mean_cosine=0.9999)
+    assert not row["ok"]
+    assert any(f.startswith("mean cosine") and "< 0.9999" in f for f in row["failures"]), row["failures"]
+
+
+def test_foreign_manifest_fails(artifact):
+    (artifact / "manifest.json").write_text(json.dumps({"name": "someone else's"}))
+    (row,) = verify_path(artifact, limit=QUICK)
+    assert not row["ok"] and "not a manifest of this toolchain" in row["failures"][0]
+
+
+def test_package_then_verify_archive_and_tampered_archive(x86_artifact, tmp_path):
+    (archive,) = package_all(_model_root(x86_artifact), tmp_path / "release")
+    assert archive.name.endswith(".tar.gz")
+    (row,) = verify_path(archive, limit=QUICK)
+    assert row["ok"], row["failures"]
+    again = package_all(_model_root(x86_artifact), tmp_path / "again")[0]
+    assert again.read_bytes() == archive.read_bytes()  # archives are reproducible
+    # Rewrite the archive with one byte of the model changed.
+    tampered = tmp_path / "tampered.tar.gz"
+    with tarfile.open(archive) as src, tarfile.open(tampered, "w:gz") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read() if member.isfile() else None
+            if member.name.endswith("model.onnx"):
+                data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+            dst.addfile(member, io.BytesIO(data) if data is not None else None)
+    (row,) = verify_path(tampered, limit=QUICK)
+    assert not row["ok"] and "model.onnx" in row["failures"][0]
+
+
+def _model_root(result):
+    from pathlib import Path
+
+    return Path(result.folder).parent
+
+
+def _tar_with(tmp_path, member: tarfile.TarInfo, data: bytes = b""):
+    path = tmp_path / "evil.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.addfile(member, io.BytesIO(data) if member.isfile() else None)
+    return path
+
+
+@pytest.mark.parametrize("name", ["../escape.txt", "/abs/escape.txt", "ok/../../escape.txt"])
+def test_archive_members_cannot_escape(tmp_path, name):
+    info = tarfile.TarInfo(name)
+    info.size = 3
+    archive = _tar_with(tmp_path, info, b"bad")
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(ArtifactError, match="escaping"):
+        safe_extract(archive, dest)
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_archive_links_are_refused(tmp_path):
+    info = tarfile.TarInfo("link")
+    info.type = tarfile.SYMTYPE
+    info.linkname = "/etc/passwd"
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(ArtifactError, match="link"):
+        safe_extract(_tar_with(tmp_path, info), dest)
