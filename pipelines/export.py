@@ -7,6 +7,7 @@ none, never a half-written one.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -267,6 +268,12 @@ def export(config: BuildConfig, log: Callable[[str], None] = print) -> list[Arti
                 except ToolchainError as exc:
                     results.append(ArtifactResult(target.name, str(final), plan.format, False, error=str(exc),
                                                   seconds=time.perf_counter() - started))
+                except OSError as exc:
+                    reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+                    results.append(ArtifactResult(
+                        target.name, str(final), plan.format, False,
+                        error=f"could not write {final}: {reason}; free space or pass another --out, then re-run",
+                        seconds=time.perf_counter() - started))
                 except Exception as exc:  # a converter crash fails this artifact, not the whole run
                     message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                     results.append(ArtifactResult(target.name, str(final), plan.format, False, error=message,
