@@ -14,9 +14,11 @@ Both are emulations: neither is the Core ML runtime, the GPU or the Neural Engin
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import sys
 import time
+import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -154,6 +156,7 @@ def convert(
         {"embedding_dim": str(spec.embedding_dim), "normalized": str(spec.normalized).lower()}
     )
     mlmodel.save(str(out_dir / MODEL_FILE))
+    _make_reproducible(out_dir / MODEL_FILE)
     seconds = time.perf_counter() - started
     summary = summarize_program(out_dir / MODEL_FILE)
     return Conversion(
@@ -175,6 +178,24 @@ def convert(
             "weight_dtypes": summary["weight_dtypes"],
         },
     )
+
+
+def _make_reproducible(package: Path) -> None:
+    """Same model, same bytes: coremltools writes random item UUIDs, today's date and proto maps in hash order."""
+    from coremltools.proto import Model_pb2
+
+    manifest_path = package / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    items = manifest["itemInfoEntries"]
+    renamed = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, entry["path"])) for old, entry in items.items()}
+    manifest["itemInfoEntries"] = {renamed[old]: entry for old, entry in items.items()}
+    manifest["rootModelIdentifier"] = renamed[manifest["rootModelIdentifier"]]
+    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True), encoding="utf-8")
+    spec_path = package / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    spec.description.metadata.userDefined.pop("com.github.apple.coremltools.conversion_date", None)
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
 
 
 # ---- inspection (reads the saved spec; works on Linux) ----
