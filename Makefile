@@ -9,7 +9,7 @@ MODEL_DIR := dist/all-MiniLM-L6-v2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test install lint clean
+.PHONY: demo bench-peers test install lint clean
 
 install: $(STAMP)
 
@@ -22,8 +22,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(PYTHON) cli.py export --target all
-	$(PYTHON) cli.py bench $(MODEL_DIR) --json $(MODEL_DIR)/bench.json
-	$(PYTHON) cli.py report $(MODEL_DIR)
+	$(PYTHON) cli.py export --target x86 --dims 128
+	$(PYTHON) cli.py bench dist --json dist/bench.json
+	$(PYTHON) cli.py package $(MODEL_DIR)
+	$(PYTHON) cli.py verify $(MODEL_DIR)/release/all-MiniLM-L6-v2-x86.tar.gz
+	$(PYTHON) cli.py report dist
+
+# The x86 artifact against sentence-transformers' own int8 ONNX export (creates .venv-peer once).
+bench-peers: $(STAMP)
+	$(PYTHON) cli.py bench $(MODEL_DIR)/x86 --vs-peers --repeats 5 --json dist/bench-peers.json
 
 test: $(STAMP)
 	$(PYTHON) -m pytest

@@ -126,7 +126,8 @@ def verify(path, min_cosine, max_spearman_drop, model, as_json, quick) -> None:
 @click.option("--repeats", type=int, default=3, show_default=True, help="throughput passes (median is reported)")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="also write the results as JSON (and a .md table beside it)")
-def bench(path, threads, repeats, json_out) -> None:
+@click.option("--vs-peers", is_flag=True, help="also measure sentence-transformers' own int8 ONNX export (own venv)")
+def bench(path, threads, repeats, json_out, vs_peers) -> None:
     """Speed vs the fp32 PyTorch model, measured in the same run; recorded in each manifest."""
     from pipelines.bench import BenchConfig, markdown_table
     from pipelines.bench import bench as run_bench
@@ -137,10 +138,11 @@ def bench(path, threads, repeats, json_out) -> None:
     config = BenchConfig(threads=threads or BenchConfig().threads, repeats=repeats)
     console = _console()
     model = read_manifest(artifacts[0])["model"]["source"]
-    result = run_bench(artifacts, model, config, progress=lambda msg: console.print(f"[dim]• timing[/dim] {msg}"))
+    result = run_bench(artifacts, model, config, progress=lambda msg: console.print(f"[dim]• timing[/dim] {msg}"),
+                       peers=vs_peers)
     table = markdown_table(result)
     console.print(table)
-    for row in result["rows"][1:]:
+    for row in (r for r in result["rows"][1:] if "path" in r):
         manifest = read_manifest(Path(row["path"]))
         manifest["speed"] = {**row, "baseline": result["rows"][0], "config": result["config"], "cpu": result["cpu"],
                              "table_md": table}

@@ -97,6 +97,14 @@ def run_worker(job: dict) -> dict:
         result.update(_time_engine(lambda s, b: model.encode(s, batch_size=b), config))
         result["label"] = "fp32 PyTorch (sentence-transformers)"
         result["size_bytes"] = sum(p.stat().st_size for p in source.path.glob("*.safetensors"))
+    elif job["engine"] == "peer":
+        from benchmarks.peers import PEER_LABEL, build_peer
+        from pipelines.data import load_stsb
+
+        model, size = build_peer(job["model_path"], config.threads)
+        result.update(_time_engine(lambda s, b: model.encode(s, batch_size=b), config))
+        np.save(job["embeddings_out"], model.encode(load_stsb("dev").unique_sentences(), batch_size=32))
+        result.update(label=PEER_LABEL, size_bytes=size)
     else:
         from pipelines.runtime import ArtifactEncoder
 
@@ -113,10 +121,10 @@ def run_worker(job: dict) -> dict:
     return result
 
 
-def run_in_subprocess(job: dict) -> dict:
+def run_in_subprocess(job: dict, python: str = sys.executable) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(job["config"]["threads"]), "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.bench", json.dumps(job)],
+        [python, "-m", "pipelines.bench", json.dumps(job)],
         capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent,
     )
     marker = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
@@ -126,22 +134,77 @@ def run_in_subprocess(job: dict) -> dict:
     return json.loads(marker[-1][len("BENCH_RESULT ") :])
 
 
-def bench(artifacts: list[Path], model: str, config: BenchConfig, progress=lambda msg: None) -> dict:
-    """Baseline first, then every artifact; returns rows with ratios against the baseline."""
+def _peer_row(model: str, config: BenchConfig, progress) -> dict:
+    """The peer in its own environment; its parity is measured here like ours (STS-B dev, vs fp32)."""
+    import tempfile
+
+    from benchmarks.peers import ensure_peer_venv
+    from pipelines.model_source import load_sentence_transformer, resolve_model
+    from pipelines.reference import Reference
+    from pipelines.verify import measure_parity
+
+    python = ensure_peer_venv(progress)
+    source = resolve_model(model)
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "peer_dev.npy"
+        job = {"engine": "peer", "model_path": str(source.path), "embeddings_out": str(out), "config": asdict(config)}
+        row = run_in_subprocess(job, python=str(python))
+        embeddings = np.load(out, allow_pickle=False)
+    reference = Reference(load_sentence_transformer(source), source)
+    row["parity"] = measure_parity(lambda sentences: embeddings, reference).to_dict()
+    return row
+
+
+def _roofline(rows: list[dict], artifacts: list[Path], config: BenchConfig) -> dict:
+    """Achieved GOP/s of each engine on the throughput workload, against this CPU's int8 peak."""
+    from tokenizers import Tokenizer
+
+    from benchmarks.peers import flops_per_sentence, int8_peak_gops
+    from pipelines.manifest import read_manifest
+
+    manifest = read_manifest(artifacts[0])
+    tokenizer = Tokenizer.from_file(str(artifacts[0] / manifest["tokenizer"]["file"]))
+    graph = manifest["graph"]
+    model_config = {"hidden_size": graph["hidden_size"], "num_hidden_layers": graph["num_hidden_layers"],
+                    "intermediate_size": 4 * graph["hidden_size"]}
+    sentences, _ = workload(config)
+    total = sum(flops_per_sentence(model_config, len(e.ids)) for e in tokenizer.encode_batch(sentences))
+    peak = int8_peak_gops()
+    for row in rows:
+        row["gops"] = total / len(sentences) * row["throughput_sps"] / 1e9
+        row["int8_peak_fraction"] = row["gops"] / peak["peak_gops"] if peak["peak_gops"] else None
+    return {**peak, "flops_per_sentence_mean": total / len(sentences),
+            "assumptions": "FLOPs = 2 x MACs of the 6 projections per layer and the two attention products, "
+                           "no padding; peak = cores x max cpu MHz x 128 int8 ops/cycle/core (AVX-512 VNNI)"}
+
+
+def bench(artifacts: list[Path], model: str, config: BenchConfig, progress=lambda msg: None,
+          peers: bool = False) -> dict:
+    """Baseline first, then the peer (optional), then every artifact; rows carry ratios against the baseline."""
     progress("fp32 PyTorch baseline")
     baseline = run_in_subprocess({"engine": "torch", "model": model, "config": asdict(config)})
     rows = [baseline]
+    if peers:
+        progress("peer export (sentence-transformers + optimum, own venv)")
+        rows.append(_peer_row(model, config, progress))
     for artifact in artifacts:
         progress(str(artifact))
         row = run_in_subprocess({"engine": "artifact", "artifact": str(artifact), "config": asdict(config)})
         row["path"] = str(artifact)
+        from pipelines.manifest import read_manifest
+
+        row["parity"] = read_manifest(artifact).get("parity")
         rows.append(row)
     skipped = [row for row in rows if "skipped" in row]
     rows = [row for row in rows if "skipped" not in row]
     for row in rows:
         row["throughput_ratio"] = row["throughput_sps"] / baseline["throughput_sps"]
         row["latency_p50_ratio"] = row["latency_p50_ms"] / baseline["latency_p50_ms"]
-    return {"config": asdict(config), "cpu": cpu_name(), "rows": rows, "skipped": skipped}
+    sources = [r["parity"]["spearman_source"] for r in rows if (r.get("parity") or {}).get("spearman_source")]
+    if sources:  # the baseline is the reference itself
+        baseline["parity"] = {"spearman": sources[0], "mean_cosine": 1.0, "min_cosine": 1.0}
+    roofline = _roofline(rows, artifacts, config) if peers else None
+    return {"config": asdict(config), "cpu": cpu_name(), "rows": rows, "skipped": skipped, "roofline": roofline}
 
 
 def cpu_name() -> str:
@@ -166,13 +229,31 @@ def markdown_table(result: dict) -> str:
         "| engine | size MB | batch-32 sent/s | × fp32 | b1 p50 ms | b1 p95 ms | × fp32 p50 | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    roofline = result.get("roofline")
+    if roofline:
+        lines[-2] = lines[-2] + " STS-B dev | mean cos | min cos | GOP/s | % int8 peak |"
+        lines[-1] = lines[-1] + "---|---|---|---|---|"
     for row in result["rows"]:
         size = f"{row['size_bytes'] / 1e6:.1f}" if row.get("size_bytes") else "–"
-        lines.append(
+        line = (
             f"| {row['label']} | {size} | {row['throughput_sps']:.0f} | {row['throughput_ratio']:.2f} | "
             f"{row['latency_p50_ms']:.2f} | {row['latency_p95_ms']:.2f} | {row['latency_p50_ratio']:.2f} | "
             f"{row['peak_rss_mb']:.0f} |"
         )
+        if roofline:
+            parity = row.get("parity") or {}
+            sts = parity.get("spearman", parity.get("spearman_source"))
+            fraction = row.get("int8_peak_fraction")
+            line += (
+                f" {sts:.2f} | {parity.get('mean_cosine', 1.0):.4f} | {parity.get('min_cosine', 1.0):.4f} | "
+                f"{row['gops']:.0f} | {100 * fraction:.1f}% |" if sts is not None and fraction else " – | – | – | – | – |"
+            )
+        lines.append(line)
+    if roofline:
+        lines.append(f"\nint8 roofline: {roofline['peak_gops']:.0f} GOP/s ({roofline['cores']} cores × "
+                     f"{roofline['clock_ghz']} GHz × {roofline['int8_ops_per_cycle_per_core']} ops/cycle); "
+                     f"{roofline['flops_per_sentence_mean'] / 1e6:.0f} MFLOP per sentence on average. "
+                     f"{roofline['assumptions']}.")
     for row in result.get("skipped", []):
         lines.append(f"\n{row['path']}: not timed ({row['skipped']})")
     buckets = [r for r in result["rows"] if r.get("bucket_latency_ms")]
