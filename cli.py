@@ -80,8 +80,9 @@ def _target_names() -> list[str]:
 def export(target, model, dims, fit_corpus, out, config_file, no_verify, allow_pickle, trust_remote_code) -> None:
     """Convert, verify and gate the model for one target (or all)."""
     from pipelines.config import BuildConfig
+    from pipelines.export import count_artifacts
     from pipelines.export import export as run_export
-    from pipelines.summary import print_summary
+    from pipelines.summary import RichProgress, print_summary
 
     if config_file is not None:
         config = BuildConfig.from_file(config_file)
@@ -91,7 +92,8 @@ def export(target, model, dims, fit_corpus, out, config_file, no_verify, allow_p
             verify=not no_verify, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
         )
     console = _console()
-    results = run_export(config, log=lambda msg: console.print(f"[dim]•[/dim] {msg}"))
+    with RichProgress(console, count_artifacts(config)) as progress:
+        results = run_export(config, progress)
     print_summary(console, results)
     if not all(r.ok for r in results):
         sys.exit(1)

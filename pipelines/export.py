@@ -13,6 +13,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
+from typing import Protocol
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
@@ -249,12 +250,44 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def export(config: BuildConfig, log: Callable[[str], None] = print) -> list[ArtifactResult]:
+def _failure_message(exc: Exception, final: Path) -> str:
+    if isinstance(exc, ToolchainError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+        return f"could not write {final}: {reason}; free space or pass another --out, then re-run"
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first_line}"  # a converter crash fails this artifact, not the run
+
+
+class Progress(Protocol):
+    def step(self, message: str) -> None: ...
+    def artifact_done(self, result: ArtifactResult) -> None: ...
+
+
+@dataclass
+class PrintProgress:
+    log: Callable[[str], None] = print
+
+    def step(self, message: str) -> None:
+        self.log(message)
+
+    def artifact_done(self, result: ArtifactResult) -> None:
+        self.log(f"{result.target}: {'done' if result.ok else 'FAILED'} in {result.seconds:.0f} s")
+
+
+def count_artifacts(config: BuildConfig) -> int:
+    return sum(len(t.plans) for t in get_targets(config.target))
+
+
+def export(config: BuildConfig, progress: Progress | None = None) -> list[ArtifactResult]:
     """Build every artifact of the configured target(s). A failing artifact does not stop the others."""
+    progress = progress or PrintProgress()
     targets = get_targets(config.target)
     # SIGTERM unwinds like Ctrl-C, so the finally blocks remove temporary folders.
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
+        progress.step("loading the model" + (f" and fitting PCA to {config.dims} dims" if config.dims else ""))
         session = open_session(config)
         results = []
         for target in targets:
@@ -262,22 +295,14 @@ def export(config: BuildConfig, log: Callable[[str], None] = print) -> list[Arti
                 started = time.perf_counter()
                 final = _destination(session, target, plan)
                 try:
-                    manifest = build_artifact(session, target, plan, log)
-                    results.append(ArtifactResult(target.name, str(final), plan.format, True, manifest,
-                                                  seconds=time.perf_counter() - started))
-                except ToolchainError as exc:
-                    results.append(ArtifactResult(target.name, str(final), plan.format, False, error=str(exc),
-                                                  seconds=time.perf_counter() - started))
-                except OSError as exc:
-                    reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
-                    results.append(ArtifactResult(
-                        target.name, str(final), plan.format, False,
-                        error=f"could not write {final}: {reason}; free space or pass another --out, then re-run",
-                        seconds=time.perf_counter() - started))
-                except Exception as exc:  # a converter crash fails this artifact, not the whole run
-                    message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    results.append(ArtifactResult(target.name, str(final), plan.format, False, error=message,
-                                                  seconds=time.perf_counter() - started))
+                    manifest = build_artifact(session, target, plan, progress.step)
+                    result = ArtifactResult(target.name, str(final), plan.format, True, manifest)
+                except Exception as exc:
+                    result = ArtifactResult(target.name, str(final), plan.format, False,
+                                            error=_failure_message(exc, final))
+                result.seconds = time.perf_counter() - started
+                progress.artifact_done(result)
+                results.append(result)
         return results
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -2,7 +2,34 @@
 
 from __future__ import annotations
 
+from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as _RichBar
 from rich.table import Table
+
+
+class RichProgress:
+    """A bar over the artifacts of an export, with the current step and elapsed time."""
+
+    def __init__(self, console, total: int) -> None:
+        self._bar = _RichBar(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), console=console, transient=False)
+        self._task = self._bar.add_task("starting", total=total)
+
+    def __enter__(self) -> RichProgress:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bar.update(self._task, description="finished")
+        self._bar.__exit__(*exc)
+
+    def step(self, message: str) -> None:
+        self._bar.update(self._task, description=message)
+
+    def artifact_done(self, result) -> None:
+        mark = "[green]✓[/green]" if result.ok else "[red]✗[/red]"
+        self._bar.console.print(f"{mark} {result.target} {result.format} ({result.seconds:.0f} s)")
+        self._bar.advance(self._task)
 
 
 def _cell(value, fmt: str = "{:.4f}") -> str:

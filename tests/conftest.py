@@ -44,6 +44,6 @@ def x86_artifact(tmp_path_factory):
     from pipelines.export import export
 
     out = tmp_path_factory.mktemp("dist")
-    (result,) = export(BuildConfig(target="x86", out=str(out)), log=lambda _: None)
+    (result,) = export(BuildConfig(target="x86", out=str(out)))
     assert result.ok, result.error
     return result

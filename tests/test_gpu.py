@@ -10,7 +10,7 @@ from pipelines.export import export
 
 @pytest.fixture(scope="module")
 def gpu_artifact(tmp_path_factory):
-    (result,) = export(BuildConfig(target="gpu", out=str(tmp_path_factory.mktemp("dist"))), log=lambda _: None)
+    (result,) = export(BuildConfig(target="gpu", out=str(tmp_path_factory.mktemp("dist"))))
     assert result.ok, result.error
     return result.manifest
 

@@ -27,7 +27,7 @@ def test_rebuild_from_manifest_gives_identical_onnx(x86_artifact, tmp_path):
 def test_core_ml_package_is_byte_identical_across_builds(tmp_path):
     digests = []
     for run in ("a", "b"):
-        (result,) = export(BuildConfig(target="apple", out=str(tmp_path / run), verify=False), log=lambda _: None)
+        (result,) = export(BuildConfig(target="apple", out=str(tmp_path / run), verify=False))
         assert result.ok, result.error
         digests.append(json.loads((Path(result.folder) / "manifest.json").read_text())["files"])
     assert digests[0] == digests[1]

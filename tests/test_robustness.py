@@ -114,7 +114,7 @@ def test_disk_full_mid_write_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(onnx_converter, "quantize_int8", fill_disk)
     out = tmp_path / "dist"
-    (result,) = export(BuildConfig(target="x86", out=str(out)), log=lambda _: None)
+    (result,) = export(BuildConfig(target="x86", out=str(out)))
     monkeypatch.setattr(onnx_converter, "quantize_int8", real)
     assert not result.ok
     assert "disk is full" in result.error and "--out" in result.error

@@ -81,7 +81,7 @@ def test_verify_command_passes_and_fails_on_tampering(x86_artifact, tmp_path):
 
 def test_pca_128_within_one_point_of_fp32(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist_pca")
-    (result,) = export(BuildConfig(target="x86", dims=128, out=str(out)), log=lambda _: None)
+    (result,) = export(BuildConfig(target="x86", dims=128, out=str(out)))
     assert result.ok, result.error
     manifest = result.manifest
     assert manifest["embedding_dim"] == 128 and manifest["pca"]["dims"] == 128
