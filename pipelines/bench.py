@@ -244,10 +244,11 @@ def markdown_table(result: dict) -> str:
             parity = row.get("parity") or {}
             sts = parity.get("spearman", parity.get("spearman_source"))
             fraction = row.get("int8_peak_fraction")
-            line += (
-                f" {sts:.2f} | {parity.get('mean_cosine', 1.0):.4f} | {parity.get('min_cosine', 1.0):.4f} | "
-                f"{row['gops']:.0f} | {100 * fraction:.1f}% |" if sts is not None and fraction else " – | – | – | – | – |"
-            )
+            if sts is not None and fraction:
+                line += (f" {sts:.2f} | {parity.get('mean_cosine', 1.0):.4f} | {parity.get('min_cosine', 1.0):.4f} | "
+                         f"{row['gops']:.0f} | {100 * fraction:.1f}% |")
+            else:
+                line += " – | – | – | – | – |"
         lines.append(line)
     if roofline:
         lines.append(f"\nint8 roofline: {roofline['peak_gops']:.0f} GOP/s ({roofline['cores']} cores × "

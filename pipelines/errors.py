@@ -34,7 +34,8 @@ class MissingDependencyError(ToolchainError):
 
     def __init__(self, package: str, extra: str) -> None:
         super().__init__(
-            f"{package} is not installed; it is needed for this target: run  pip install -c constraints.txt -e '.[{extra}]'"
+            f"{package} is not installed; it is needed for this target: "
+            f"run  pip install -c constraints.txt -e '.[{extra}]'"
         )
 
 

@@ -13,9 +13,9 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from typing import Protocol
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 

@@ -45,9 +45,8 @@ def sha256_file(path: Path) -> str:
 
 def artifact_files(artifact_dir: Path) -> list[Path]:
     """Every file in the artifact that the checksums cover, sorted (directories such as .mlpackage are walked)."""
-    return sorted(
-        p for p in artifact_dir.rglob("*") if p.is_file() and p.relative_to(artifact_dir).as_posix() not in UNCHECKED_FILES
-    )
+    files = (p for p in artifact_dir.rglob("*") if p.is_file())
+    return sorted(p for p in files if p.relative_to(artifact_dir).as_posix() not in UNCHECKED_FILES)
 
 
 def path_size(path: Path) -> int:
@@ -86,7 +85,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def read_manifest(artifact_dir: Path) -> dict[str, Any]:
     path = Path(artifact_dir) / MANIFEST
     if not Path(artifact_dir).is_dir():
-        raise ArtifactError(f"{str(artifact_dir)!r} is not a directory; pass an artifact directory made by `cli.py export`")
+        raise ArtifactError(f"{str(artifact_dir)!r} is not a directory; pass an artifact folder from `cli.py export`")
     if not path.is_file():
         raise ArtifactError(f"{str(artifact_dir)!r} has no {MANIFEST}; it was not made by this toolchain")
     try:

@@ -28,7 +28,7 @@ def artifact_report(manifest: dict) -> str:
         f"- inputs: {', '.join(i['name'] + ':' + i['dtype'] for i in manifest['inputs'])}; "
         f"output `{manifest['output']['name']}` float32 × {manifest['embedding_dim']}",
         f"- pooling {manifest['pooling']}, normalised: {manifest['normalized']}, "
-        f"max sequence length {manifest['max_seq_length']} tokens (longer texts are truncated as the source model does)",
+        f"max sequence length {manifest['max_seq_length']} tokens (longer texts are truncated as by the source model)",
     ]
     if manifest.get("shapes"):
         shapes = ", ".join(f"{s['batch']}×{s['sequence']}" for s in manifest["shapes"])
@@ -135,8 +135,10 @@ def _svg_plot(rows: list[dict]) -> str:
 
 
 def _table_md(rows: list[dict]) -> str:
-    lines = ["| artifact | dims | size MB | mean cos | min cos | STS-B | Δ vs fp32 | × fp32 sent/s | b1 p50 ms | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| artifact | dims | size MB | mean cos | min cos | STS-B | Δ vs fp32 | × fp32 sent/s | b1 p50 ms | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         drop = None if r["spearman_drop"] is None else -r["spearman_drop"]
         verdict = r["verdict"] + (" (emulated parity)" if r["emulated"] else "")
@@ -151,6 +153,7 @@ def _table_md(rows: list[dict]) -> str:
 def write_model_report(root: Path) -> tuple[Path, Path]:
     """report.md and report.html over every artifact under ``root``: one table and one plot."""
     import html
+
     import markdown_it
 
     rows = _rows(root)
@@ -191,7 +194,7 @@ def model_card(manifest: dict) -> str:
         f"{manifest['tokenizer']['pad_token_id']}.",
         f"- Inputs: {inputs}.",
         f"- Output `{manifest['output']['name']}`: float32 × {manifest['embedding_dim']}, "
-        f"{'L2-normalised (use the dot product as cosine similarity)' if manifest['normalized'] else 'not normalised'}.",
+        + ("L2-normalised (the dot product is the cosine)." if manifest["normalized"] else "not normalised."),
         f"- Pooling ({manifest['pooling']}), "
         + (f"PCA to {manifest['pca']['dims']} dims, " if manifest.get("pca") else "")
         + "and normalisation are inside the model file.",

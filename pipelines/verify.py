@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from pipelines.errors import ArtifactError
 from pipelines.data import StsPairs, load_stsb
+from pipelines.errors import ArtifactError
 from pipelines.reference import Reference
 from pipelines.runtime import ArtifactEncoder
 from targets import Gate

@@ -47,3 +47,11 @@ def x86_artifact(tmp_path_factory):
     (result,) = export(BuildConfig(target="x86", out=str(out)))
     assert result.ok, result.error
     return result
+
+
+@pytest.fixture(scope="session")
+def graph(st_model):
+    """The embedding graph with the in-graph float mask (what the TFLite, ExecuTorch and Core ML paths convert)."""
+    from pipelines.graph import build_graph
+
+    return build_graph(st_model, None, additive_mask=True)

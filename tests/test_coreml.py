@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("coremltools")
-
-from converters import Conversion, Shape, coreml  # noqa: E402
-from pipelines.errors import ArtifactError, ConfigError  # noqa: E402
-from pipelines.graph import EmbeddingGraph, GraphSpec, build_graph  # noqa: E402
+from converters import Conversion, Shape, coreml
+from pipelines.errors import ArtifactError, ConfigError
+from pipelines.graph import EmbeddingGraph, GraphSpec
+from pipelines.verify import row_cosines
 
 # coremltools 9 warns about its own op registry hundreds of times per conversion.
 pytestmark = pytest.mark.filterwarnings("ignore:Function _TORCH_OPS_REGISTRY:DeprecationWarning")
@@ -37,10 +36,6 @@ def _manifest(conversion: Conversion, spec: GraphSpec) -> dict:
         "shapes": [dataclasses.asdict(s) for s in conversion.shapes or []],
     }
 
-
-@pytest.fixture(scope="module")
-def graph(st_model) -> EmbeddingGraph:
-    return build_graph(st_model, None, additive_mask=True)
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +64,6 @@ def _reference(graph: EmbeddingGraph, feeds: dict[str, np.ndarray], spec: GraphS
     with torch.no_grad():
         return graph(*(torch.from_numpy(feeds[name]) for name in spec.input_names)).numpy()
 
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def _bucket(length: int, buckets: tuple[int, ...]) -> int:
@@ -130,7 +120,7 @@ def test_inspect_rejects_a_mismatched_manifest(converted, change):
 
 def test_emulated_fp16_parity(graph, st_model, spec, dev_sentences):
     feeds = _tokenize(st_model, dev_sentences[:64], spec)
-    cosines = _cosines(coreml.emulate(coreml.half_precision_copy(graph), feeds), _reference(graph, feeds, spec))
+    cosines = row_cosines(coreml.emulate(coreml.half_precision_copy(graph), feeds), _reference(graph, feeds, spec))
     assert cosines.mean() >= 0.99, f"emulated fp16 mean cosine {cosines.mean():.6f}"
     assert cosines.min() >= 0.98
 
@@ -148,7 +138,7 @@ def test_program_execution_parity(converted, graph, st_model, spec, dev_sentence
             for s, n in zip(sentences, lengths, strict=True)
         ]
     )
-    cosines = _cosines(emulated, _reference(graph, _tokenize(st_model, sentences, spec), spec))
+    cosines = row_cosines(emulated, _reference(graph, _tokenize(st_model, sentences, spec), spec))
     assert cosines.mean() >= 0.99, f"emulated program mean cosine {cosines.mean():.6f}"
 
 
@@ -169,7 +159,7 @@ def test_batched_conversion_keeps_chosen_ops_in_fp32(converted_batched, graph, s
     assert summary["op_precisions"]["float16"] > 0
     feeds = _tokenize(st_model, dev_sentences[:4], spec, 32)
     emulated = coreml.load_program_executor(out, manifest).run(feeds)
-    assert _cosines(emulated, _reference(graph, feeds, spec)).min() >= 0.99
+    assert row_cosines(emulated, _reference(graph, feeds, spec)).min() >= 0.99
 
 
 @pytest.mark.parametrize(
@@ -207,5 +197,5 @@ def test_core_ml_prediction_matches_fp32(converted, graph, st_model, spec, dev_s
     sentences = dev_sentences[:32]
     shape = Shape(1, 64, "1x64")
     predicted = np.concatenate([runner.run(_tokenize(st_model, [s], spec, 64), shape) for s in sentences])
-    cosines = _cosines(predicted, _reference(graph, _tokenize(st_model, sentences, spec), spec))
+    cosines = row_cosines(predicted, _reference(graph, _tokenize(st_model, sentences, spec), spec))
     assert cosines.mean() >= 0.99, f"Core ML fp16 mean cosine {cosines.mean():.6f}"

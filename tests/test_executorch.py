@@ -10,22 +10,12 @@ import torch
 
 from converters import Conversion, executorch
 from pipelines.errors import ArtifactError, ConfigError
-from pipelines.graph import build_graph
-
-pytest.importorskip("executorch.runtime")
-pytest.importorskip("torchao")
+from pipelines.verify import row_cosines
 
 SENTENCES = 64
 BATCH = 16
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
-@pytest.fixture(scope="module")
-def graph(st_model):
-    return build_graph(st_model, None, additive_mask=True)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +75,7 @@ def test_int8_embeddings_match_fp32_graph(runner, graph, st_model, spec, dev_sen
         outputs.append(runner.run(inputs, None))
         with torch.no_grad():
             references.append(graph(*(torch.from_numpy(inputs[name]) for name in spec.input_names)).numpy())
-    cos = _cosine(np.concatenate(outputs), np.concatenate(references))
+    cos = row_cosines(np.concatenate(outputs), np.concatenate(references))
     assert cos.mean() >= 0.99, cos.mean()
     assert cos.min() >= 0.97, cos.min()
 
@@ -95,8 +85,8 @@ def test_padding_and_batch_size_keep_the_embedding(runner, st_model, spec, dev_s
     at32 = runner.run(_encode(st_model, spec, sentences, "max_length", 32), None)
     at64 = runner.run(_encode(st_model, spec, sentences, "max_length", 64), None)
     alone = np.concatenate([runner.run(_encode(st_model, spec, [s]), None) for s in sentences[:2]])
-    assert _cosine(at32, at64).min() > 0.999
-    assert _cosine(alone, at32[:2]).min() > 0.999
+    assert row_cosines(at32, at64).min() > 0.999
+    assert row_cosines(alone, at32[:2]).min() > 0.999
 
 
 def test_runner_refuses_inputs_beyond_the_bounds(runner, spec):

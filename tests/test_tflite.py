@@ -11,21 +11,11 @@ import torch
 
 from converters import Conversion, Shape, tflite
 from pipelines.errors import ArtifactError, ConfigError
-from pipelines.graph import build_graph
-
-pytest.importorskip("litert_torch")
-pytest.importorskip("ai_edge_litert")
+from pipelines.verify import row_cosines
 
 SENTENCES = 64
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
-@pytest.fixture(scope="module")
-def graph(st_model):
-    return build_graph(st_model, None, additive_mask=True)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +76,7 @@ def test_int8_embeddings_match_fp32_graph(runner, graph, st_model, spec, dev_sen
     reference_inputs = st_model.tokenizer(sentences, padding=True, truncation=True, max_length=256, return_tensors="pt")
     with torch.no_grad():
         reference = graph(*(reference_inputs[name] for name in spec.input_names)).numpy()
-    cos = _cosine(np.stack(outputs), reference)
+    cos = row_cosines(np.stack(outputs), reference)
     assert cos.mean() >= 0.99, cos.mean()
     assert cos.min() >= 0.97, cos.min()
 
@@ -96,7 +86,7 @@ def test_padding_to_a_larger_bucket_keeps_the_embedding(runner, st_model, spec, 
     at32, at64 = (_padded(st_model, spec, sentences, seq) for seq in (32, 64))
     for row in range(len(sentences)):
         a, b = _run_one(runner, at32, row, 32), _run_one(runner, at64, row, 64)
-        assert _cosine(a[None], b[None])[0] > 0.999
+        assert row_cosines(a[None], b[None])[0] > 0.999
 
 
 def test_runner_rejects_unpadded_or_unknown_shapes(runner, st_model, spec, dev_sentences):
