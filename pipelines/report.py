@@ -83,8 +83,12 @@ def _rows(root: Path) -> list[dict]:
             "min_cosine": parity.get("min_cosine"),
             "spearman": parity.get("spearman"),
             "spearman_drop": parity.get("spearman_drop"),
+            "spearman_source": parity.get("spearman_source"),
+            "source_dim": manifest["graph"]["source_dim"],
+            "source_mb": (speed.get("baseline") or {}).get("size_bytes", 0) / 1e6,
             "emulated": parity.get("emulated", False),
-            "throughput_ratio": speed.get("throughput_ratio"),
+            # An emulated runtime has no speed of its own worth plotting.
+            "throughput_ratio": None if parity.get("emulated") else speed.get("throughput_ratio"),
             "throughput_sps": speed.get("throughput_sps"),
             "latency_p50_ms": speed.get("latency_p50_ms"),
             "verdict": manifest.get("verdict", "not verified"),
@@ -95,24 +99,28 @@ def _rows(root: Path) -> list[dict]:
 def _svg_plot(rows: list[dict]) -> str:
     """Accuracy (STS-B ×100) against speed (× fp32 PyTorch throughput); marker area ∝ file size."""
     points = [r for r in rows if r["spearman"] is not None and r["throughput_ratio"] is not None]
+    sources = [r["spearman_source"] for r in rows if r.get("spearman_source") is not None]
+    if points and sources:
+        points.append({"name": "fp32 PyTorch (reference)", "target": "", "dims": points[0]["source_dim"],
+                       "size_mb": points[0]["source_mb"], "spearman": sources[0], "throughput_ratio": 1.0})
     if not points:
         return "<p>No artifact has both parity and speed results yet: run <code>cli.py bench</code>.</p>"
-    width, height, pad = 720, 420, 60
+    width, height, pad, right = 1000, 440, 60, 270  # room on the right for labels
     xs = [r["throughput_ratio"] for r in points]
     ys = [r["spearman"] for r in points]
     x0, x1 = 0.0, max(xs) * 1.15
     y0, y1 = min(ys) - 0.5, max(ys) + 0.5
 
     def sx(v: float) -> float:
-        return pad + (v - x0) / (x1 - x0) * (width - 2 * pad)
+        return pad + (v - x0) / (x1 - x0) * (width - pad - right)
 
     def sy(v: float) -> float:
         return height - pad - (v - y0) / (y1 - y0) * (height - 2 * pad)
 
-    palette = {"x86": "#1f77b4", "gpu": "#2ca02c", "mobile": "#ff7f0e", "apple": "#9467bd"}
+    palette = {"x86": "#1f77b4", "gpu": "#2ca02c", "mobile": "#ff7f0e", "apple": "#9467bd", "": "#222"}
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
              f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
-             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="black"/>',
+             f'<line x1="{pad}" y1="{height - pad}" x2="{width - right}" y2="{height - pad}" stroke="black"/>',
              f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>',
              f'<text x="{width / 2}" y="{height - 15}" text-anchor="middle">batch-32 throughput, × fp32 PyTorch</text>',
              f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" text-anchor="middle">'
@@ -122,14 +130,21 @@ def _svg_plot(rows: list[dict]) -> str:
         parts.append(f'<text x="{sx(xv)}" y="{height - pad + 16}" text-anchor="middle">{xv:.1f}</text>')
         parts.append(f'<text x="{pad - 6}" y="{sy(yv) + 4}" text-anchor="end">{yv:.1f}</text>')
     parts.append(f'<line x1="{sx(1)}" y1="{pad}" x2="{sx(1)}" y2="{height - pad}" stroke="#bbb" stroke-dasharray="4"/>')
-    for r in points:
+    label_slots: list[float] = []
+    for r in sorted(points, key=lambda p: -p["spearman"]):
         radius = 4 + (r["size_mb"] ** 0.5)
         color = palette.get(r["target"], "#555")
-        label = f"{r['name']} ({r['size_mb']:.0f} MB, {r['dims']}d)"
-        parts.append(f'<circle cx="{sx(r["throughput_ratio"]):.1f}" cy="{sy(r["spearman"]):.1f}" r="{radius:.1f}" '
-                     f'fill="{color}" fill-opacity="0.6"><title>{label}</title></circle>')
-        parts.append(f'<text x="{sx(r["throughput_ratio"]) + radius + 3:.1f}" y="{sy(r["spearman"]) + 4:.1f}">'
-                     f"{label}</text>")
+        label = f"{r['name']} · {r['dims']}d · {r['size_mb']:.0f} MB"
+        cx, cy = sx(r["throughput_ratio"]), sy(r["spearman"])
+        ly = cy + 4
+        while any(abs(ly - taken) < 14 for taken in label_slots):  # stack labels that would overlap
+            ly += 14
+        label_slots.append(ly)
+        parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{radius:.1f}" fill="{color}" fill-opacity="0.6">'
+                     f"<title>{label}</title></circle>")
+        parts.append(f'<line x1="{cx:.1f}" y1="{cy:.1f}" x2="{width - right + 8}" y2="{ly - 4:.1f}" stroke="{color}" '
+                     f'stroke-opacity="0.5"/>')
+        parts.append(f'<text x="{width - right + 12}" y="{ly:.1f}" fill="{color}">{label}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
