@@ -14,8 +14,8 @@ def test_x86_parity_and_size(x86_artifact):
     manifest = x86_artifact.manifest
     parity = manifest["parity"]
     assert parity["sentences"] > 2800  # every unique STS-B dev sentence
-    assert parity["mean_cosine"] >= 0.99
-    assert parity["min_cosine"] >= 0.95
+    assert parity["mean_cosine"] >= 0.995
+    assert parity["min_cosine"] >= 0.98
     assert parity["spearman_drop"] <= 0.5
     assert parity["nonfinite_rows"] == 0
     assert manifest["size_bytes"] <= 0.30 * manifest["conversion"]["fp32_bytes"]
@@ -28,9 +28,11 @@ def test_x86_quantization_recipe_is_recorded(x86_artifact):
     assert quant["per_channel"] is True and quant["mode"] == "dynamic"
     assert quant["isa"] in ("avx512_vnni", "avx_vnni", "avx512", "avx2", "other", "unknown")
     ops = manifest["conversion"]["op_counts"]
-    # 6 layers x (Q, K, V, attention output, FFN up, FFN down) weight MatMuls run as int8.
-    assert ops["MatMulInteger"] == 36
-    assert "MatMul" not in ops or ops["MatMul"] == 12  # only activation x activation products stay float
+    # 6 layers x (Q, K, V, attention output, FFN up, FFN down) weight MatMuls run as int8: 33 with dynamic
+    # per-channel int8, the 3 most parity-sensitive ones as block-wise int8.
+    assert ops["MatMulInteger"] == 33 and ops["MatMulNBits"] == 3
+    assert ops["MatMul"] == 12  # only the activation x activation attention products stay float
+    assert quant["embedding"] == "per_row" and len(quant["kept_fp32"]) == 3
 
 
 def test_app_reproduces_embeddings_from_manifest_alone(x86_artifact):
