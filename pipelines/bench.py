@@ -42,7 +42,10 @@ def workload(config: BenchConfig) -> tuple[list[str], list[str]]:
     return throughput, latency
 
 
-def _time_engine(encode, config: BenchConfig) -> dict:
+QUICK = BenchConfig(throughput_sentences=256, latency_sentences=20, repeats=3)
+
+
+def time_engine(encode, config: BenchConfig) -> dict:
     throughput_set, latency_set = workload(config)
     for _ in range(config.warmup):
         encode(throughput_set[: config.batch_size * 2], config.batch_size)
@@ -94,7 +97,7 @@ def run_worker(job: dict) -> dict:
         torch.set_num_threads(config.threads)
         source = resolve_model(job["model"])
         model = load_sentence_transformer(source)
-        result.update(_time_engine(lambda s, b: model.encode(s, batch_size=b), config))
+        result.update(time_engine(lambda s, b: model.encode(s, batch_size=b), config))
         result["label"] = "fp32 PyTorch (sentence-transformers)"
         result["size_bytes"] = sum(p.stat().st_size for p in source.path.glob("*.safetensors"))
     elif job["engine"] == "peer":
@@ -102,7 +105,7 @@ def run_worker(job: dict) -> dict:
         from pipelines.data import load_stsb
 
         model, size = build_peer(job["model_path"], config.threads)
-        result.update(_time_engine(lambda s, b: model.encode(s, batch_size=b), config))
+        result.update(time_engine(lambda s, b: model.encode(s, batch_size=b), config))
         np.save(job["embeddings_out"], model.encode(load_stsb("dev").unique_sentences(), batch_size=32))
         result.update(label=PEER_LABEL, size_bytes=size)
     else:
@@ -111,7 +114,7 @@ def run_worker(job: dict) -> dict:
         encoder = ArtifactEncoder(Path(job["artifact"]), threads=config.threads)
         if encoder.emulated:  # timing a stand-in would mislead: report why there is no figure instead
             return {**result, "skipped": f"{encoder.runtime_name}: no speed figure on this OS"}
-        result.update(_time_engine(encoder.encode, config))
+        result.update(time_engine(encoder.encode, config))
         result["label"] = f"{encoder.manifest['target']} {encoder.manifest['artifact']}"
         result["runtime"] = encoder.runtime_name
         result["size_bytes"] = encoder.manifest.get("size_bytes")

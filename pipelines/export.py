@@ -60,6 +60,19 @@ class Session:
     spec: GraphSpec
     reference: Reference
 
+    _baseline_speed: dict | None = None
+
+    def speed_probe(self, encoder: ArtifactEncoder) -> dict:
+        """A quick in-process throughput ratio for the export summary; `cli.py bench` is the real measurement."""
+        from pipelines.bench import QUICK, time_engine
+
+        if self._baseline_speed is None:
+            self._baseline_speed = time_engine(lambda s, b: self.st_model.encode(s, batch_size=b), QUICK)
+        speed = time_engine(encoder.encode, QUICK)
+        return {**speed, "throughput_ratio": speed["throughput_sps"] / self._baseline_speed["throughput_sps"],
+                "baseline_sps": self._baseline_speed["throughput_sps"],
+                "method": f"in-process, batch 32 over {QUICK.throughput_sentences} STS-B dev sentences, median of 3"}
+
     @property
     def model_dir(self) -> Path:
         return Path(self.config.out) / (self.source.name + (f"-pca{self.spec.pca_dims}" if self.projection else ""))
@@ -234,6 +247,9 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
             parity.runtime = encoder.runtime_name
             manifest["parity"] = parity.to_dict()
             manifest["structure"] = structural_checks(plan.format, tmp, manifest)
+            if not encoder.emulated:
+                log(f"{target.name}: quick speed probe of {plan.description}")
+                manifest["speed_probe"] = session.speed_probe(encoder)
             failures = gate_failures(parity, plan.gate)
             manifest["verdict"] = "pass" if not failures else "fail"
             if failures:

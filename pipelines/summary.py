@@ -38,7 +38,9 @@ def _cell(value, fmt: str = "{:.4f}") -> str:
 
 def print_summary(console, results) -> None:
     table = Table(title="Export summary")
-    for column in ("target", "artifact", "format", "size MB", "mean cos", "min cos", "STS-B Δ", "verdict", "time s"):
+    columns = ("target", "artifact", "format", "size MB", "mean cos", "min cos", "STS-B Δ", "× fp32 sent/s*", "verdict",
+               "time s")
+    for column in columns:
         table.add_column(column)
     for r in results:
         m = r.manifest or {}
@@ -52,9 +54,11 @@ def print_summary(console, results) -> None:
         table.add_row(
             r.target, m.get("artifact", "–"), r.format, _cell(size, "{:.1f}"), _cell(parity.get("mean_cosine")),
             _cell(parity.get("min_cosine")), _cell(-parity["spearman_drop"] if parity else None, "{:+.2f}"),
-            verdict, f"{r.seconds:.0f}",
+            _cell((m.get("speed_probe") or {}).get("throughput_ratio"), "{:.2f}"), verdict, f"{r.seconds:.0f}",
         )
     console.print(table)
+    console.print("* quick in-process probe (256 sentences); `cli.py bench` measures speed properly. "
+                  "Parity: every STS-B dev sentence vs fp32 PyTorch.")
     for r in results:
         if r.ok:
             console.print(f"  {r.target}: {r.folder}")
