@@ -129,15 +129,20 @@ def verify(path, min_cosine, max_spearman_drop, model, as_json, quick) -> None:
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="also write the results as JSON (and a .md table beside it)")
 @click.option("--vs-peers", is_flag=True, help="also measure sentence-transformers' own int8 ONNX export (own venv)")
-def bench(path, threads, repeats, json_out, vs_peers) -> None:
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="where the fp32 PyTorch baseline runs (auto: cuda when torch and onnxruntime see a GPU)")
+@click.option("--batch-size", type=int, default=None, help="throughput batch [default: 32 on CPU, 128 on GPU]")
+def bench(path, threads, repeats, json_out, vs_peers, device, batch_size) -> None:
     """Speed vs the fp32 PyTorch model, measured in the same run; recorded in each manifest."""
-    from pipelines.bench import BenchConfig, markdown_table
+    from pipelines.bench import BenchConfig, default_device, markdown_table
     from pipelines.bench import bench as run_bench
     from pipelines.manifest import find_artifacts, read_manifest, write_json_atomic
     from pipelines.report import write_artifact_report
 
     artifacts = find_artifacts(path)
-    config = BenchConfig(threads=threads or BenchConfig().threads, repeats=repeats)
+    device = default_device() if device == "auto" else device
+    config = BenchConfig(threads=threads or BenchConfig().threads, repeats=repeats, device=device,
+                         batch_size=batch_size or (128 if device == "cuda" else 32))
     console = _console()
     model = read_manifest(artifacts[0])["model"]["source"]
     result = run_bench(artifacts, model, config, progress=lambda msg: console.print(f"[dim]• timing[/dim] {msg}"),

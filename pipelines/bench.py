@@ -30,6 +30,16 @@ class BenchConfig:
     latency_sentences: int = 100
     repeats: int = 3
     warmup: int = 1
+    device: str = "cpu"  # "cuda": the fp32 PyTorch baseline runs on the same GPU as the artifact
+
+
+def default_device() -> str:
+    """cuda where both torch and onnxruntime can use a GPU, else cpu."""
+    import onnxruntime as ort
+    import torch
+
+    has_gpu = torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+    return "cuda" if has_gpu else "cpu"
 
 
 def workload(config: BenchConfig) -> tuple[list[str], list[str]]:
@@ -96,8 +106,10 @@ def run_worker(job: dict) -> dict:
 
         torch.set_num_threads(config.threads)
         source = resolve_model(job["model"])
-        model = load_sentence_transformer(source)
+        model = load_sentence_transformer(source).to(config.device)
         result.update(time_engine(lambda s, b: model.encode(s, batch_size=b), config))
+        if config.device == "cuda":
+            result["gpu"] = torch.cuda.get_device_name(0)
         result["label"] = "fp32 PyTorch (sentence-transformers)"
         result["size_bytes"] = sum(p.stat().st_size for p in source.path.glob("*.safetensors"))
     elif job["engine"] == "peer":
@@ -224,12 +236,14 @@ def cpu_name() -> str:
 
 def markdown_table(result: dict) -> str:
     config = result["config"]
+    gpu = f"GPU: {result['rows'][0]['gpu']} (baseline and artifacts on it); " if result["rows"][0].get("gpu") else ""
     lines = [
-        f"CPU: {result['cpu']}; threads: {config['threads']}; throughput at batch {config['batch_size']} over "
+        f"CPU: {result['cpu']}; {gpu}threads: {config['threads']}; throughput at batch {config['batch_size']} over "
         f"{config['throughput_sentences']} length-sorted STS-B dev sentences, median of {config['repeats']}; "
         f"latency at batch 1 over {config['latency_sentences']} sentences.",
         "",
-        "| engine | size MB | batch-32 sent/s | × fp32 | b1 p50 ms | b1 p95 ms | × fp32 p50 | peak RSS MB |",
+        f"| engine | size MB | batch-{config['batch_size']} sent/s | × fp32 | b1 p50 ms | b1 p95 ms | × fp32 p50 "
+        "| peak RSS MB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     roofline = result.get("roofline")
