@@ -24,9 +24,6 @@ from pipelines.graph import EmbeddingGraph, GraphSpec, example_inputs
 
 OPSET = 17
 ADDITIVE_MASK = False  # keep transformers' own 2D-mask pattern: ONNX Runtime's Attention fusion matches it
-FUSED_OP_TYPES = ("EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu",
-                  "LayerNormalization", "QAttention", "MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear",
-                  "MatMulNBits")
 
 
 @dataclass(frozen=True)

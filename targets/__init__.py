@@ -37,7 +37,6 @@ class ArtifactPlan:
 class Target:
     name: str
     description: str
-    extra: str  # pip extra that installs its runtimes
     plans: tuple[ArtifactPlan, ...] = field(default_factory=tuple)
 
 

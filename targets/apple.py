@@ -7,7 +7,6 @@ APPLE = register(
     Target(
         name="apple",
         description="Core ML fp16 ML Program (iOS 18 / macOS 15) with enumerated shapes",
-        extra="apple",
         plans=(
             ArtifactPlan(
                 folder="",

@@ -7,7 +7,6 @@ GPU = register(
     Target(
         name="gpu",
         description="ONNX fp16 with transformer fusions for ONNX Runtime CUDA (TensorRT where present)",
-        extra="gpu",
         plans=(
             ArtifactPlan(
                 folder="",

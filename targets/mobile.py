@@ -16,7 +16,6 @@ MOBILE = register(
     Target(
         name="mobile",
         description="TFLite int8 with sequence buckets (LiteRT) and ExecuTorch int8 (XNNPACK)",
-        extra="mobile",
         plans=(
             ArtifactPlan(
                 folder="tflite",

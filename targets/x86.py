@@ -20,7 +20,6 @@ X86 = register(
     Target(
         name="x86",
         description="ONNX int8 (dynamic, per-channel weights, accuracy-aware) for ONNX Runtime on x86 CPUs",
-        extra="x86",
         plans=(
             ArtifactPlan(
                 folder="",
