@@ -74,10 +74,13 @@ def _target_names() -> list[str]:
 @click.option("--out", default="dist", show_default=True, help="output folder")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="rebuild from a manifest.json or build config (other options are ignored)")
+@click.option("--quantization", type=click.Choice(["dynamic", "static"]), default=None,
+              help="int8 ONNX: dynamic (default) or static QDQ calibrated on STS-B train sentences")
 @click.option("--no-verify", is_flag=True, help="skip parity verification and the gate (not recommended)")
 @click.option("--allow-pickle", is_flag=True, help="allow pickle weight files (only for sources you trust)")
 @click.option("--trust-remote-code", is_flag=True, help="allow model code from the hub (only for sources you trust)")
-def export(target, model, dims, fit_corpus, out, config_file, no_verify, allow_pickle, trust_remote_code) -> None:
+def export(target, model, dims, fit_corpus, out, config_file, quantization, no_verify, allow_pickle,
+           trust_remote_code) -> None:
     """Convert, verify and gate the model for one target (or all)."""
     from pipelines.config import BuildConfig
     from pipelines.export import count_artifacts
@@ -89,6 +92,7 @@ def export(target, model, dims, fit_corpus, out, config_file, no_verify, allow_p
     else:
         config = BuildConfig(
             model=model, target=target, dims=dims, fit_corpus=str(fit_corpus) if fit_corpus else None, out=out,
+            quantization=quantization,
             verify=not no_verify, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
         )
     console = _console()

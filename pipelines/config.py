@@ -15,6 +15,7 @@ class BuildConfig:
     target: str = "x86"
     dims: int | None = None  # PCA output dims; None keeps the model's own
     fit_corpus: str | None = None  # None: STS-B train sentences shipped in data/stsb
+    quantization: str | None = None  # int8 ONNX artifacts: "dynamic" or "static" (QDQ, calibrated); None: target's
     out: str = "dist"
     verify: bool = True
     allow_pickle: bool = False

@@ -13,7 +13,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -207,6 +207,16 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _with_overrides(plan: ArtifactPlan, config: BuildConfig) -> ArtifactPlan:
+    """Apply build-config overrides that a format understands (today: the int8 quantization mode)."""
+    quant = getattr(plan.options, "quant", None)
+    if config.quantization is None or quant is None or getattr(plan.options, "precision", None) != "int8":
+        return plan
+    if config.quantization not in ("dynamic", "static"):
+        raise ConfigError(f"--quantization must be 'dynamic' or 'static', got {config.quantization!r}")
+    return replace(plan, options=replace(plan.options, quant=replace(quant, mode=config.quantization)))
+
+
 def _destination(session: Session, target: Target, plan: ArtifactPlan) -> Path:
     base = session.model_dir / target.name
     return base / plan.folder if plan.folder else base
@@ -220,6 +230,7 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
+        plan = _with_overrides(plan, session.config)
         module = format_module(plan.format)
         graph = build_graph(session.st_model, session.projection, additive_mask=module.ADDITIVE_MASK)
         calibration = None
