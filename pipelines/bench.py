@@ -95,6 +95,11 @@ def _bucket_latency(encoder, config: BenchConfig) -> dict[str, float]:
     return out
 
 
+def artifact_label(manifest: dict) -> str:
+    pca = f" PCA→{manifest['embedding_dim']}d" if manifest.get("pca") else ""
+    return f"{manifest['target']} {manifest['artifact']}{pca}"
+
+
 def run_worker(job: dict) -> dict:
     """Runs inside the subprocess."""
     config = BenchConfig(**job["config"])
@@ -127,7 +132,7 @@ def run_worker(job: dict) -> dict:
         if encoder.emulated:  # timing a stand-in would mislead: report why there is no figure instead
             return {**result, "skipped": f"{encoder.runtime_name}: no speed figure on this OS"}
         result.update(time_engine(encoder.encode, config))
-        result["label"] = f"{encoder.manifest['target']} {encoder.manifest['artifact']}"
+        result["label"] = artifact_label(encoder.manifest)
         result["runtime"] = encoder.runtime_name
         result["size_bytes"] = encoder.manifest.get("size_bytes")
         if encoder.runner.shapes:

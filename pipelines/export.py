@@ -247,7 +247,7 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
         draft = build_manifest(session, target, plan, conversion, tokenizer, tmp)
         (tmp / MODEL_CARD).write_text(model_card(draft), encoding="utf-8")
         write_json_atomic(tmp / MANIFEST, build_manifest(session, target, plan, conversion, tokenizer, tmp))
-        encoder = ArtifactEncoder(tmp)
+        encoder = ArtifactEncoder(tmp, threads=os.cpu_count())
         write_test_vectors(tmp, encoder, session.reference)
         manifest = build_manifest(session, target, plan, conversion, tokenizer, tmp)
         if session.config.verify:

@@ -91,8 +91,11 @@ def verify_path(
                     min_mean_cosine=base.min_mean_cosine if min_mean_cosine is None else min_mean_cosine,
                     max_spearman_drop=base.max_spearman_drop if max_spearman_drop is None else max_spearman_drop,
                 )
+            # Name what the user passed: an archive's members live in a temporary folder.
+            shown = str(path) if root == path else f"{path}:{artifact_dir.relative_to(root).as_posix()}"
             try:
-                results.append(verify_artifact(artifact_dir, references, gate, limit))
+                row = verify_artifact(artifact_dir, references, gate, limit)
             except ToolchainError as exc:
-                results.append({"path": str(artifact_dir), "ok": False, "failures": [str(exc)]})
+                row = {"ok": False, "failures": [str(exc)]}
+            results.append({**row, "path": shown if root != path else str(artifact_dir)})
     return results
