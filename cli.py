@@ -103,6 +103,24 @@ def export(target, model, dims, fit_corpus, out, config_file, quantization, no_v
         sys.exit(1)
 
 
+@main.command(name="targets")
+def list_targets() -> None:
+    """The registered targets, their artifacts and gates."""
+    from rich.table import Table
+
+    from targets import TARGETS
+
+    table = Table(title="Targets")
+    for column in ("target", "folder", "artifact", "gate: mean cos / min cos / max STS-B drop", "target is"):
+        table.add_column(column)
+    for target in TARGETS.values():
+        for i, plan in enumerate(target.plans):
+            gate = f"{plan.gate.min_mean_cosine} / {plan.gate.min_cosine} / {plan.gate.max_spearman_drop}"
+            table.add_row(target.name if i == 0 else "", f"{target.name}/{plan.folder}".rstrip("/"), plan.description,
+                          gate, target.description if i == 0 else "")
+    _console().print(table)
+
+
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--min-cosine", type=float, default=None, help="override the gate's minimum mean cosine")

@@ -85,3 +85,10 @@ def test_hub_id_while_offline(out, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, err = run("export", "--model", "someone/some-model", "--out", str(out))
     _assert_one_line_error(code, err, "HF_HUB_OFFLINE", "--model DIR")
+
+
+def test_targets_command_lists_every_registered_target():
+    result = CliRunner().invoke(main, ["targets"], terminal_width=200)
+    assert result.exit_code == 0
+    for folder in ("x86", "mobile/tflite", "mobile/executorch", "apple", "gpu"):
+        assert folder in result.output
