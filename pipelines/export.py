@@ -56,7 +56,6 @@ class Session:
     config: BuildConfig
     source: ModelSource
     st_model: object
-    projection: Projection | None
     spec: GraphSpec
     reference: Reference
 
@@ -72,6 +71,10 @@ class Session:
         return {**speed, "throughput_ratio": speed["throughput_sps"] / self._baseline_speed["throughput_sps"],
                 "baseline_sps": self._baseline_speed["throughput_sps"],
                 "method": f"in-process, batch 32 over {QUICK.throughput_sentences} STS-B dev sentences, median of 3"}
+
+    @property
+    def projection(self) -> Projection | None:
+        return self.reference.projection
 
     @property
     def model_dir(self) -> Path:
@@ -108,7 +111,7 @@ def open_session(config: BuildConfig) -> Session:
     if config.dims is not None:
         reference.projection = fit_projection(reference, config.dims, config.fit_corpus)
     spec = graph_spec(st_model, reference.projection)
-    return Session(config, source, st_model, reference.projection, spec, reference)
+    return Session(config, source, st_model, spec, reference)
 
 
 def check_output_dir(out: Path) -> None:
