@@ -130,11 +130,13 @@ def _svg_plot(rows: list[dict]) -> str:
         parts.append(f'<text x="{sx(xv)}" y="{height - pad + 16}" text-anchor="middle">{xv:.1f}</text>')
         parts.append(f'<text x="{pad - 6}" y="{sy(yv) + 4}" text-anchor="end">{yv:.1f}</text>')
     parts.append(f'<line x1="{sx(1)}" y1="{pad}" x2="{sx(1)}" y2="{height - pad}" stroke="#bbb" stroke-dasharray="4"/>')
+    firsts = {r["name"].split("/")[0] for r in points if "/" in r["name"]}
+    common = f"{firsts.pop()}/" if len(firsts) == 1 else ""  # one model: its name goes in the caption instead
     label_slots: list[float] = []
     for r in sorted(points, key=lambda p: -p["spearman"]):
         radius = 4 + (r["size_mb"] ** 0.5)
         color = palette.get(r["target"], "#555")
-        label = f"{r['name']} · {r['dims']}d · {r['size_mb']:.0f} MB"
+        label = f"{r['name'].removeprefix(common)} · {r['dims']}d · {r['size_mb']:.0f} MB"
         cx, cy = sx(r["throughput_ratio"]), sy(r["spearman"])
         ly = cy + 4
         while any(abs(ly - taken) < 14 for taken in label_slots):  # stack labels that would overlap
