@@ -6,17 +6,24 @@ Unlike litert-torch, torch.export + ExecuTorch keep symbolic dims, so one progra
 about 500 MB at 64 x 256, 63 MB at 8 x 256), so a phone app may want a smaller ``max_batch``.
 
 int8 is PT2E with XNNPACKQuantizer: dynamic activations, symmetric per-channel int8 weights, which
-covers the linear layers only. The word-embedding table (about half of the parameters) stays fp32:
-XNNPACK does not run embedding lookups, and the portable ``quantized_decomposed::embedding_byte``
-kernel is not registered in the Python runtime of the executorch wheel, so an int8 table could not
-be run in the real runtime here.
+covers the linear layers only. The word-embedding table (about half of the parameters) is a separate
+option: XNNPACK does not run embedding lookups, so ``embedding="int8"`` stores the table as int8 rows
+with one fp32 scale per row (symmetric) and looks it up with ``quantized_decomposed::embedding_byte``
+(the op ExecuTorch's llama export emits for ``--embedding-quantize 8,0``), a kernel of ExecuTorch's
+quantized kernel library (``quantized_ops_lib``, CMake ``EXECUTORCH_BUILD_KERNELS_QUANTIZED=ON``).
+The wheel's Python runtime does not link that library, so ``load_runner`` registers it by loading
+``libexecutorch_kernels_quantized.so`` from the wheel; an app's runtime must link it too, which
+``details["required_kernels"]`` records for the manifest. ``embedding="fp32"`` needs no extra kernels
+(a 2.5x larger file).
 """
 
 from __future__ import annotations
 
+import ctypes
 from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
+from operator import attrgetter
 from pathlib import Path
 from typing import Literal
 
@@ -33,24 +40,76 @@ METHOD = "forward"
 ADDITIVE_MASK = True  # with transformers' own mask, lowering fails ("tensors used as indices must be long...")
 # Sample shape for tracing: inside the bounds and not 0/1, so torch.export keeps both dims symbolic.
 SAMPLE_BATCH, SAMPLE_SEQUENCE = 2, 16
+# Kernels outside the portable/optimized aten set and the XNNPACK delegate; an app's runtime must link them.
+EXTRA_KERNEL_NAMESPACES = ("quantized_decomposed::",)
+QUANTIZED_KERNELS_LIBRARY = "libexecutorch_kernels_quantized"  # the wheel's build of quantized_ops_lib
+EMBEDDING_KERNEL = "quantized_decomposed::embedding_byte.dtype_out"
+_loaded_libraries: list[ctypes.CDLL] = []  # kept alive: their static initialisers registered the kernels
 
 
 @dataclass(frozen=True)
 class ExecuTorchOptions:
-    quantization: Literal["int8", "fp32"] = "int8"
+    quantization: Literal["int8", "fp32"] = "int8"  # the linear layers
+    embedding: Literal["int8", "fp32"] = "int8"  # the word-embedding table; int8 needs the quantized kernels
     max_batch: int = 64
     max_sequence: int | None = None  # None: the model's max_seq_length
 
 
-def _quantize(
-    program: torch.export.ExportedProgram, sample: tuple[torch.Tensor, ...], dims: tuple
-) -> torch.export.ExportedProgram:
+def _quantize(module: torch.fx.GraphModule, sample: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
     quantizer_module = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "mobile")
     pt2e = require("torchao.quantization.pt2e.quantize_pt2e", "mobile")
     config = quantizer_module.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
-    prepared = pt2e.prepare_pt2e(program.module(), quantizer_module.XNNPACKQuantizer().set_global(config))
+    prepared = pt2e.prepare_pt2e(module, quantizer_module.XNNPACKQuantizer().set_global(config))
     prepared(*sample)  # dynamic activation scales need no calibration; one pass initialises the observers
-    return torch.export.export(pt2e.convert_pt2e(prepared), sample, dynamic_shapes=dims)
+    return pt2e.convert_pt2e(prepared)
+
+
+def _quantize_word_embeddings(module: torch.fx.GraphModule, table: torch.Tensor) -> torch.fx.GraphModule:
+    """Replace the lookup in the fp32 word-embedding table by ``embedding_byte`` on int8 rows.
+
+    Symmetric per row (zero point 0, scale = max |row| / 127): a row's error is at most half a step of
+    its own range, so rare tokens with small vectors keep their precision.
+    """
+    require("executorch.exir.passes._quant_patterns_and_replacements", "mobile")  # defines quantized_decomposed ops
+    table = table.detach().float()
+    lookups = [
+        node
+        for node in module.graph.nodes
+        if node.op == "call_function"
+        and node.target is torch.ops.aten.embedding.default
+        and node.args[0].op == "get_attr"
+        and _same_tensor(attrgetter(node.args[0].target)(module), table)
+    ]
+    if len(lookups) != 1:
+        raise ArtifactError(f"expected one word-embedding lookup in the exported graph, found {len(lookups)}")
+    (lookup,) = lookups
+    scales = (table.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    rows = torch.round(table / scales[:, None]).clamp(-128, 127).to(torch.int8)
+    module.register_buffer("word_embeddings_int8", rows)
+    module.register_buffer("word_embeddings_scales", scales)
+    with module.graph.inserting_before(lookup):
+        quantized = module.graph.call_function(
+            torch.ops.quantized_decomposed.embedding_byte.dtype,
+            (
+                module.graph.get_attr("word_embeddings_int8"),
+                module.graph.get_attr("word_embeddings_scales"),
+                None,  # zero points: symmetric
+                -128,
+                127,
+                lookup.args[1],
+            ),
+            {"dtype": torch.float32},
+        )
+    quantized.meta = dict(lookup.meta)
+    lookup.replace_all_uses_with(quantized)
+    module.graph.erase_node(lookup)
+    module.graph.eliminate_dead_code()  # the fp32 table's get_attr; torch.export then leaves the table out
+    module.recompile()
+    return module
+
+
+def _same_tensor(candidate: object, table: torch.Tensor) -> bool:
+    return isinstance(candidate, torch.Tensor) and candidate.shape == table.shape and torch.equal(candidate, table)
 
 
 def _op_counts(edge_program: torch.export.ExportedProgram) -> dict[str, int]:
@@ -72,6 +131,8 @@ def convert(
     max_sequence = options.max_sequence or spec.max_seq_length
     if options.quantization not in ("int8", "fp32"):
         raise ConfigError(f"ExecuTorch quantization {options.quantization!r} is unknown (known: int8, fp32)")
+    if options.embedding not in ("int8", "fp32"):
+        raise ConfigError(f"ExecuTorch embedding {options.embedding!r} is unknown (known: int8, fp32)")
     if options.max_batch < SAMPLE_BATCH or not SAMPLE_SEQUENCE <= max_sequence <= spec.max_seq_length:
         raise ConfigError(
             f"ExecuTorch bounds need max_batch >= {SAMPLE_BATCH} and {SAMPLE_SEQUENCE} <= max_sequence <= "
@@ -85,18 +146,33 @@ def convert(
     sample = example_inputs(spec, SAMPLE_BATCH, SAMPLE_SEQUENCE)
     dims = tuple({0: batch, 1: sequence} for _ in sample)
     program = torch.export.export(graph, sample, dynamic_shapes=dims)
-    if options.quantization == "int8":
-        program = _quantize(program, sample, dims)
+    if options.quantization == "int8" or options.embedding == "int8":
+        module = program.module()
+        if options.quantization == "int8":
+            module = _quantize(module, sample)
+        if options.embedding == "int8":
+            module = _quantize_word_embeddings(module, graph.encoder.get_input_embeddings().weight)
+        program = torch.export.export(module, sample, dynamic_shapes=dims)
     edge = exir.to_edge_transform_and_lower(program, partitioner=[xnnpack.XnnpackPartitioner()])
     op_counts = _op_counts(edge.exported_program())
     manager = edge.to_executorch()
     (out_dir / MODEL_FILE).write_bytes(manager.buffer)
     # The runtime allocates activations for the upper bounds up front: this grows linearly with max_batch.
-    planned = sum(manager.executorch_program.execution_plan[0].non_const_buffer_sizes)
-    quantization = (
-        "PT2E XNNPACKQuantizer: int8 dynamic activations, per-channel symmetric int8 weights (linear layers); "
-        "embeddings and layer norms fp32"
+    plan = manager.executorch_program.execution_plan[0]
+    planned = sum(plan.non_const_buffer_sizes)
+    operators = {f"{op.name}.{op.overload}" if op.overload else op.name for op in plan.operators}
+    required = sorted(op for op in operators if op.startswith(EXTRA_KERNEL_NAMESPACES))
+    linear = (
+        "PT2E XNNPACKQuantizer: int8 dynamic activations, per-channel symmetric int8 weights (linear layers)"
+        if options.quantization == "int8"
+        else "linear layers fp32"
     )
+    table = (
+        "word embeddings int8 per row (symmetric, fp32 scales; quantized_decomposed::embedding_byte)"
+        if options.embedding == "int8"
+        else "word embeddings fp32"
+    )
+    quantization = f"{linear}; {table}; position/token-type embeddings and layer norms fp32"
     return Conversion(
         model_file=MODEL_FILE,
         precision=options.quantization,
@@ -105,7 +181,11 @@ def convert(
         input_dtype="int64",
         details={
             "backend": "XnnpackBackend",
-            "quantization": quantization if options.quantization == "int8" else None,
+            "quantization": quantization if "int8" in (options.quantization, options.embedding) else None,
+            "embedding": options.embedding,
+            # Beyond the portable kernels and the XNNPACK delegate: the app's ExecuTorch runtime must link
+            # these (quantized_ops_lib, CMake EXECUTORCH_BUILD_KERNELS_QUANTIZED=ON) or the method fails to load.
+            "required_kernels": required,
             "max_batch": options.max_batch,
             "max_sequence": max_sequence,
             "planned_memory_bytes": planned,
@@ -126,7 +206,13 @@ class ExecuTorchRunner:
             # Process-wide: ExecuTorch's Python bindings expose only a global thread pool.
             require("executorch.extension.pybindings.portable_lib", "mobile")._unsafe_reset_threadpool(threads)
         self._program = runtime_module.Runtime.get().load_program(model_path)  # the method needs it alive
-        self._method = self._program.load_method(METHOD)
+        try:
+            self._method = self._program.load_method(METHOD)
+        except RuntimeError as exc:
+            raise ArtifactError(
+                f"ExecuTorch could not load {model_path.name}: {exc} (a missing kernel is logged above; "
+                f"int8 word embeddings need {EMBEDDING_KERNEL} from {QUANTIZED_KERNELS_LIBRARY})"
+            ) from exc
         self._input_names = input_names
         self._bounds = tuple(self._method.metadata.input_tensor_meta(0).sizes())  # the planned upper bounds
         self.description = f"executorch {metadata.version('executorch')} (XNNPACK delegate)"
@@ -142,6 +228,27 @@ class ExecuTorchRunner:
         return self._method.execute(tensors)[0].numpy()
 
 
+def register_quantized_kernels() -> bool:
+    """Register ExecuTorch's quantized kernels (``embedding_byte`` ...) in the Python runtime; idempotent.
+
+    The wheel ships them as a shared library beside ``libexecutorch.so`` but links only the portable and
+    optimized kernels into the pybindings; loading the library runs its static registration into the
+    same kernel registry. False where the wheel has no such library (the program then fails to load).
+    """
+    portable = require("executorch.extension.pybindings.portable_lib", "mobile")
+    if EMBEDDING_KERNEL in portable._get_operator_names():
+        return True
+    package = require("executorch", "mobile")
+    libraries = sorted(
+        path for folder in package.__path__ for path in Path(folder, "lib").glob(f"{QUANTIZED_KERNELS_LIBRARY}.*")
+    )
+    if not libraries:
+        return False
+    _loaded_libraries.append(ctypes.CDLL(str(libraries[0]), mode=ctypes.RTLD_GLOBAL))
+    return EMBEDDING_KERNEL in portable._get_operator_names()
+
+
 def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> ExecuTorchRunner:
+    register_quantized_kernels()  # int8 word embeddings run on embedding_byte from the quantized kernels
     names = [spec["name"] for spec in manifest["inputs"]]
     return ExecuTorchRunner(Path(artifact_dir) / manifest["file"], names, threads)
