@@ -61,16 +61,21 @@ class Session:
 
     _baseline_speed: dict | None = None
 
-    def speed_probe(self, encoder: ArtifactEncoder) -> dict:
-        """A quick in-process throughput ratio for the export summary; `cli.py bench` is the real measurement."""
-        from pipelines.bench import QUICK, time_engine
+    def speed_probe(self, artifact_dir: Path) -> dict:
+        """A quick throughput ratio for the export summary, timed like `cli.py bench` (a fresh process per
+        engine: in-process figures were skewed by the reference model's thread pool) on fewer sentences."""
+        from pipelines.bench import QUICK, run_in_subprocess
 
+        config = asdict(QUICK)
         if self._baseline_speed is None:
-            self._baseline_speed = time_engine(lambda s, b: self.st_model.encode(s, batch_size=b), QUICK)
-        speed = time_engine(encoder.encode, QUICK)
-        return {**speed, "throughput_ratio": speed["throughput_sps"] / self._baseline_speed["throughput_sps"],
-                "baseline_sps": self._baseline_speed["throughput_sps"],
-                "method": f"in-process, batch 32 over {QUICK.throughput_sentences} STS-B dev sentences, median of 3"}
+            self._baseline_speed = run_in_subprocess({"engine": "torch", "model": self.source.spec, "config": config})
+        speed = run_in_subprocess({"engine": "artifact", "artifact": str(artifact_dir), "config": config})
+        return {
+            "throughput_ratio": speed["throughput_sps"] / self._baseline_speed["throughput_sps"],
+            "throughput_sps": speed["throughput_sps"],
+            "baseline_sps": self._baseline_speed["throughput_sps"],
+            "method": f"batch 32 over {QUICK.throughput_sentences} STS-B dev sentences, median of {QUICK.repeats}",
+        }
 
     @property
     def projection(self) -> Projection | None:
@@ -263,7 +268,7 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
             manifest["structure"] = structural_checks(plan.format, tmp, manifest)
             if not encoder.emulated:
                 log(f"{target.name}: quick speed probe of {plan.description}")
-                manifest["speed_probe"] = session.speed_probe(encoder)
+                manifest["speed_probe"] = session.speed_probe(tmp)
             failures = gate_failures(parity, plan.gate)
             manifest["verdict"] = "pass" if not failures else "fail"
             if failures:

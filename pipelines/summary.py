@@ -57,7 +57,7 @@ def print_summary(console, results) -> None:
             _cell((m.get("speed_probe") or {}).get("throughput_ratio"), "{:.2f}"), verdict, f"{r.seconds:.0f}",
         )
     console.print(table)
-    console.print("* quick in-process probe (256 sentences); `cli.py bench` measures speed properly. "
+    console.print("* quick probe (256 sentences, batch 32); `cli.py bench` measures speed properly. "
                   "Parity: every STS-B dev sentence vs fp32 PyTorch.")
     for r in results:
         if r.ok:
