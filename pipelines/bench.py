@@ -84,7 +84,7 @@ def _bucket_latency(encoder, config: BenchConfig) -> dict[str, float]:
     for shape in sorted(encoder.runner.shapes, key=lambda s: (s.batch, s.sequence)):
         if shape.batch != 1:
             continue
-        padded = encoder._pad(row, 1, shape.sequence)
+        padded = encoder.pad(row, 1, shape.sequence)
         encoder.runner.run(padded, shape)
         times = []
         for _ in range(20):

@@ -1,7 +1,7 @@
 """Run an artifact the way an app would: its own tokenizer.json, its manifest, its runtime.
 
-Nothing here imports torch or the source model: if this works, an app that knows only the
-manifest can reproduce the embeddings.
+Nothing here needs torch or the source model (only the Core ML emulation runner does, off macOS):
+if this works, an app that knows only the manifest can reproduce the embeddings.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class ArtifactEncoder:
             yield shape, rows[start : start + shape.batch]
             start += shape.batch
 
-    def _pad(self, rows: list[dict[str, list[int]]], batch: int, sequence: int) -> dict[str, np.ndarray]:
+    def pad(self, rows: list[dict[str, list[int]]], batch: int, sequence: int) -> dict[str, np.ndarray]:
         arrays = {}
         for name in self.input_names:
             fill = self.pad_id if name == "input_ids" else 0
@@ -67,14 +67,14 @@ class ArtifactEncoder:
         """One batch of tokenized rows -> (len(rows), dim) embeddings."""
         length = max(len(r["input_ids"]) for r in rows)
         if self.runner.shapes is None:
-            return self.runner.run(self._pad(rows, len(rows), length), None)
+            return self.runner.run(self.pad(rows, len(rows), length), None)
         by_bucket: dict[int, list[int]] = {}
         for i, row in enumerate(rows):
             by_bucket.setdefault(self._sequence_bucket(len(row["input_ids"])), []).append(i)
         parts: list[tuple[list[int], np.ndarray]] = []
         for sequence, indices in by_bucket.items():
             for shape, chunk in self._chunks_for_bucket(indices, sequence):
-                padded = self._pad([rows[i] for i in chunk], shape.batch, shape.sequence)
+                padded = self.pad([rows[i] for i in chunk], shape.batch, shape.sequence)
                 parts.append((chunk, self.runner.run(padded, shape)[: len(chunk)]))
         return _scatter(len(rows), parts)
 
