@@ -48,6 +48,12 @@ class Conversion:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def manifest_shapes(manifest: dict) -> list[Shape] | None:
+    """The fixed shapes a manifest lists (None: any shape)."""
+    listed = manifest.get("shapes")
+    return None if listed is None else [Shape(int(s["batch"]), int(s["sequence"]), str(s["name"])) for s in listed]
+
+
 class Runner(Protocol):
     shapes: list[Shape] | None
 

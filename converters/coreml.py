@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from converters import Conversion, Shape
+from converters import Conversion, Shape, manifest_shapes
 from pipelines.errors import ArtifactError, ConfigError, require
 from pipelines.graph import EmbeddingGraph, GraphSpec, example_inputs
 
@@ -400,7 +400,7 @@ class Fp16EmulationRunner:
         pca = manifest.get("pca")
         projection = Projection.load(Path(artifact_dir) / pca["file"]) if pca else None
         self.graph = half_precision_copy(build_graph(st_model, projection, additive_mask=True))
-        self.shapes: list[Shape] | None = [Shape(**s) for s in manifest["shapes"]]
+        self.shapes: list[Shape] | None = manifest_shapes(manifest)
 
     def run(self, inputs: dict[str, np.ndarray], shape: Shape | None) -> np.ndarray:
         return emulate(self.graph, inputs)

@@ -266,11 +266,11 @@ def _mean_cosine(
     model_path: Path, feeds: list[dict[str, np.ndarray]], reference: np.ndarray, threads: int | None
 ) -> float:
     """Mean cosine of the model's outputs over ``feeds`` (concatenated in order) against ``reference`` rows."""
+    from pipelines.verify import row_cosines  # imported here: pipelines.verify imports the targets, which import us
+
     runner = OrtRunner(model_path, threads, ["CPUExecutionProvider"])
-    got = np.concatenate([runner.run(batch) for batch in feeds]).astype(np.float64)
-    expected = reference.astype(np.float64)
-    cos = (got * expected).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
-    return float(np.nan_to_num(cos, nan=-1.0).mean())
+    got = np.concatenate([runner.run(batch) for batch in feeds])
+    return float(np.nan_to_num(row_cosines(got, reference), nan=-1.0).mean())
 
 
 def _node_pattern(name: str) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from converters import Conversion, Shape
+from converters import Conversion, Shape, manifest_shapes
 from pipelines.errors import ArtifactError, ConfigError, require
 from pipelines.graph import EmbeddingGraph, GraphSpec, example_inputs
 
@@ -183,5 +183,4 @@ class TFLiteRunner:
 def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> TFLiteRunner:
     if not manifest.get("shapes"):
         raise ArtifactError("a TFLite manifest must list its fixed shapes; the artifact is incomplete")
-    shapes = [Shape(int(s["batch"]), int(s["sequence"]), str(s["name"])) for s in manifest["shapes"]]
-    return TFLiteRunner(Path(artifact_dir) / manifest["file"], shapes, threads)
+    return TFLiteRunner(Path(artifact_dir) / manifest["file"], manifest_shapes(manifest), threads)

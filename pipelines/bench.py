@@ -184,9 +184,7 @@ def _roofline(rows: list[dict], artifacts: list[Path], config: BenchConfig) -> d
 
     manifest = read_manifest(artifacts[0])
     tokenizer = Tokenizer.from_file(str(artifacts[0] / manifest["tokenizer"]["file"]))
-    graph = manifest["graph"]
-    model_config = {"hidden_size": graph["hidden_size"], "num_hidden_layers": graph["num_hidden_layers"],
-                    "intermediate_size": 4 * graph["hidden_size"]}
+    model_config = manifest["graph"]
     sentences, _ = workload(config)
     total = sum(flops_per_sentence(model_config, len(e.ids)) for e in tokenizer.encode_batch(sentences))
     peak = int8_peak_gops()

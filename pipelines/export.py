@@ -254,7 +254,7 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
             session.projection.save(tmp / PCA_FILE)
         draft = build_manifest(session, target, plan, conversion, tokenizer, tmp)
         (tmp / MODEL_CARD).write_text(model_card(draft), encoding="utf-8")
-        write_json_atomic(tmp / MANIFEST, build_manifest(session, target, plan, conversion, tokenizer, tmp))
+        write_json_atomic(tmp / MANIFEST, draft)  # what the runtime reads; checksums are final below
         encoder = ArtifactEncoder(tmp, threads=os.cpu_count())
         write_test_vectors(tmp, encoder, session.reference)
         manifest = build_manifest(session, target, plan, conversion, tokenizer, tmp)

@@ -36,6 +36,7 @@ class GraphSpec:
     pca_dims: int | None
     max_seq_length: int
     hidden_size: int
+    intermediate_size: int
     num_attention_heads: int
     num_hidden_layers: int
     vocab_size: int
@@ -167,6 +168,7 @@ def graph_spec(st_model, projection: Projection | None) -> GraphSpec:
         pca_dims=projection.dims if projection is not None else None,
         max_seq_length=int(st_model.max_seq_length),
         hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
         num_attention_heads=config.num_attention_heads,
         num_hidden_layers=config.num_hidden_layers,
         vocab_size=config.vocab_size,

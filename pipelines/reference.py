@@ -49,7 +49,9 @@ class Reference:
         os.replace(tmp, path)
         return embeddings
 
-    def embeddings(self, sentences: Sequence[str]) -> np.ndarray:
-        """What the artifact should output: source embeddings, projected and re-normalised if PCA is on."""
-        source = self.source_embeddings(sentences)
+    def project(self, source: np.ndarray) -> np.ndarray:
+        """Source-model embeddings as the artifact should output them: projected and re-normalised if PCA is on."""
         return self.projection.apply(source) if self.projection is not None else source
+
+    def embeddings(self, sentences: Sequence[str]) -> np.ndarray:
+        return self.project(self.source_embeddings(sentences))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipelines.manifest import write_text_atomic
+
 
 def _fmt(value, digits: int = 4) -> str:
     if value is None:
@@ -59,10 +61,7 @@ def artifact_report(manifest: dict) -> str:
 
 
 def write_artifact_report(artifact_dir: Path, manifest: dict) -> None:
-    path = artifact_dir / "report.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(artifact_report(manifest), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(artifact_dir / "report.md", artifact_report(manifest))
 
 
 def _rows(root: Path) -> list[dict]:
@@ -180,8 +179,9 @@ def write_model_report(root: Path) -> tuple[Path, Path]:
              "report.md for threads, batch sizes and absolute figures).\n")
     md = intro + "\n" + table + "\n\n![accuracy vs speed vs size](report.svg)\n"
     svg = _svg_plot(rows)
-    (root / "report.svg").write_text(svg if svg.startswith("<svg") else "", encoding="utf-8")
-    (root / "report.md").write_text(md, encoding="utf-8")
+    if svg.startswith("<svg"):
+        write_text_atomic(root / "report.svg", svg)
+    write_text_atomic(root / "report.md", md)
     body = markdown_it.MarkdownIt("commonmark").enable("table").render(intro + "\n" + table)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(str(root))}</title><style>"
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
@@ -189,7 +189,7 @@ def write_model_report(root: Path) -> tuple[Path, Path]:
             "</style></head><body>" + body + "<h2>Accuracy vs speed vs size</h2>"
             "<p>Marker area grows with file size. The dashed line is the fp32 PyTorch speed.</p>" + svg +
             "</body></html>")
-    (root / "report.html").write_text(page, encoding="utf-8")
+    write_text_atomic(root / "report.html", page)
     return root / "report.md", root / "report.html"
 
 
