@@ -37,6 +37,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf dist

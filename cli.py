@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from core.errors import ToolchainError
+
 # Converters print pages of third-party progress bars and warnings; the CLI shows its own progress,
 # and what goes wrong reaches the user as one error line.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -34,12 +36,6 @@ class ToolchainGroup(click.Group):
     """Turns a ToolchainError anywhere into one line on stderr and its exit code."""
 
     def invoke(self, ctx):
-        import torch  # noqa: F401  (torch sets up its loggers on import; quiet them after)
-
-        from pipelines.errors import ToolchainError
-
-        logging.getLogger("torch").setLevel(logging.ERROR)
-
         try:
             return super().invoke(ctx)
         except ToolchainError as exc:
@@ -60,12 +56,6 @@ def _console():
     return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
-def _target_names() -> list[str]:
-    from targets import TARGETS
-
-    return [*TARGETS, "all"]
-
-
 @main.command()
 @click.option("--target", "target", default="x86", show_default=True, help="x86, mobile, apple, gpu or all")
 @click.option("--model", default=None, help="model dir, pip package or hub id [default: bundled all-MiniLM-L6-v2]")
@@ -82,7 +72,7 @@ def _target_names() -> list[str]:
 def export(target, model, dims, fit_corpus, out, config_file, quantization, no_verify, allow_pickle,
            trust_remote_code) -> None:
     """Convert, verify and gate the model for one target (or all)."""
-    from pipelines.config import BuildConfig
+    from core.config import BuildConfig
     from pipelines.export import count_artifacts
     from pipelines.export import export as run_export
     from pipelines.summary import RichProgress, print_summary
@@ -106,19 +96,9 @@ def export(target, model, dims, fit_corpus, out, config_file, quantization, no_v
 @main.command(name="targets")
 def list_targets() -> None:
     """The registered targets, their artifacts and gates."""
-    from rich.table import Table
+    from pipelines.summary import print_targets
 
-    from targets import TARGETS
-
-    table = Table(title="Targets")
-    for column in ("target", "folder", "artifact", "gate: mean cos / min cos / max STS-B drop", "target is"):
-        table.add_column(column)
-    for target in TARGETS.values():
-        for i, plan in enumerate(target.plans):
-            gate = f"{plan.gate.min_mean_cosine} / {plan.gate.min_cosine} / {plan.gate.max_spearman_drop}"
-            table.add_row(target.name if i == 0 else "", f"{target.name}/{plan.folder}".rstrip("/"), plan.description,
-                          gate, target.description if i == 0 else "")
-    _console().print(table)
+    print_targets(_console())
 
 
 @main.command()
@@ -156,9 +136,9 @@ def verify(path, min_cosine, max_spearman_drop, model, as_json, quick) -> None:
 @click.option("--batch-size", type=int, default=None, help="throughput batch [default: 32 on CPU, 128 on GPU]")
 def bench(path, threads, repeats, json_out, vs_peers, device, batch_size) -> None:
     """Speed vs the fp32 PyTorch model, measured in the same run; recorded in each manifest."""
+    from core.manifest import find_artifacts, read_manifest, write_json_atomic
     from pipelines.bench import BenchConfig, default_device, markdown_table
     from pipelines.bench import bench as run_bench
-    from pipelines.manifest import find_artifacts, read_manifest, write_json_atomic
     from pipelines.report import write_artifact_report
 
     artifacts = find_artifacts(path)
@@ -197,7 +177,7 @@ def package(path, out) -> None:
 @click.argument("path", type=click.Path(path_type=Path), default="dist")
 def report(path) -> None:
     """report.md + report.html (table and accuracy/speed/size plot) over every artifact under PATH."""
-    from pipelines.manifest import MANIFEST
+    from core.manifest import MANIFEST
     from pipelines.report import write_model_report
 
     root = path.parent if (path / MANIFEST).is_file() else path  # never add files inside an artifact

@@ -6,6 +6,9 @@ Workload: STS-B dev sentences sorted by length (as sentence-transformers batches
 - latency: batch 1 over ``latency_sentences`` sentences spread over the length range, p50/p95;
 - fixed-shape artifacts also report batch-1 latency per sequence bucket.
 Tokenization is inside every timing, as an app would see it.
+
+Each worker imports only its own engine's stack (torch for the baseline, the format's runtime for an
+artifact), so the peak memory a row reports is that engine's own.
 """
 
 from __future__ import annotations
@@ -15,11 +18,22 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
+
+from core.cpu import cpu_name, int8_peak_gops
+from core.data import load_stsb
+from core.manifest import read_manifest
+from core.model_source import load_sentence_transformer, resolve_model
+from core.reference import Reference
+from pipelines.peers import PEER_LABEL, build_peer, ensure_peer_venv, flops_per_sentence
+from pipelines.runtime import ArtifactEncoder
+from pipelines.verify import measure_parity
 
 
 @dataclass(frozen=True)
@@ -43,8 +57,6 @@ def default_device() -> str:
 
 
 def workload(config: BenchConfig) -> tuple[list[str], list[str]]:
-    from pipelines.data import load_stsb
-
     sentences = load_stsb("dev").unique_sentences()
     throughput = sorted(sentences[: config.throughput_sentences], key=len, reverse=True)
     step = max(1, len(sentences) // config.latency_sentences)
@@ -105,9 +117,7 @@ def run_worker(job: dict) -> dict:
     config = BenchConfig(**job["config"])
     result: dict = {"engine": job["engine"]}
     if job["engine"] == "torch":
-        import torch
-
-        from pipelines.model_source import load_sentence_transformer, resolve_model
+        import torch  # only this engine's process loads torch
 
         torch.set_num_threads(config.threads)
         source = resolve_model(job["model"])
@@ -118,16 +128,11 @@ def run_worker(job: dict) -> dict:
         result["label"] = "fp32 PyTorch (sentence-transformers)"
         result["size_bytes"] = sum(p.stat().st_size for p in source.path.glob("*.safetensors"))
     elif job["engine"] == "peer":
-        from benchmarks.peers import PEER_LABEL, build_peer
-        from pipelines.data import load_stsb
-
         model, size = build_peer(job["model_path"], config.threads)
         result.update(time_engine(lambda s, b: model.encode(s, batch_size=b), config))
         np.save(job["embeddings_out"], model.encode(load_stsb("dev").unique_sentences(), batch_size=32))
         result.update(label=PEER_LABEL, size_bytes=size)
     else:
-        from pipelines.runtime import ArtifactEncoder
-
         encoder = ArtifactEncoder(Path(job["artifact"]), threads=config.threads)
         if encoder.emulated:  # timing a stand-in would mislead: report why there is no figure instead
             return {**result, "skipped": f"{encoder.runtime_name}: no speed figure on this OS"}
@@ -156,13 +161,6 @@ def run_in_subprocess(job: dict, python: str = sys.executable) -> dict:
 
 def _peer_row(model: str, config: BenchConfig, progress) -> dict:
     """The peer in its own environment; its parity is measured here like ours (STS-B dev, vs fp32)."""
-    import tempfile
-
-    from benchmarks.peers import ensure_peer_venv
-    from pipelines.model_source import load_sentence_transformer, resolve_model
-    from pipelines.reference import Reference
-    from pipelines.verify import measure_parity
-
     python = ensure_peer_venv(progress)
     source = resolve_model(model)
     with tempfile.TemporaryDirectory() as scratch:
@@ -177,11 +175,6 @@ def _peer_row(model: str, config: BenchConfig, progress) -> dict:
 
 def _roofline(rows: list[dict], artifacts: list[Path], config: BenchConfig) -> dict:
     """Achieved GOP/s of each engine on the throughput workload, against this CPU's int8 peak."""
-    from tokenizers import Tokenizer
-
-    from benchmarks.peers import flops_per_sentence, int8_peak_gops
-    from pipelines.manifest import read_manifest
-
     manifest = read_manifest(artifacts[0])
     tokenizer = Tokenizer.from_file(str(artifacts[0] / manifest["tokenizer"]["file"]))
     model_config = manifest["graph"]
@@ -209,8 +202,6 @@ def bench(artifacts: list[Path], model: str, config: BenchConfig, progress=lambd
         progress(str(artifact))
         row = run_in_subprocess({"engine": "artifact", "artifact": str(artifact), "config": asdict(config)})
         row["path"] = str(artifact)
-        from pipelines.manifest import read_manifest
-
         row["parity"] = read_manifest(artifact).get("parity")
         rows.append(row)
     skipped = [row for row in rows if "skipped" in row]
@@ -223,18 +214,6 @@ def bench(artifacts: list[Path], model: str, config: BenchConfig, progress=lambd
         baseline["parity"] = {"spearman": sources[0], "mean_cosine": 1.0, "min_cosine": 1.0}
     roofline = _roofline(rows, artifacts, config) if peers else None
     return {"config": asdict(config), "cpu": cpu_name(), "rows": rows, "skipped": skipped, "roofline": roofline}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores visible)"
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def markdown_table(result: dict) -> str:

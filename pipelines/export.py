@@ -12,26 +12,35 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from tokenizers import Tokenizer
 
-from converters import Conversion, format_module, structural_checks
-from pipelines.config import BuildConfig
-from pipelines.data import load_stsb, read_corpus
-from pipelines.errors import ConfigError, GateError, OutputError, ToolchainError
-from pipelines.graph import GraphSpec, build_graph, graph_spec
-from pipelines.manifest import MANIFEST, SCHEMA, checksums, library_versions, path_size, write_json_atomic
-from pipelines.model_source import ModelSource, load_sentence_transformer, resolve_model
-from pipelines.pca import Projection, fit_pca
-from pipelines.reference import Reference
+from converters.base import Calibration, Conversion
+from converters.registry import get_format
+from core.config import BuildConfig
+from core.data import load_stsb, read_corpus
+from core.errors import ConfigError, GateError, OutputError, ToolchainError
+from core.graph import GraphSpec, build_graph, graph_spec
+from core.manifest import MANIFEST, SCHEMA, checksums, library_versions, path_size, write_json_atomic
+from core.model_source import ModelSource, load_sentence_transformer, resolve_model
+from core.pca import Projection, fit_pca
+from core.reference import Reference
+from pipelines.bench import QUICK, run_in_subprocess
 from pipelines.report import model_card, write_artifact_report
 from pipelines.runtime import ArtifactEncoder
-from pipelines.verify import gate_failures, measure_parity, test_vector_min_cosine, write_test_vectors
-from targets import ArtifactPlan, Target, get_targets
+from pipelines.verify import (
+    gate_failures,
+    measure_parity,
+    structural_checks,
+    test_vector_min_cosine,
+    write_test_vectors,
+)
+from targets.base import ArtifactPlan, Target, get_targets
 
 PCA_FILE = "pca.safetensors"
 MODEL_CARD = "MODEL_CARD.md"
@@ -64,8 +73,6 @@ class Session:
     def speed_probe(self, artifact_dir: Path) -> dict:
         """A quick throughput ratio for the export summary, timed like `cli.py bench` (a fresh process per
         engine: in-process figures were skewed by the reference model's thread pool) on fewer sentences."""
-        from pipelines.bench import QUICK, run_in_subprocess
-
         config = asdict(QUICK)
         if self._baseline_speed is None:
             self._baseline_speed = run_in_subprocess({"engine": "torch", "model": self.source.spec, "config": config})
@@ -129,8 +136,6 @@ def check_output_dir(out: Path) -> None:
 
 def write_tokenizer(session: Session, out_dir: Path, max_length: int) -> dict:
     """tokenizer.json truncating exactly as the source model does (right side, at max_length tokens)."""
-    from tokenizers import Tokenizer
-
     tokenizer = Tokenizer.from_str(session.st_model.tokenizer.backend_tokenizer.to_str())
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=max_length)
@@ -148,16 +153,17 @@ def write_tokenizer(session: Session, out_dir: Path, max_length: int) -> dict:
     }
 
 
-def calibration_batches(session: Session, count: int, batch: int = 8) -> list[dict[str, np.ndarray]]:
-    """Padded train-sentence batches for static quantization (padded: calibrators need equal shapes)."""
-    sentences = load_stsb("train").unique_sentences()[:count]
-    out = []
-    for start in range(0, len(sentences), batch):
+def calibration(session: Session) -> Calibration:
+    """STS-B train sentences (held in: the gate measures on dev) in the source model's own tokenization."""
+
+    def tokenize(sentences: Sequence[str], max_length: int, pad_to_max_length: bool) -> dict[str, np.ndarray]:
         encoded = session.st_model.tokenizer(
-            sentences[start : start + batch], padding="max_length", truncation=True, max_length=64, return_tensors="np"
+            list(sentences), padding="max_length" if pad_to_max_length else True, truncation=True,
+            max_length=max_length, return_tensors="np",
         )
-        out.append({name: encoded[name].astype(np.int64) for name in session.spec.input_names})
-    return out
+        return {name: encoded[name].astype(np.int64) for name in session.spec.input_names}
+
+    return Calibration(load_stsb("train").unique_sentences(), tokenize)
 
 
 def build_manifest(session: Session, target: Target, plan: ArtifactPlan, conversion: Conversion,
@@ -216,13 +222,13 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
 
 
 def _with_overrides(plan: ArtifactPlan, config: BuildConfig) -> ArtifactPlan:
-    """Apply build-config overrides that a format understands (today: the int8 quantization mode)."""
-    quant = getattr(plan.options, "quant", None)
-    if config.quantization is None or quant is None or getattr(plan.options, "precision", None) != "int8":
+    """Apply the build's --quantization to formats that have such a choice."""
+    apply = get_format(plan.format).with_quantization
+    if config.quantization is None or apply is None:
         return plan
     if config.quantization not in ("dynamic", "static"):
         raise ConfigError(f"--quantization must be 'dynamic' or 'static', got {config.quantization!r}")
-    return replace(plan, options=replace(plan.options, quant=replace(quant, mode=config.quantization)))
+    return replace(plan, options=apply(plan.options, config.quantization))
 
 
 def _destination(session: Session, target: Target, plan: ArtifactPlan) -> Path:
@@ -239,13 +245,10 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
     tmp.mkdir()
     try:
         plan = _with_overrides(plan, session.config)
-        module = format_module(plan.format)
-        graph = build_graph(session.st_model, session.projection, additive_mask=module.ADDITIVE_MASK)
-        calibration = None
-        if getattr(getattr(plan.options, "quant", None), "mode", None) == "static":
-            calibration = calibration_batches(session, plan.options.quant.calibration_sentences)
+        fmt = get_format(plan.format)
+        graph = build_graph(session.st_model, session.projection, additive_mask=fmt.additive_mask)
         log(f"{target.name}: converting to {plan.description}")
-        conversion = module.convert(graph, session.spec, tmp, plan.options, calibration=calibration)
+        conversion = fmt.converter_module().convert(graph, session.spec, tmp, plan.options, calibration(session))
         max_length = session.spec.max_seq_length
         if conversion.shapes:
             max_length = min(max_length, max(s.sequence for s in conversion.shapes))
@@ -265,7 +268,7 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
             parity.emulated = encoder.emulated
             parity.runtime = encoder.runtime_name
             manifest["parity"] = parity.to_dict()
-            manifest["structure"] = structural_checks(plan.format, tmp, manifest)
+            manifest["structure"] = structural_checks(tmp, manifest)
             if not encoder.emulated:
                 log(f"{target.name}: quick speed probe of {plan.description}")
                 manifest["speed_probe"] = session.speed_probe(tmp)

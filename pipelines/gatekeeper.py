@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from converters import structural_checks
-from pipelines.errors import ArtifactError, ToolchainError
-from pipelines.manifest import check_files, find_artifacts, read_manifest
-from pipelines.model_source import load_sentence_transformer, resolve_model
-from pipelines.pca import Projection
-from pipelines.reference import Reference
+from core.errors import ArtifactError, ToolchainError
+from core.manifest import check_files, find_artifacts, read_manifest
+from core.model_source import load_sentence_transformer, resolve_model
+from core.pca import Projection
+from core.reference import Reference
+from pipelines.package import open_artifact_source
 from pipelines.runtime import ArtifactEncoder
-from pipelines.verify import gate_failures, measure_parity, test_vector_min_cosine
-from targets import Gate
+from pipelines.verify import gate_failures, measure_parity, structural_checks, test_vector_min_cosine
+from targets.base import Gate
 
 
 class ReferenceCache:
@@ -43,7 +43,7 @@ def verify_artifact(artifact_dir: Path, references: ReferenceCache, gate: Gate |
     manifest = read_manifest(artifact_dir)
     check_files(artifact_dir, manifest)
     reference = references.reference_for(artifact_dir, manifest)
-    structure = structural_checks(manifest["format"], artifact_dir, manifest)
+    structure = structural_checks(artifact_dir, manifest)
     encoder = ArtifactEncoder(artifact_dir)
     probe = encoder.encode(["dimension probe"])
     if probe.shape[1] != manifest["embedding_dim"]:
@@ -77,8 +77,6 @@ def verify_path(
     limit: int | None = None,
 ) -> list[dict]:
     """Verify every artifact at or below ``path``; a broken artifact is a failed row, not a crash."""
-    from pipelines.package import open_artifact_source
-
     results = []
     references = ReferenceCache(model)
     with open_artifact_source(Path(path)) as root:

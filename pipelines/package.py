@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
+import os
 import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipelines.errors import ArtifactError
+from core.errors import ArtifactError
+from core.manifest import check_files, find_artifacts, read_manifest
 
 
 def safe_extract(archive: Path, destination: Path) -> None:
@@ -49,11 +52,6 @@ def _reset(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 def write_archive(artifact_dir: Path, archive: Path) -> Path:
     """A .tar.gz of one artifact folder (deterministic order and metadata), written atomically."""
-    import gzip
-    import os
-
-    from pipelines.manifest import check_files, read_manifest
-
     check_files(artifact_dir, read_manifest(artifact_dir))  # never package a tampered artifact
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = archive.with_name(f".{archive.name}.tmp-{os.getpid()}")
@@ -72,8 +70,6 @@ def write_archive(artifact_dir: Path, archive: Path) -> Path:
 
 def package_all(root: Path, out: Path | None = None) -> list[Path]:
     """One archive per artifact under ``root`` into ``out`` (default: <root>/release)."""
-    from pipelines.manifest import find_artifacts, read_manifest
-
     out = out or root / "release"
     archives = []
     for artifact_dir in find_artifacts(root):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
-from pipelines.manifest import write_text_atomic
+import markdown_it
+
+from core.manifest import find_artifacts, read_manifest, write_text_atomic
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -65,8 +68,6 @@ def write_artifact_report(artifact_dir: Path, manifest: dict) -> None:
 
 
 def _rows(root: Path) -> list[dict]:
-    from pipelines.manifest import find_artifacts, read_manifest
-
     rows = []
     for folder in find_artifacts(root):
         manifest = read_manifest(folder)
@@ -168,10 +169,6 @@ def _table_md(rows: list[dict]) -> str:
 
 def write_model_report(root: Path) -> tuple[Path, Path]:
     """report.md and report.html over every artifact under ``root``: one table and one plot."""
-    import html
-
-    import markdown_it
-
     rows = _rows(root)
     table = _table_md(rows)
     intro = (f"# Embedding artifacts under `{root}`\n\nParity is against the fp32 PyTorch (sentence-transformers) "

@@ -1,7 +1,8 @@
 """Run an artifact the way an app would: its own tokenizer.json, its manifest, its runtime.
 
-Nothing here needs torch or the source model (only the Core ML emulation runner does, off macOS):
-if this works, an app that knows only the manifest can reproduce the embeddings.
+Nothing here needs torch or the source model: the format's runner is looked up in the registry and only
+its runtime is loaded (ONNX Runtime, LiteRT; ExecuTorch and the Core ML emulation bring torch themselves).
+If this works, an app that knows only the manifest can reproduce the embeddings.
 """
 
 from __future__ import annotations
@@ -10,22 +11,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
-from converters import Runner, load_runner
-from pipelines.manifest import read_manifest
+from converters.base import Runner
+from converters.registry import get_format
+from core.manifest import read_manifest
 
 
 class ArtifactEncoder:
     def __init__(self, artifact_dir: Path, threads: int | None = None, runner: Runner | None = None) -> None:
-        from tokenizers import Tokenizer
-
         self.artifact_dir = Path(artifact_dir)
         self.manifest = read_manifest(self.artifact_dir)
         self.tokenizer = Tokenizer.from_file(str(self.artifact_dir / self.manifest["tokenizer"]["file"]))
         self.tokenizer.no_padding()  # we pad per batch or per bucket below
         self.input_names: list[str] = [spec["name"] for spec in self.manifest["inputs"]]
         self.pad_id = int(self.manifest["tokenizer"]["pad_token_id"])
-        self.runner = runner or load_runner(self.manifest["format"], self.artifact_dir, self.manifest, threads)
+        fmt = get_format(self.manifest["format"])
+        self.runner = runner or fmt.load_runner(self.artifact_dir, self.manifest, threads)
         # A runner may stand in for a runtime that cannot run on this OS (Core ML off macOS): it says so.
         self.emulated: bool = getattr(self.runner, "emulated", False)
         self.runtime_name: str = getattr(self.runner, "description", self.manifest["runtime"])

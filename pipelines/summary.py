@@ -6,6 +6,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColu
 from rich.progress import Progress as _RichBar
 from rich.table import Table
 
+from targets.base import TARGETS
+
 
 class RichProgress:
     """A bar over the artifacts of an export, with the current step and elapsed time."""
@@ -77,4 +79,16 @@ def print_verify(console, results: list[dict]) -> None:
             r["path"], _cell(p.get("mean_cosine")), _cell(p.get("min_cosine")), _cell(p.get("spearman"), "{:.2f}"),
             _cell(-p["spearman_drop"] if p else None, "{:+.2f}"), _cell(p.get("test_vectors_min_cosine")), verdict,
         )
+    console.print(table)
+
+
+def print_targets(console) -> None:
+    table = Table(title="Targets")
+    for column in ("target", "folder", "artifact", "gate: mean cos / min cos / max STS-B drop", "target is"):
+        table.add_column(column)
+    for target in TARGETS.values():
+        for i, plan in enumerate(target.plans):
+            gate = f"{plan.gate.min_mean_cosine} / {plan.gate.min_cosine} / {plan.gate.max_spearman_drop}"
+            table.add_row(target.name if i == 0 else "", f"{target.name}/{plan.folder}".rstrip("/"), plan.description,
+                          gate, target.description if i == 0 else "")
     console.print(table)

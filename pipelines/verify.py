@@ -7,13 +7,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
 
-from pipelines.data import StsPairs, load_stsb
-from pipelines.errors import ArtifactError
-from pipelines.reference import Reference
+from converters.registry import get_format
+from core.data import StsPairs, load_stsb
+from core.errors import ArtifactError
+from core.metrics import row_cosines, sts_spearman
+from core.reference import Reference
 from pipelines.runtime import ArtifactEncoder
-from targets import Gate
+from targets.base import Gate
 
 TEST_VECTORS = "test_vectors.json"
 TEST_SENTENCES = (
@@ -50,21 +51,6 @@ class Parity:
 
     def to_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
-
-
-def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (a * b).sum(axis=1) / norms
-
-
-def sts_spearman(embeddings: np.ndarray, sentences: list[str], pairs: StsPairs) -> float:
-    index = {s: i for i, s in enumerate(sentences)}
-    left = embeddings[[index[s] for s in pairs.sentences1]]
-    right = embeddings[[index[s] for s in pairs.sentences2]]
-    return float(spearmanr(row_cosines(left, right), pairs.scores).statistic * 100)
 
 
 def measure_parity(embed, reference: Reference, limit: int | None = None) -> Parity:
@@ -135,3 +121,15 @@ def test_vector_min_cosine(artifact_dir: Path, encoder: ArtifactEncoder) -> floa
     got = encoder.encode(texts)
     expected = np.array([v["expected_embedding"] for v in vectors], dtype=np.float32)
     return float(np.nan_to_num(row_cosines(got, expected), nan=-1.0).min())
+
+
+def structural_checks(artifact_dir: Path, manifest: dict) -> dict | None:
+    """The format's own checks of the artifact; its other program runners go through the test vectors too."""
+    report = get_format(manifest["format"]).structural_checks(artifact_dir, manifest)
+    if report is None:
+        return None
+    facts = dict(report.facts)
+    for name, runner in report.program_runners.items():
+        encoder = ArtifactEncoder(artifact_dir, runner=runner)
+        facts[f"{name}_test_vectors_min_cosine"] = round(test_vector_min_cosine(artifact_dir, encoder), 6)
+    return facts

@@ -1,7 +1,7 @@
 """Apple devices: Core ML ML Program, fp16 compute, enumerated sequence buckets for the Neural Engine."""
 
 from converters.coreml import CoreMLOptions
-from targets import ArtifactPlan, Gate, Target, register
+from targets.base import ArtifactPlan, Gate, Target, register
 
 APPLE = register(
     Target(

@@ -1,7 +1,7 @@
 """NVIDIA GPUs: ONNX fp16 (fused transformer ops, fp32 inputs/outputs) for ONNX Runtime's CUDA provider."""
 
 from converters.onnx import OnnxOptions
-from targets import ArtifactPlan, Gate, Target, register
+from targets.base import ArtifactPlan, Gate, Target, register
 
 GPU = register(
     Target(

@@ -8,7 +8,7 @@ int8 kernels run here on x86 as on ARM, so parity and speed are measured, not as
 
 from converters.executorch import ExecuTorchOptions
 from converters.tflite import TFLiteOptions
-from targets import ArtifactPlan, Gate, Target, register
+from targets.base import ArtifactPlan, Gate, Target, register
 
 MOBILE_GATE = Gate(min_mean_cosine=0.99, min_cosine=0.97, max_spearman_drop=0.5)
 

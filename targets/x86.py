@@ -7,7 +7,7 @@ per row, and the three MatMuls whose int8 error costs most parity stored as bloc
 """
 
 from converters.onnx import OnnxOptions, QuantConfig
-from targets import ArtifactPlan, Gate, Target, register
+from targets.base import ArtifactPlan, Gate, Target, register
 
 # The MatMuls most sensitive to per-tensor activation quantization in all-MiniLM-L6-v2, most sensitive first.
 SENSITIVE_MATMULS = (

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,28 +14,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 
 @pytest.fixture(scope="session")
 def source():
-    from pipelines.model_source import resolve_model
+    from core.model_source import resolve_model
 
     return resolve_model(None)
 
 
 @pytest.fixture(scope="session")
 def st_model(source):
-    from pipelines.model_source import load_sentence_transformer
+    from core.model_source import load_sentence_transformer
 
     return load_sentence_transformer(source)
 
 
 @pytest.fixture(scope="session")
 def spec(st_model):
-    from pipelines.graph import graph_spec
+    from core.graph import graph_spec
 
     return graph_spec(st_model, None)
 
 
 @pytest.fixture(scope="session")
 def dev_sentences() -> list[str]:
-    from pipelines.data import load_stsb
+    from core.data import load_stsb
 
     return load_stsb("dev").unique_sentences()
 
@@ -40,7 +43,7 @@ def dev_sentences() -> list[str]:
 @pytest.fixture(scope="session")
 def x86_artifact(tmp_path_factory):
     """The x86 artifact of the bundled model, built once through the real export pipeline."""
-    from pipelines.config import BuildConfig
+    from core.config import BuildConfig
     from pipelines.export import export
 
     out = tmp_path_factory.mktemp("dist")
@@ -52,6 +55,27 @@ def x86_artifact(tmp_path_factory):
 @pytest.fixture(scope="session")
 def graph(st_model):
     """The embedding graph with the in-graph float mask (what the TFLite, ExecuTorch and Core ML paths convert)."""
-    from pipelines.graph import build_graph
+    from core.graph import build_graph
 
     return build_graph(st_model, None, additive_mask=True)
+
+
+@pytest.fixture(scope="session")
+def run_without_build_stack():
+    """Embed two sentences with an artifact in a fresh process; fail if torch or a converter got imported."""
+
+    def check(folder: str | Path, dim: int) -> None:
+        script = (
+            "import sys\n"
+            "from pipelines.runtime import ArtifactEncoder\n"
+            f"embeddings = ArtifactEncoder({str(folder)!r}, threads=1).encode(['A man plays a guitar.', ''])\n"
+            f"assert embeddings.shape == (2, {dim}), embeddings.shape\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers',"
+            " 'sentence_transformers') or m.endswith('.convert'))\n"
+            "assert not heavy, heavy[:5]\n"
+        )
+        root = Path(__file__).resolve().parent.parent
+        result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+    return check

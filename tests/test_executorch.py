@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from converters import Conversion, executorch
-from pipelines.errors import ArtifactError, ConfigError
-from pipelines.verify import row_cosines
+import converters.executorch.convert as executorch_convert
+import converters.executorch.runner as executorch_runner
+from converters.base import Conversion
+from converters.executorch import EMBEDDING_KERNEL, ExecuTorchOptions
+from core.errors import ArtifactError, ConfigError
+from core.metrics import row_cosines
 
 SENTENCES = 512  # parity of the int8 tables on ~500 STS-B dev sentences
 BATCH = 32
@@ -19,7 +22,7 @@ BATCH = 32
 @pytest.fixture(scope="module")
 def converted(graph, spec, tmp_path_factory) -> tuple[Path, Conversion]:
     out_dir = tmp_path_factory.mktemp("executorch")
-    return out_dir, executorch.convert(graph, spec, out_dir, executorch.ExecuTorchOptions())
+    return out_dir, executorch_convert.convert(graph, spec, out_dir, ExecuTorchOptions())
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,7 @@ def runner(converted, spec):
             {"name": n, "dtype": conversion.input_dtype, "shape": ["batch", "sequence"]} for n in spec.input_names
         ],
     }
-    return executorch.load_runner(out_dir, manifest, threads=2)
+    return executorch_runner.load_runner(out_dir, manifest, threads=2)
 
 
 def _encode(st_model, spec, sentences: list[str], padding: bool | str = True, length: int = 0) -> dict[str, np.ndarray]:
@@ -52,7 +55,7 @@ def test_conversion_records_dynamic_bounds(converted, spec):
     assert conversion.details["delegated_subgraphs"] > 0
     assert conversion.details["embedding"] == "int8"
     # The app's runtime must link the quantized kernels for the int8 word-embedding lookup.
-    assert conversion.details["required_kernels"] == [executorch.EMBEDDING_KERNEL]
+    assert conversion.details["required_kernels"] == [EMBEDDING_KERNEL]
     assert conversion.details["portable_op_counts"]["quantized_decomposed.embedding_byte.dtype"] == 1
 
 
@@ -95,8 +98,8 @@ def test_upper_bounds_run(runner, st_model, spec, dev_sentences):
 
 
 def test_quantized_kernels_registration_is_idempotent():
-    assert executorch.register_quantized_kernels()
-    assert executorch.register_quantized_kernels()
+    assert executorch_runner.register_quantized_kernels()
+    assert executorch_runner.register_quantized_kernels()
 
 
 def test_runner_refuses_inputs_beyond_the_bounds(runner, spec):
@@ -107,9 +110,9 @@ def test_runner_refuses_inputs_beyond_the_bounds(runner, spec):
 
 def test_bounds_beyond_the_model_are_refused(graph, spec, tmp_path):
     with pytest.raises(ConfigError, match="max_sequence"):
-        executorch.convert(graph, spec, tmp_path, executorch.ExecuTorchOptions(max_sequence=512))
+        executorch_convert.convert(graph, spec, tmp_path, ExecuTorchOptions(max_sequence=512))
 
 
 def test_unknown_embedding_option_is_refused(graph, spec, tmp_path):
     with pytest.raises(ConfigError, match="embedding"):
-        executorch.convert(graph, spec, tmp_path, executorch.ExecuTorchOptions(embedding="int4"))
+        executorch_convert.convert(graph, spec, tmp_path, ExecuTorchOptions(embedding="int4"))

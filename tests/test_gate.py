@@ -12,9 +12,9 @@ import onnx
 import pytest
 from onnx import helper
 
-from pipelines.errors import ArtifactError
+from core.errors import ArtifactError
+from core.manifest import checksums, write_json_atomic
 from pipelines.gatekeeper import verify_path
-from pipelines.manifest import checksums, write_json_atomic
 from pipelines.package import package_all, safe_extract
 
 QUICK = 60  # STS-B dev pairs per verify here; the full set runs in test_x86

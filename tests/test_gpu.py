@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.config import BuildConfig
+from core.config import BuildConfig
 from pipelines.export import export
 
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.graph import Pool, build_graph
-from pipelines.pca import fit_pca
-from pipelines.verify import TEST_SENTENCES, row_cosines
+from core.graph import Pool, build_graph, projection_layer
+from core.metrics import row_cosines
+from core.pca import fit_pca
+from pipelines.verify import TEST_SENTENCES
 
 
 def _tokenize(st_model, sentences, **kwargs):
@@ -41,7 +42,7 @@ def test_pooling_ignores_padding(mode):
 
 
 def test_unknown_pooling_mode_is_a_clear_error():
-    from pipelines.errors import ConfigError
+    from core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="pooling mode 'lasttoken' is not supported"):
         Pool("lasttoken")
@@ -52,7 +53,7 @@ def test_pca_is_a_centred_linear_layer_and_deterministic():
     x = rng.normal(size=(500, 32)) @ rng.normal(size=(32, 32)) + 3.0
     first, second = fit_pca(x, 8), fit_pca(x[::-1].copy(), 8)
     np.testing.assert_allclose(first.components, second.components, atol=1e-10)
-    linear = first.as_linear()
+    linear = projection_layer(first)
     with torch.no_grad():
         folded = torch.nn.functional.normalize(linear(torch.from_numpy(x).float()), dim=-1).numpy()
     np.testing.assert_allclose(folded, first.apply(x), atol=1e-4)

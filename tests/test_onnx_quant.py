@@ -9,15 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from converters.onnx import (
-    ADDITIVE_MASK,
-    QuantConfig,
-    _mean_cosine,
-    export_fp32,
-    op_counts,
-    quantize_int8,
-    rank_matmul_sensitivity,
-)
+from converters.onnx import ONNX, QuantConfig
+from converters.onnx.convert import export_fp32, op_counts
+from converters.onnx.quantize import measure_mean_cosine, quantize_int8, rank_matmul_sensitivity
+from core.graph import build_graph
 from targets.x86 import SENSITIVE_MATMULS
 
 LAYER = "/encoder/encoder/layer.{}/{}/MatMul"
@@ -26,10 +21,8 @@ CHOSEN = SENSITIVE_MATMULS  # the recipe the x86 target ships
 
 @pytest.fixture(scope="module")
 def fp32_model(st_model, spec, tmp_path_factory):
-    from pipelines.graph import build_graph
-
     path = tmp_path_factory.mktemp("onnx_quant") / "fp32.onnx"
-    export_fp32(build_graph(st_model, None, additive_mask=ADDITIVE_MASK), spec, path)
+    export_fp32(build_graph(st_model, None, additive_mask=ONNX.additive_mask), spec, path)
     return path
 
 
@@ -67,8 +60,8 @@ def test_kept_nodes_raise_parity_within_the_size_budget(fp32_model, spec, feeds_
     quantize_int8(fp32_model, base, spec, QuantConfig())
     done = quantize_int8(fp32_model, kept, spec, QuantConfig(keep_fp32=CHOSEN, keep_as=keep_as, embedding="per_row"))
     assert len(done["kept_fp32"]) == len(CHOSEN)
-    base_cos = _mean_cosine(base, feeds, reference, 2)
-    kept_cos = _mean_cosine(kept, feeds, reference, 2)
+    base_cos = measure_mean_cosine(base, feeds, reference, 2)
+    kept_cos = measure_mean_cosine(kept, feeds, reference, 2)
     assert kept_cos > base_cos + 1e-3
     assert kept_cos >= 0.995
     ops = op_counts(onnx.load(str(kept)))
@@ -101,7 +94,7 @@ def test_static_qdq_builds_calibrated_and_the_gate_refuses_it(tmp_path):
     """Static QDQ (calibrated on STS-B train) is a real option; on this model it misses the x86 gate."""
     from pathlib import Path
 
-    from pipelines.config import BuildConfig
+    from core.config import BuildConfig
     from pipelines.export import export
     from pipelines.gatekeeper import verify_path
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from cli import main
-from pipelines.config import BuildConfig
+from core.config import BuildConfig
+from core.manifest import sha256_file
 from pipelines.export import export
-from pipelines.manifest import sha256_file
 
 
 def test_rebuild_from_manifest_gives_identical_onnx(x86_artifact, tmp_path):

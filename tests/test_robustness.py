@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.config import BuildConfig
+from core.config import BuildConfig
+from core.manifest import find_artifacts
+from core.metrics import row_cosines
 from pipelines.export import export
-from pipelines.manifest import find_artifacts
 from pipelines.runtime import ArtifactEncoder
-from pipelines.verify import row_cosines
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,7 +104,7 @@ def test_killed_export_leaves_old_artifact_or_none(tmp_path, sig):
 
 
 def test_disk_full_mid_write_leaves_nothing(tmp_path, monkeypatch):
-    import converters.onnx as onnx_converter
+    import converters.onnx.convert as onnx_converter
 
     real = onnx_converter.quantize_int8
 

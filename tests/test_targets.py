@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import BuildConfig
-from pipelines.errors import MissingDependencyError, require
+from core.config import BuildConfig
+from core.errors import MissingDependencyError, require
 from pipelines.export import export
 
 
@@ -16,35 +16,40 @@ def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     results = export(BuildConfig(target="mobile", out=str(out))) + export(BuildConfig(target="apple", out=str(out)))
     assert all(r.ok for r in results), [r.error for r in results]
-    return {Path(r.folder).relative_to(out / "all-MiniLM-L6-v2").as_posix(): r.manifest for r in results}
+    return {Path(r.folder).relative_to(out / "all-MiniLM-L6-v2").as_posix(): r for r in results}
 
 
 def test_mobile_writes_both_artifacts(built):
     assert set(built) == {"mobile/tflite", "mobile/executorch", "apple"}
-    tflite, pte = built["mobile/tflite"], built["mobile/executorch"]
+    tflite, pte = built["mobile/tflite"].manifest, built["mobile/executorch"].manifest
     assert tflite["file"] == "model.tflite" and tflite["runtime"] == "ai-edge-litert"
     assert pte["file"] == "model.pte" and pte["runtime"] == "executorch"
 
 
 @pytest.mark.parametrize("name", ["mobile/tflite", "mobile/executorch"])
 def test_mobile_parity_in_real_runtimes(built, name):
-    parity = built[name]["parity"]
+    manifest = built[name].manifest
+    parity = manifest["parity"]
     assert parity["sentences"] > 2800 and not parity["emulated"]
     assert parity["mean_cosine"] >= 0.99
     assert parity["spearman_drop"] <= 0.5
-    assert parity["test_vectors_min_cosine"] >= built[name]["gate"]["min_cosine"]
+    assert parity["test_vectors_min_cosine"] >= manifest["gate"]["min_cosine"]
 
 
 def test_tflite_buckets_size_and_truncation(built):
-    manifest = built["mobile/tflite"]
+    manifest = built["mobile/tflite"].manifest
     assert [(s["batch"], s["sequence"]) for s in manifest["shapes"]] == [(1, 32), (1, 64), (1, 128), (1, 256)]
     assert manifest["max_seq_length"] == 256 == manifest["tokenizer"]["max_length"]
     assert "as the source model" in manifest["tokenizer"]["truncation"]
     assert manifest["size_bytes"] <= 0.30 * manifest["conversion"]["fp32_bytes"]
 
 
+def test_running_tflite_needs_no_torch(built, run_without_build_stack):
+    run_without_build_stack(built["mobile/tflite"].folder, 384)
+
+
 def test_apple_manifest_and_emulated_verification(built):
-    manifest = built["apple"]
+    manifest = built["apple"].manifest
     assert manifest["precision"] == "fp16" and manifest["file"] == "model.mlpackage"
     assert [(s["batch"], s["sequence"]) for s in manifest["shapes"]] == [(1, 32), (1, 64), (1, 128), (1, 256)]
     assert manifest["versions"]["coremltools"] == "9.0"

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from converters import Conversion, Shape, tflite
-from pipelines.errors import ArtifactError, ConfigError
-from pipelines.verify import row_cosines
+import converters.tflite.convert as tflite_convert
+import converters.tflite.runner as tflite_runner
+from converters.base import Conversion, Shape
+from converters.tflite import TFLiteOptions
+from core.errors import ArtifactError, ConfigError
+from core.metrics import row_cosines
 
 SENTENCES = 64
 
@@ -21,7 +24,7 @@ SENTENCES = 64
 @pytest.fixture(scope="module")
 def converted(graph, spec, tmp_path_factory) -> tuple[Path, Conversion]:
     out_dir = tmp_path_factory.mktemp("tflite")
-    return out_dir, tflite.convert(graph, spec, out_dir, tflite.TFLiteOptions())
+    return out_dir, tflite_convert.convert(graph, spec, out_dir, TFLiteOptions())
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,7 @@ def runner(converted, spec):
         "shapes": [asdict(s) for s in conversion.shapes],
         "inputs": [{"name": n, "dtype": conversion.input_dtype, "shape": [1, "sequence"]} for n in spec.input_names],
     }
-    return tflite.load_runner(out_dir, manifest, threads=2)
+    return tflite_runner.load_runner(out_dir, manifest, threads=2)
 
 
 def _padded(st_model, spec, sentences: list[str], sequence: int) -> dict[str, np.ndarray]:
@@ -101,4 +104,4 @@ def test_runner_rejects_unpadded_or_unknown_shapes(runner, st_model, spec, dev_s
 
 def test_bucket_longer_than_the_model_is_refused(graph, spec, tmp_path):
     with pytest.raises(ConfigError, match="max_seq_length"):
-        tflite.convert(graph, spec, tmp_path, tflite.TFLiteOptions(sequence_buckets=(128, 512)))
+        tflite_convert.convert(graph, spec, tmp_path, TFLiteOptions(sequence_buckets=(128, 512)))

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from pipelines.config import BuildConfig
+from core.config import BuildConfig
 from pipelines.export import export
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipelines.errors import ConfigError
-from pipelines.pca import Projection
+from core.errors import ConfigError
+from core.pca import Projection
 
 # Finite and far below any attention logit, yet representable in fp16 (an fp32-min mask becomes
 # -inf/NaN once a converter casts it to half precision).
@@ -67,6 +67,16 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-12)
 
 
+def projection_layer(projection: Projection) -> nn.Linear:
+    """The PCA projection as a centred linear layer (see core.pca)."""
+    weight, bias = projection.linear_weights()
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=True)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(weight))
+        linear.bias.copy_(torch.from_numpy(bias))
+    return linear
+
+
 class EmbeddingGraph(nn.Module):
     """Sentence embedding from token ids; what every artifact contains.
 
@@ -92,7 +102,7 @@ class EmbeddingGraph(nn.Module):
         self.pool = Pool(pooling)
         self.dense = nn.ModuleList(dense)
         self.normalize = normalize
-        self.projection = projection.as_linear() if projection is not None else None
+        self.projection = projection_layer(projection) if projection is not None else None
         self.additive_mask = additive_mask
         self.uses_token_type_ids = uses_token_type_ids
 

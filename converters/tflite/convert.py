@@ -19,39 +19,16 @@ EMBEDDING_LOOKUP (non-zero zero point).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from converters import Conversion, Shape, manifest_shapes
-from pipelines.errors import ArtifactError, ConfigError, require
-from pipelines.graph import EmbeddingGraph, GraphSpec, example_inputs
-
-MODEL_FILE = "model.tflite"
-RUNTIME = "ai-edge-litert"
-ADDITIVE_MASK = True  # transformers' boolean / new_ones mask ops do not lower through litert-torch
-# quantization option -> ai_edge_quantizer.recipe function (None: keep fp32)
-RECIPES: dict[str, str | None] = {
-    "int8": "dynamic_wi8_afp32",  # int8 per-channel weights, int8 compute with on-the-fly activation scales
-    "int8-weight-only": "weight_only_wi8_afp32",  # int8 storage, fp32 compute: closer to fp32, slower
-    "fp32": None,
-}
-
-
-@dataclass(frozen=True)
-class TFLiteOptions:
-    sequence_buckets: tuple[int, ...] = (32, 64, 128, 256)
-    batch_sizes: tuple[int, ...] = (1,)
-    quantization: Literal["int8", "int8-weight-only", "fp32"] = "int8"  # a key of RECIPES
-
-
-def signature_name(batch: int, sequence: int) -> str:
-    return f"b{batch}_s{sequence}"
+from converters.base import Calibration, Conversion, Shape
+from converters.tflite import MODEL_FILE, RECIPES, RUNTIME, TFLiteOptions, signature_name
+from core.errors import ConfigError, require
+from core.graph import EmbeddingGraph, GraphSpec, example_inputs
 
 
 class _NamedOutput(nn.Module):
@@ -101,7 +78,7 @@ def convert(
     spec: GraphSpec,
     out_dir: Path,
     options: TFLiteOptions,
-    calibration: list[dict[str, np.ndarray]] | None = None,  # shared signature; dynamic-range int8 needs none
+    calibration: Calibration | None = None,  # shared signature; dynamic-range int8 needs none
 ) -> Conversion:
     _validate(spec, options)
     litert_torch = require("litert_torch", "mobile")
@@ -147,40 +124,3 @@ def convert(
             "op_counts_per_signature": _op_counts(model, 0),
         },
     )
-
-
-class TFLiteRunner:
-    """One interpreter (XNNPACK is its default delegate) and one signature runner per bucket."""
-
-    def __init__(self, model_path: Path, shapes: list[Shape], threads: int | None) -> None:
-        interpreter_module = require("ai_edge_litert.interpreter", "mobile")
-        self.shapes: list[Shape] | None = shapes
-        self.description = f"ai-edge-litert {metadata.version('ai-edge-litert')} (XNNPACK delegate)"
-        self._interpreter = interpreter_module.Interpreter(model_path=str(model_path), num_threads=threads)
-        available = self._interpreter.get_signature_list()
-        missing = [s.name for s in shapes if s.name not in available]
-        if missing:
-            raise ArtifactError(f"{model_path.name} has no signature {missing[0]!r}; the manifest does not match it")
-        self._runners = {s.name: self._interpreter.get_signature_runner(s.name) for s in shapes}
-        self._input_dtypes = {
-            name: {k: v["dtype"] for k, v in runner.get_input_details().items()}
-            for name, runner in self._runners.items()
-        }
-
-    def run(self, inputs: dict[str, np.ndarray], shape: Shape | None) -> np.ndarray:
-        if shape is None or shape.name not in self._runners:
-            raise ArtifactError(f"TFLite runs only its fixed shapes {[s.name for s in self.shapes]}; got {shape}")
-        feed = {}
-        for name, dtype in self._input_dtypes[shape.name].items():
-            array = inputs[name]
-            if array.shape != (shape.batch, shape.sequence):
-                raise ArtifactError(f"input {name} has shape {array.shape}; signature {shape.name} needs it padded")
-            feed[name] = array.astype(dtype, copy=False)  # the converter downcasts int64 ids to int32
-        (output,) = self._runners[shape.name](**feed).values()
-        return np.asarray(output, dtype=np.float32)
-
-
-def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> TFLiteRunner:
-    if not manifest.get("shapes"):
-        raise ArtifactError("a TFLite manifest must list its fixed shapes; the artifact is incomplete")
-    return TFLiteRunner(Path(artifact_dir) / manifest["file"], manifest_shapes(manifest), threads)

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
 
-from pipelines.errors import ArtifactError
+from core.errors import ArtifactError
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,9 @@ class Projection:
     def dims(self) -> int:
         return int(self.components.shape[0])
 
-    def as_linear(self) -> nn.Linear:
-        linear = nn.Linear(self.components.shape[1], self.dims, bias=True)
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(self.components.astype(np.float32)))
-            linear.bias.copy_(torch.from_numpy((-self.components @ self.mean).astype(np.float32)))
-        return linear
+    def linear_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W, b) of the folded layer: W x + b = components @ (x - mean)."""
+        return self.components.astype(np.float32), (-self.components @ self.mean).astype(np.float32)
 
     def apply(self, embeddings: np.ndarray) -> np.ndarray:
         projected = (embeddings.astype(np.float64) - self.mean) @ self.components.T
@@ -40,8 +37,6 @@ class Projection:
         return (projected / norms).astype(np.float32)
 
     def save(self, path: Path) -> None:
-        from safetensors.numpy import save_file
-
         save_file(
             {
                 "components": self.components.astype(np.float64),
@@ -53,9 +48,6 @@ class Projection:
 
     @classmethod
     def load(cls, path: Path) -> Projection:
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
         try:
             tensors = load_file(str(path))
         except (SafetensorError, OSError) as exc:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class ToolchainError(Exception):
     """Base class: bad input or environment. The message says what was wrong and how to fix it."""
@@ -45,10 +48,8 @@ class GateError(ToolchainError):
     exit_code = 1
 
 
-def require(module: str, extra: str):
+def require(module: str, extra: str) -> ModuleType:
     """Import an optional dependency or raise an actionable MissingDependencyError."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as exc:

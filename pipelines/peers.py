@@ -10,7 +10,6 @@ peak = cores x clock x int8 ops per cycle per core (assumptions are written into
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -29,9 +28,6 @@ PEER_REQUIREMENTS = (
     "numpy==2.4.6",
 )
 PEER_LABEL = 'peer: sentence-transformers export_dynamic_quantized_onnx_model("avx512_vnni"), backend="onnx"'
-# int8 multiply-accumulates per cycle per core with AVX-512 VNNI (vpdpbusd: 64 int8 MACs per 512-bit op,
-# one per cycle on Zen 4's double-pumped 256-bit units) -> 128 int8 ops per cycle per core.
-INT8_OPS_PER_CYCLE = 128
 
 
 def peer_python() -> Path:
@@ -80,21 +76,3 @@ def flops_per_sentence(config: dict, tokens: int) -> float:
     projections = tokens * (4 * hidden * hidden + 2 * hidden * inter)  # Q, K, V, output; FFN up and down
     attention = 2 * tokens * tokens * hidden  # QK^T and attention x V
     return 2.0 * layers * (projections + attention)
-
-
-def int8_peak_gops() -> dict:
-    """cores x clock x INT8_OPS_PER_CYCLE, with the clock read from /proc/cpuinfo (Linux)."""
-    cores = os.cpu_count() or 1
-    mhz = 0.0
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("cpu MHz"):
-                mhz = max(mhz, float(line.split(":", 1)[1]))
-    except OSError:
-        pass
-    return {
-        "cores": cores,
-        "clock_ghz": round(mhz / 1000, 3),
-        "int8_ops_per_cycle_per_core": INT8_OPS_PER_CYCLE,
-        "peak_gops": cores * mhz / 1000 * INT8_OPS_PER_CYCLE,
-    }

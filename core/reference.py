@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.model_source import ModelSource
-from pipelines.pca import Projection
+from core.model_source import ModelSource
+from core.pca import Projection
 
 
 def cache_dir() -> Path:

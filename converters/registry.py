@@ -1,0 +1,61 @@
+"""Artifact formats registered by name. A format names the module that builds it and the module that runs
+it; both are imported on first use, so a missing optional runtime only matters to the target that needs it,
+and running an artifact never imports a converter (nor torch, for ONNX and TFLite).
+
+A converter module provides ``convert(graph, spec, out_dir, options, calibration) -> Conversion``.
+A runner module provides ``load_runner(artifact_dir, manifest, threads) -> Runner`` and, optionally,
+``structural_checks(artifact_dir, manifest) -> StructuralReport``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from converters.base import Runner, StructuralReport
+from core.errors import ArtifactError, ConfigError
+
+
+@dataclass(frozen=True)
+class ArtifactFormat:
+    name: str
+    options_type: type
+    converter: str  # module path of the converter
+    runner: str  # module path of the runner
+    # Build the (B,1,1,S) float attention mask in the graph (True) or leave it to transformers (False).
+    additive_mask: bool
+    # Applies the build's --quantization choice to this format's options; None: the format has no such choice.
+    with_quantization: Callable[[Any, str], Any] | None = None
+
+    def converter_module(self) -> ModuleType:
+        return importlib.import_module(self.converter)
+
+    def runner_module(self) -> ModuleType:
+        return importlib.import_module(self.runner)
+
+    def load_runner(self, artifact_dir: Path, manifest: dict, threads: int | None = None) -> Runner:
+        return self.runner_module().load_runner(Path(artifact_dir), manifest, threads)
+
+    def structural_checks(self, artifact_dir: Path, manifest: dict) -> StructuralReport | None:
+        checks = getattr(self.runner_module(), "structural_checks", None)
+        return checks(Path(artifact_dir), manifest) if checks else None
+
+
+FORMATS: dict[str, ArtifactFormat] = {}
+
+
+def register_format(fmt: ArtifactFormat) -> ArtifactFormat:
+    if fmt.name in FORMATS:
+        raise ConfigError(f"artifact format {fmt.name!r} is already registered; pick another name")
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def get_format(name: str) -> ArtifactFormat:
+    if name not in FORMATS:
+        raise ArtifactError(f"artifact format {name!r} is unknown (known: {', '.join(FORMATS)})")
+    return FORMATS[name]

@@ -1,0 +1,64 @@
+"""What a target is: artifact plans (format + options + gate), registered by name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from converters.registry import get_format
+from core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Parity a shipped artifact must reach against the fp32 PyTorch model on STS-B dev."""
+
+    min_mean_cosine: float
+    min_cosine: float  # worst single sentence
+    max_spearman_drop: float  # points (x100) below the fp32 source model
+    pca_extra_drop: float = 0.5  # allowed on top when a PCA projection reduces the dims
+
+
+@dataclass(frozen=True)
+class ArtifactPlan:
+    """One artifact a target emits: a folder under dist/<model>/<target>/."""
+
+    folder: str  # relative to the target folder; "" for the target folder itself
+    format: str  # a registered artifact format (converters.FORMATS)
+    options: Any  # the format's options dataclass
+    gate: Gate
+    description: str
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    plans: tuple[ArtifactPlan, ...] = field(default_factory=tuple)
+
+
+TARGETS: dict[str, Target] = {}
+
+
+def register(target: Target) -> Target:
+    """Add a target; refuses a name already taken and plans whose options do not fit their format."""
+    if target.name in TARGETS or target.name == "all":
+        raise ConfigError(f"target {target.name!r} is already registered; pick another name")
+    for plan in target.plans:
+        expected = get_format(plan.format).options_type
+        if not isinstance(plan.options, expected):
+            raise ConfigError(
+                f"target {target.name!r}: the {plan.format} plan needs {expected.__name__}, "
+                f"got {type(plan.options).__name__}"
+            )
+    TARGETS[target.name] = target
+    return target
+
+
+def get_targets(name: str) -> list[Target]:
+    """'all' or one registered name."""
+    if name == "all":
+        return list(TARGETS.values())
+    if name not in TARGETS:
+        raise ConfigError(f"unknown target {name!r}; choose one of: {', '.join([*TARGETS, 'all'])}")
+    return [TARGETS[name]]
