@@ -9,6 +9,40 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from core.errors import ConfigError
+
+# Fixed-shape formats trace the graph once per sequence bucket and ExecuTorch plans memory for its bound:
+# past this length the artifact grows for little gain on sentences, so longer inputs truncate here (the
+# manifest records where, beside the source model's own limit).
+SEQUENCE_LIMIT = 512
+
+
+def sequence_buckets(max_seq_length: int, requested: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The requested buckets, or powers of two from 32 below the model's limit and the limit itself
+    (capped at SEQUENCE_LIMIT), so the largest bucket truncates as the source model does."""
+    if requested:
+        return tuple(sorted(set(requested)))
+    limit = min(max_seq_length, SEQUENCE_LIMIT)
+    powers = [32 * 2**k for k in range(8) if 32 * 2**k < limit]
+    return (*powers, limit)
+
+
+def fixed_shapes(
+    fmt: str, batch_sizes: tuple[int, ...], requested_buckets: tuple[int, ...] | None, max_seq_length: int
+) -> list[tuple[int, int]]:
+    """Every (batch, sequence) pair a fixed-shape format is built for; ConfigError on options that cannot work."""
+    buckets = sequence_buckets(max_seq_length, requested_buckets)
+    if not batch_sizes or min(batch_sizes) < 1 or min(buckets) < 2:
+        raise ConfigError(
+            f"{fmt} needs batch sizes >= 1 and sequence buckets >= 2 tokens; got {batch_sizes}, {buckets}"
+        )
+    if max(buckets) > max_seq_length:
+        raise ConfigError(
+            f"{fmt} sequence bucket {max(buckets)} exceeds the model's max_seq_length {max_seq_length}; "
+            f"use buckets up to {max_seq_length}"
+        )
+    return [(b, s) for b in sorted(set(batch_sizes)) for s in buckets]
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -28,6 +62,7 @@ class Conversion:
     runtime: str  # e.g. "onnxruntime", "ai-edge-litert"
     shapes: list[Shape] | None = None  # None: dynamic batch and sequence
     input_dtype: str = "int64"
+    max_sequence: int | None = None  # the longest input the artifact takes; None: the model's own limit
     details: dict[str, Any] = field(default_factory=dict)
 
 

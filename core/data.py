@@ -12,6 +12,10 @@ import numpy as np
 from core.errors import CorpusError
 
 STSB_DIR = Path(__file__).resolve().parent.parent / "data" / "stsb"
+# Short, symbolic and mixed-script texts: where one activation scale per tensor hurts quantized models most.
+# Calibration only; the tests fuzz with texts of their own.
+EDGE_TEXTS = ("", " ", "a", "I", "?", "...", "©", "€", "ß", "é", "ŉ", "ﬁ", "Ω", "→", "™", "½", "🙂", "👍🏽",
+              "東", "京都", "ä", "ok", "No.", "42", "#1", "x y z", "Москва", "القاهرة", "मुंबई", "Ἀθῆναι")
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,19 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
+from core.families import Family, family_for
+from core.families.base import MASK_FILL
 from core.pca import Projection
 
-# Finite and far below any attention logit, yet representable in fp16 (an fp32-min mask becomes
-# -inf/NaN once a converter casts it to half precision).
-MASK_FILL = -10000.0
-POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens")
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 
 
 @dataclass(frozen=True)
 class GraphSpec:
     """What the graph computes, recorded in every manifest."""
 
+    family: str
+    model_type: str
     input_names: tuple[str, ...]
     output_name: str
     pooling: str
@@ -52,11 +53,19 @@ class Pool(nn.Module):
         self.mode = mode
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # Inputs are right-padded: the first token is always real, the last real one sits at length - 1.
         if self.mode == "cls":
-            return hidden[:, 0]  # inputs are right-padded, so the first token is always real
+            return hidden[:, 0]
         weights = mask.unsqueeze(-1).to(hidden.dtype)
+        if self.mode == "lasttoken":  # a one-hot weighted sum rather than a gather: every converter lowers it
+            positions = torch.cumsum(torch.ones_like(mask), dim=1)
+            last = (positions == mask.sum(dim=1, keepdim=True)).unsqueeze(-1).to(hidden.dtype)
+            return (hidden * last).sum(dim=1)
         if self.mode == "max":
             return (hidden + (1.0 - weights) * MASK_FILL).max(dim=1).values
+        if self.mode == "weightedmean":  # weight = position + 1
+            positions = torch.cumsum(torch.ones_like(mask), dim=1).unsqueeze(-1).to(hidden.dtype)
+            weights = weights * positions
         total = (hidden * weights).sum(dim=1)
         count = weights.sum(dim=1).clamp(min=1e-9)
         return total / (count.sqrt() if self.mode == "mean_sqrt_len_tokens" else count)
@@ -80,15 +89,17 @@ def projection_layer(projection: Projection) -> nn.Linear:
 class EmbeddingGraph(nn.Module):
     """Sentence embedding from token ids; what every artifact contains.
 
-    ``additive_mask`` builds the (B,1,1,S) float attention mask here instead of inside transformers:
-    the transformers mask code emits boolean and ``new_ones`` ops that the TFLite, Core ML and
-    ExecuTorch paths cannot lower. The ONNX path keeps the 2D mask because ONNX Runtime's attention
-    fusion matches the pattern transformers emits.
+    ``additive_mask`` builds the float attention masks here (as the family defines them: padding, sliding
+    windows, causal) instead of inside transformers: the transformers mask code emits boolean and
+    ``new_ones`` ops that the TFLite, Core ML and ExecuTorch paths cannot lower. The ONNX path keeps the 2D
+    mask for families that ONNX Runtime fuses, because its attention fusion matches the pattern transformers
+    emits.
     """
 
     def __init__(
         self,
         encoder: nn.Module,
+        family: Family,
         pooling: str,
         dense: list[nn.Module],
         normalize: bool,
@@ -99,6 +110,7 @@ class EmbeddingGraph(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = encoder
+        self.family = family
         self.pool = Pool(pooling)
         self.dense = nn.ModuleList(dense)
         self.normalize = normalize
@@ -115,7 +127,7 @@ class EmbeddingGraph(nn.Module):
         mask = attention_mask
         if self.additive_mask:
             dtype = self.encoder.get_input_embeddings().weight.dtype  # fp16 graphs need an fp16 mask
-            mask = (1.0 - attention_mask.to(dtype))[:, None, None, :] * MASK_FILL
+            mask = self.family.attention_masks(attention_mask, dtype, self.encoder.config)
         kwargs = {"token_type_ids": token_type_ids} if self.uses_token_type_ids else {}
         hidden = self.encoder(input_ids=input_ids, attention_mask=mask, **kwargs).last_hidden_state
         x = self.pool(hidden, attention_mask)
@@ -144,22 +156,31 @@ def build_graph(st_model, projection: Projection | None = None, *, additive_mask
             modes = (module.pooling_mode,) if isinstance(module.pooling_mode, str) else tuple(module.pooling_mode)
             if len(modes) != 1:
                 raise ConfigError(f"pooling that concatenates several modes {modes} is not supported")
+            if getattr(module, "include_prompt", True) is False:
+                raise ConfigError("pooling that leaves the prompt tokens out (include_prompt: false) is not supported")
             pooling = modes[0]
         elif kind == "Dense":
             dense.append(_dense_as_module(module))
         elif kind == "Normalize":
             normalize = True
     input_names = tuple(st_model.tokenizer.model_input_names)
+    family = family_of(st_model)
     graph = EmbeddingGraph(
         transformer.auto_model,
+        family,
         pooling,
         dense,
         normalize,
         projection,
-        additive_mask=additive_mask,
+        # Only families ONNX Runtime fuses gain from transformers' own mask pattern.
+        additive_mask=additive_mask or family.ort_fusion is None,
         uses_token_type_ids="token_type_ids" in input_names,
     )
     return graph.eval()
+
+
+def family_of(st_model) -> Family:
+    return family_for(st_model[0].auto_model.config.model_type)
 
 
 def graph_spec(st_model, projection: Projection | None) -> GraphSpec:
@@ -168,6 +189,8 @@ def graph_spec(st_model, projection: Projection | None) -> GraphSpec:
     source_dim = st_model.get_embedding_dimension()
     input_names = ("input_ids", "attention_mask") + (("token_type_ids",) if graph.uses_token_type_ids else ())
     return GraphSpec(
+        family=graph.family.name,
+        model_type=config.model_type,
         input_names=input_names,
         output_name="sentence_embedding",
         pooling=graph.pool.mode,
@@ -177,11 +200,7 @@ def graph_spec(st_model, projection: Projection | None) -> GraphSpec:
         embedding_dim=projection.dims if projection is not None else source_dim,
         pca_dims=projection.dims if projection is not None else None,
         max_seq_length=int(st_model.max_seq_length),
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_attention_heads=config.num_attention_heads,
-        num_hidden_layers=config.num_hidden_layers,
-        vocab_size=config.vocab_size,
+        **graph.family.graph_fields(config),
     )
 
 

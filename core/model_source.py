@@ -29,11 +29,29 @@ class ModelSource:
     path: Path  # local directory holding modules.json
     name: str  # short name used for the dist/ folder
 
-    def weights_sha256(self) -> str:
+    def sha256(self) -> str:
+        """One digest over every file that shapes the embeddings: weights, configs, tokenizer, module folders
+        (documentation and exported copies such as onnx/ are left out)."""
         digest = hashlib.sha256()
-        for weights in sorted(self.path.rglob("*.safetensors")):
-            digest.update(weights.read_bytes())
+        for path in model_files(self.path):
+            digest.update(path.relative_to(self.path).as_posix().encode() + b"\0")
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
         return digest.hexdigest()
+
+
+NOT_MODEL_FILES = {".md", ".ini"}  # README.md, desktop.ini: documentation, not the model
+EXPORTED_COPIES = {"onnx", "openvino", ".git", ".cache"}
+
+
+def model_files(path: Path) -> list[Path]:
+    """The files of a model directory that can change its embeddings, sorted."""
+    return sorted(
+        p for p in path.rglob("*")
+        if p.is_file() and p.suffix not in NOT_MODEL_FILES
+        and not EXPORTED_COPIES & set(p.relative_to(path).parts[:-1])
+    )
 
 
 def _package_model_dir(package: str) -> Path | None:
@@ -116,6 +134,28 @@ def check_model_dir(path: Path, spec: str) -> None:
         )
     if not kinds or kinds[0] != "Transformer":
         raise ModelSourceError(f"model {spec!r} must start with a Transformer module (modules.json lists {kinds})")
+
+
+def read_json(path: Path, what: str) -> dict | list:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelSourceError(f"{path} is missing; the model directory is incomplete ({what})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelSourceError(f"{path} is not valid JSON ({exc.__class__.__name__}); re-download the model") from None
+
+
+def read_model_type(path: Path) -> str:
+    """``model_type`` from the Transformer module's config.json, read before anything heavy is loaded."""
+    modules = read_json(path / "modules.json", "module list")
+    folder = (path / str(modules[0].get("path", ""))).resolve() if isinstance(modules, list) and modules else path
+    if not folder.is_relative_to(path.resolve()):
+        raise ModelSourceError(f"{path / 'modules.json'} points its Transformer module outside the model directory")
+    config = read_json(folder / "config.json", "transformer config")
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(model_type, str):
+        raise ModelSourceError(f"{folder / 'config.json'} has no model_type; it is not a transformers config")
+    return model_type
 
 
 def check_weights_are_safe(path: Path, allow_pickle: bool) -> None:

@@ -1,7 +1,8 @@
 """The fp32 PyTorch reference: sentence-transformers' own encode, plus the PCA projection if any.
 
-Reference embeddings of a sentence list are cached on disk (keyed by the weights' sha256 and
-the sentences), since verify, bench and the tests all need the same STS-B dev embeddings.
+Reference embeddings of a sentence list are cached on disk (keyed by the sha256 of the model's files,
+tokenizer and module configs included, and the sentences), since verify, bench and the tests all need the
+same STS-B dev embeddings.
 """
 
 from __future__ import annotations
@@ -29,16 +30,16 @@ class Reference:
         self.st_model = st_model
         self.source = source
         self.projection = projection
-        self._weights_sha = source.weights_sha256()
+        self._model_sha = source.sha256()
 
     @property
-    def weights_sha256(self) -> str:
-        return self._weights_sha
+    def model_sha256(self) -> str:
+        return self._model_sha
 
     def source_embeddings(self, sentences: Sequence[str]) -> np.ndarray:
         """fp32 embeddings of the unmodified source model (its own dims)."""
         key = hashlib.sha256("\x00".join(sentences).encode("utf-8")).hexdigest()[:16]
-        path = cache_dir() / f"ref-{self._weights_sha[:16]}-{key}.npy"
+        path = cache_dir() / f"ref-{self._model_sha[:16]}-{key}.npy"
         if path.is_file():
             cached = np.load(path, allow_pickle=False)
             if cached.shape[0] == len(sentences):

@@ -64,9 +64,6 @@ def workload(config: BenchConfig) -> tuple[list[str], list[str]]:
     return throughput, latency
 
 
-QUICK = BenchConfig(throughput_sentences=256, latency_sentences=20, repeats=3)
-
-
 def time_engine(encode, config: BenchConfig) -> dict:
     throughput_set, latency_set = workload(config)
     for _ in range(config.warmup):

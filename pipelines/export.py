@@ -25,12 +25,12 @@ from converters.registry import get_format
 from core.config import BuildConfig
 from core.data import load_stsb, read_corpus
 from core.errors import ConfigError, GateError, OutputError, ToolchainError
+from core.families import Family, family_for
 from core.graph import GraphSpec, build_graph, graph_spec
 from core.manifest import MANIFEST, SCHEMA, checksums, library_versions, path_size, write_json_atomic
-from core.model_source import ModelSource, load_sentence_transformer, resolve_model
+from core.model_source import ModelSource, load_sentence_transformer, read_model_type, resolve_model
 from core.pca import Projection, fit_pca
 from core.reference import Reference
-from pipelines.bench import QUICK, run_in_subprocess
 from pipelines.report import model_card, write_artifact_report
 from pipelines.runtime import ArtifactEncoder
 from pipelines.verify import (
@@ -56,6 +56,7 @@ class ArtifactResult:
     manifest: dict | None = None
     error: str | None = None
     seconds: float = 0.0
+    refused: str | None = None  # why the model's family cannot take this format; nothing was built
 
 
 @dataclass
@@ -67,22 +68,6 @@ class Session:
     st_model: object
     spec: GraphSpec
     reference: Reference
-
-    _baseline_speed: dict | None = None
-
-    def speed_probe(self, artifact_dir: Path) -> dict:
-        """A quick throughput ratio for the export summary, timed like `cli.py bench` (a fresh process per
-        engine: in-process figures were skewed by the reference model's thread pool) on fewer sentences."""
-        config = asdict(QUICK)
-        if self._baseline_speed is None:
-            self._baseline_speed = run_in_subprocess({"engine": "torch", "model": self.source.spec, "config": config})
-        speed = run_in_subprocess({"engine": "artifact", "artifact": str(artifact_dir), "config": config})
-        return {
-            "throughput_ratio": speed["throughput_sps"] / self._baseline_speed["throughput_sps"],
-            "throughput_sps": speed["throughput_sps"],
-            "baseline_sps": self._baseline_speed["throughput_sps"],
-            "method": f"batch 32 over {QUICK.throughput_sentences} STS-B dev sentences, median of {QUICK.repeats}",
-        }
 
     @property
     def projection(self) -> Projection | None:
@@ -107,15 +92,31 @@ def fit_projection(reference: Reference, dims: int, fit_corpus: str | None) -> P
     return fit_pca(reference.source_embeddings(sentences), dims)
 
 
-def open_session(config: BuildConfig) -> Session:
+def check_build(config: BuildConfig) -> tuple[ModelSource, Family]:
+    """Every check that needs no model loaded: options, corpus, output folder, model directory and family."""
     if config.dims is not None and config.dims <= 0:
         raise ConfigError(f"--dims must be a positive number of dimensions, got {config.dims}")
     if config.fit_corpus and config.dims is None:
         raise ConfigError("--fit-corpus is only used with --dims (it fits the PCA projection)")
     if config.fit_corpus:
-        read_corpus(Path(config.fit_corpus))  # fail on a bad corpus before loading anything heavy
+        read_corpus(Path(config.fit_corpus))
     check_output_dir(Path(config.out))
     source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
+    return source, family_for(read_model_type(source.path))
+
+
+def refusals(family: Family, targets: list[Target]) -> dict[tuple[str, str], str]:
+    """(target, folder) -> why, for every planned artifact whose format the family cannot take."""
+    return {
+        (target.name, plan.folder): f"{family.name} models cannot be exported to {target.name} "
+        f"{plan.description}: {family.refused_formats[plan.format]}"
+        for target in targets
+        for plan in target.plans
+        if plan.format in family.refused_formats
+    }
+
+
+def open_session(config: BuildConfig, source: ModelSource) -> Session:
     st_model = load_sentence_transformer(
         source, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code
     )
@@ -135,7 +136,8 @@ def check_output_dir(out: Path) -> None:
 
 
 def write_tokenizer(session: Session, out_dir: Path, max_length: int) -> dict:
-    """tokenizer.json truncating exactly as the source model does (right side, at max_length tokens)."""
+    """tokenizer.json truncating on the right at max_length tokens: the source model's own limit, unless the
+    artifact takes fewer (converters.base.SEQUENCE_LIMIT), which the manifest then says."""
     tokenizer = Tokenizer.from_str(session.st_model.tokenizer.backend_tokenizer.to_str())
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=max_length)
@@ -144,11 +146,13 @@ def write_tokenizer(session: Session, out_dir: Path, max_length: int) -> dict:
         if (session.source.path / name).is_file():
             shutil.copyfile(session.source.path / name, out_dir / name)
     hf = session.st_model.tokenizer
+    source_limit = session.spec.max_seq_length
+    same = "as the source model" if max_length == source_limit else f"the source model truncates at {source_limit}"
     return {
         "file": "tokenizer.json",
-        "pad_token_id": int(hf.pad_token_id or 0),
+        "pad_token_id": int(hf.pad_token_id if hf.pad_token_id is not None else 0),
         "padding_side": "right",
-        "truncation": f"right side, to {max_length} tokens including special tokens (as the source model)",
+        "truncation": f"right side, to {max_length} tokens including special tokens ({same})",
         "max_length": max_length,
     }
 
@@ -187,6 +191,9 @@ def build_manifest(session: Session, target: Target, plan: ArtifactPlan, convers
         "max_seq_length": tokenizer["max_length"],
         "normalized": spec.normalized,
         "pooling": spec.pooling,
+        # Prepended to the text before tokenizing, as sentence-transformers does; the default one always.
+        "prompts": {name: text for name, text in (session.st_model.prompts or {}).items() if text},
+        "default_prompt_name": session.st_model.default_prompt_name,
         "pca": None if session.projection is None else {
             "dims": spec.pca_dims,
             "source_dim": spec.source_dim,
@@ -198,7 +205,7 @@ def build_manifest(session: Session, target: Target, plan: ArtifactPlan, convers
         "model": {
             "name": session.source.name,
             "source": session.source.spec,
-            "weights_sha256": session.reference.weights_sha256,
+            "sha256": session.reference.model_sha256,  # every file of the model directory (see ModelSource)
         },
         "graph": asdict(spec),
         "conversion": conversion.details,
@@ -249,9 +256,7 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
         graph = build_graph(session.st_model, session.projection, additive_mask=fmt.additive_mask)
         log(f"{target.name}: converting to {plan.description}")
         conversion = fmt.converter_module().convert(graph, session.spec, tmp, plan.options, calibration(session))
-        max_length = session.spec.max_seq_length
-        if conversion.shapes:
-            max_length = min(max_length, max(s.sequence for s in conversion.shapes))
+        max_length = min(session.spec.max_seq_length, conversion.max_sequence or session.spec.max_seq_length)
         tokenizer = write_tokenizer(session, tmp, max_length)
         if session.projection is not None:
             session.projection.save(tmp / PCA_FILE)
@@ -269,9 +274,6 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
             parity.runtime = encoder.runtime_name
             manifest["parity"] = parity.to_dict()
             manifest["structure"] = structural_checks(tmp, manifest)
-            if not encoder.emulated:
-                log(f"{target.name}: quick speed probe of {plan.description}")
-                manifest["speed_probe"] = session.speed_probe(tmp)
             failures = gate_failures(parity, plan.gate)
             manifest["verdict"] = "pass" if not failures else "fail"
             if failures:
@@ -322,16 +324,28 @@ def export(config: BuildConfig, progress: Progress | None = None) -> list[Artifa
     """Build every artifact of the configured target(s). A failing artifact does not stop the others."""
     progress = progress or PrintProgress()
     targets = get_targets(config.target)
+    source, family = check_build(config)
+    refused = refusals(family, targets)
+    if len(refused) == count_artifacts(config):  # nothing left to build: one line, before any work
+        raise ConfigError(next(iter(refused.values())))
     # SIGTERM unwinds like Ctrl-C, so the finally blocks remove temporary folders.
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
+        for reason in refused.values():
+            progress.step(f"refused: {reason}")
         progress.step("loading the model" + (f" and fitting PCA to {config.dims} dims" if config.dims else ""))
-        session = open_session(config)
+        session = open_session(config, source)
         results = []
         for target in targets:
             for plan in target.plans:
                 started = time.perf_counter()
                 final = _destination(session, target, plan)
+                if (target.name, plan.folder) in refused:
+                    result = ArtifactResult(target.name, str(final), plan.format, True,
+                                            refused=refused[target.name, plan.folder])
+                    progress.artifact_done(result)
+                    results.append(result)
+                    continue
                 try:
                     manifest = build_artifact(session, target, plan, progress.step)
                     result = ArtifactResult(target.name, str(final), plan.format, True, manifest)

@@ -31,9 +31,9 @@ class ReferenceCache:
         source, st_model = self._models[spec]
         projection = Projection.load(artifact_dir / manifest["pca"]["file"]) if manifest.get("pca") else None
         reference = Reference(st_model, source, projection)
-        if reference.weights_sha256 != manifest["model"]["weights_sha256"]:
+        if reference.model_sha256 != manifest["model"]["sha256"]:
             raise ArtifactError(
-                f"source model {spec!r} is not the one this artifact was built from (weights sha256 differ); "
+                f"source model {spec!r} is not the one this artifact was built from (its files' sha256 differ); "
                 "pass the original with --model"
             )
         return reference

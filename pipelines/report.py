@@ -198,7 +198,7 @@ def model_card(manifest: dict) -> str:
     lines = [
         f"# {model['name']} — {manifest['artifact']} for {manifest['target']}",
         "",
-        f"Sentence embeddings from `{model['source']}` (weights sha256 `{model['weights_sha256'][:16]}…`), "
+        f"Sentence embeddings from `{model['source']}` (model files sha256 `{model['sha256'][:16]}…`), "
         f"converted to {manifest['format']} at {manifest['precision']} precision for {manifest['runtime']}.",
         "",
         "## Use",

@@ -15,6 +15,7 @@ from tokenizers import Tokenizer
 
 from converters.base import Runner
 from converters.registry import get_format
+from core.errors import ArtifactError
 from core.manifest import read_manifest
 
 
@@ -26,14 +27,25 @@ class ArtifactEncoder:
         self.tokenizer.no_padding()  # we pad per batch or per bucket below
         self.input_names: list[str] = [spec["name"] for spec in self.manifest["inputs"]]
         self.pad_id = int(self.manifest["tokenizer"]["pad_token_id"])
+        self.prompts: dict[str, str] = self.manifest.get("prompts") or {}
+        self.default_prompt_name: str | None = self.manifest.get("default_prompt_name")
         fmt = get_format(self.manifest["format"])
         self.runner = runner or fmt.load_runner(self.artifact_dir, self.manifest, threads)
         # A runner may stand in for a runtime that cannot run on this OS (Core ML off macOS): it says so.
         self.emulated: bool = getattr(self.runner, "emulated", False)
         self.runtime_name: str = getattr(self.runner, "description", self.manifest["runtime"])
 
-    def tokenize(self, sentences: Sequence[str]) -> list[dict[str, list[int]]]:
-        encodings = self.tokenizer.encode_batch(list(sentences))
+    def prompt(self, prompt_name: str | None = None) -> str:
+        """The text put before each sentence: the named prompt, else the model's default one, else none."""
+        name = prompt_name or self.default_prompt_name
+        if name is not None and name not in self.prompts:
+            known = ", ".join(self.prompts) or "none"
+            raise ArtifactError(f"prompt {name!r} is not in the manifest (its prompts: {known})")
+        return self.prompts[name] if name is not None else ""
+
+    def tokenize(self, sentences: Sequence[str], prompt_name: str | None = None) -> list[dict[str, list[int]]]:
+        prompt = self.prompt(prompt_name)
+        encodings = self.tokenizer.encode_batch([prompt + sentence for sentence in sentences])
         return [
             {"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids} for e in encodings
         ]
@@ -80,9 +92,9 @@ class ArtifactEncoder:
                 parts.append((chunk, self.runner.run(padded, shape)[: len(chunk)]))
         return _scatter(len(rows), parts)
 
-    def encode(self, sentences: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    def encode(self, sentences: Sequence[str], batch_size: int = 32, prompt_name: str | None = None) -> np.ndarray:
         """Embed sentences in length-sorted batches (as sentence-transformers does), original order out."""
-        rows = self.tokenize(sentences)
+        rows = self.tokenize(sentences, prompt_name)
         if not rows:
             return np.zeros((0, int(self.manifest["embedding_dim"])), dtype=np.float32)
         order = np.argsort([-len(r["input_ids"]) for r in rows], kind="stable")

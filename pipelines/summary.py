@@ -29,8 +29,11 @@ class RichProgress:
         self._bar.update(self._task, description=message)
 
     def artifact_done(self, result) -> None:
-        mark = "[green]✓[/green]" if result.ok else "[red]✗[/red]"
-        self._bar.console.print(f"{mark} {result.target} {result.format} ({result.seconds:.0f} s)")
+        if result.refused:
+            self._bar.console.print(f"[yellow]–[/yellow] {result.target} {result.format}: refused")
+        else:
+            mark = "[green]✓[/green]" if result.ok else "[red]✗[/red]"
+            self._bar.console.print(f"{mark} {result.target} {result.format} ({result.seconds:.0f} s)")
         self._bar.advance(self._task)
 
 
@@ -40,29 +43,29 @@ def _cell(value, fmt: str = "{:.4f}") -> str:
 
 def print_summary(console, results) -> None:
     table = Table(title="Export summary")
-    columns = ("target", "artifact", "format", "size MB", "mean cos", "min cos", "STS-B Δ", "× fp32 sent/s*", "verdict",
-               "time s")
-    for column in columns:
+    for column in ("target", "artifact", "format", "size MB", "mean cos", "min cos", "STS-B Δ", "verdict", "time s"):
         table.add_column(column)
     for r in results:
         m = r.manifest or {}
         parity = m.get("parity") or {}
         size = m["size_bytes"] / 1e6 if m.get("size_bytes") else None
         verdict = "[green]pass[/green]" if r.ok else f"[red]FAIL[/red]: {r.error}"
-        if r.ok and not parity:
+        if r.refused:
+            verdict = f"[yellow]refused[/yellow]: {r.refused}"
+        elif r.ok and not parity:
             verdict = "[yellow]built, not verified[/yellow]"
         if parity.get("emulated"):
             verdict += " (emulated)"
         table.add_row(
             r.target, m.get("artifact", "–"), r.format, _cell(size, "{:.1f}"), _cell(parity.get("mean_cosine")),
             _cell(parity.get("min_cosine")), _cell(-parity["spearman_drop"] if parity else None, "{:+.2f}"),
-            _cell((m.get("speed_probe") or {}).get("throughput_ratio"), "{:.2f}"), verdict, f"{r.seconds:.0f}",
+            verdict, "–" if r.refused else f"{r.seconds:.0f}",
         )
     console.print(table)
-    console.print("* quick probe (256 sentences, batch 32); `cli.py bench` measures speed properly. "
-                  "Parity: every STS-B dev sentence vs fp32 PyTorch.")
+    console.print("Parity: every STS-B dev sentence vs fp32 PyTorch, on each artifact's own runtime. "
+                  "Speed: `cli.py bench`.")
     for r in results:
-        if r.ok:
+        if r.ok and not r.refused:
             console.print(f"  {r.target}: {r.folder}")
 
 

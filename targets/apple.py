@@ -11,7 +11,7 @@ APPLE = register(
             ArtifactPlan(
                 folder="",
                 format="coreml",
-                options=CoreMLOptions(sequence_buckets=(32, 64, 128, 256), batch_sizes=(1,), precision="fp16"),
+                options=CoreMLOptions(batch_sizes=(1,), precision="fp16"),
                 gate=Gate(min_mean_cosine=0.99, min_cosine=0.97, max_spearman_drop=0.5),
                 description="Core ML fp16",
             ),

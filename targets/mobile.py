@@ -20,8 +20,8 @@ MOBILE = register(
             ArtifactPlan(
                 folder="tflite",
                 format="tflite",
-                # Batch 1 is the on-device case; 256 = the model's own limit, so truncation matches the source.
-                options=TFLiteOptions(sequence_buckets=(32, 64, 128, 256), batch_sizes=(1,), quantization="int8"),
+                # Batch 1 is the on-device case; buckets follow the model's limit, so truncation matches the source.
+                options=TFLiteOptions(batch_sizes=(1,), quantization="int8"),
                 gate=MOBILE_GATE,
                 description="TFLite int8",
             ),

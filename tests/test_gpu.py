@@ -16,12 +16,14 @@ def gpu_artifact(tmp_path_factory):
 
 
 def test_fusions_applied(gpu_artifact):
-    assert gpu_artifact["conversion"]["fused_ops"] == {
+    fusion = gpu_artifact["conversion"]["fusion"]
+    assert fusion["fused"] == {
         "EmbedLayerNormalization": 1,
         "Attention": 6,
         "BiasGelu": 6,
         "SkipLayerNormalization": 12,
     }
+    assert fusion["type"] == "bert" and fusion["complete"] and fusion["note"] == "fully fused"
 
 
 def test_fp16_parity_and_size(gpu_artifact):

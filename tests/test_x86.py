@@ -28,11 +28,15 @@ def test_x86_quantization_recipe_is_recorded(x86_artifact):
     assert quant["per_channel"] is True and quant["mode"] == "dynamic"
     assert quant["isa"] in ("avx512_vnni", "avx_vnni", "avx512", "avx2", "other", "unknown")
     ops = manifest["conversion"]["op_counts"]
-    # 6 layers x (Q, K, V, attention output, FFN up, FFN down) weight MatMuls run as int8: 33 with dynamic
-    # per-channel int8, the 3 most parity-sensitive ones as block-wise int8.
-    assert ops["MatMulInteger"] == 33 and ops["MatMulNBits"] == 3
+    # 6 layers x (Q, K, V, attention output, FFN up, FFN down) weight MatMuls run as int8: dynamic per-channel
+    # int8, except those the accuracy-aware search kept as block-wise int8 for this model.
+    kept = quant["kept"]
+    assert ops["MatMulInteger"] == 36 - len(kept) and ops.get("MatMulNBits", 0) == len(kept)
     assert ops["MatMul"] == 12  # only the activation x activation attention products stay float
-    assert quant["embedding"] == "per_row" and len(quant["kept_fp32"]) == 3
+    assert quant["embedding"] == "per_row"
+    search = quant["accuracy_aware"]
+    assert search["reached"] and search["steps"][-1]["kept"] == len(kept) < 36
+    assert search["steps"][-1]["min_cosine"] >= search["target"]["min_cosine"]
 
 
 def test_app_reproduces_embeddings_from_manifest_alone(x86_artifact):

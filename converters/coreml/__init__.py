@@ -17,15 +17,13 @@ EMULATION_LABEL = "emulated"  # every emulated result says so: it is not a Core 
 @dataclass(frozen=True)
 class CoreMLOptions:
     # Every (batch, sequence) pair becomes one enumerated shape; inputs are padded up to the next bucket.
-    sequence_buckets: tuple[int, ...] = (32, 64, 128, 256)
+    sequence_buckets: tuple[int, ...] | None = None  # None: converters.base.sequence_buckets(model limit)
     batch_sizes: tuple[int, ...] = (1,)
     precision: Literal["fp16", "fp32"] = "fp16"
     minimum_deployment_target: str = MULTI_INPUT_ENUMERATION_TARGET
     # MIL op types kept in fp32 under fp16 (e.g. "layer_norm"), for when fp16 parity needs it.
     fp32_ops: tuple[str, ...] = ()
 
-    def shape_pairs(self) -> list[tuple[int, int]]:
-        return [(b, s) for b in sorted(set(self.batch_sizes)) for s in sorted(set(self.sequence_buckets))]
 
 
 def enumerated_shape(batch: int, sequence: int) -> Shape:

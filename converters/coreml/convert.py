@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from converters.base import Calibration, Conversion
+from converters.base import Calibration, Conversion, fixed_shapes
 from converters.coreml import (
     MAX_ENUMERATED_SHAPES,
     MODEL_FILE,
@@ -47,16 +47,7 @@ def _target(ct: Any, name: str) -> Any:
 def check_options(options: CoreMLOptions, spec: GraphSpec) -> None:
     """Raise ConfigError before any export work if the options cannot produce a valid model."""
     ct = require("coremltools", "apple")
-    if not options.sequence_buckets or not options.batch_sizes:
-        raise ConfigError("Core ML needs at least one sequence bucket and one batch size")
-    if min(options.sequence_buckets) < 2 or min(options.batch_sizes) < 1:
-        raise ConfigError("Core ML sequence buckets must be >= 2 tokens and batch sizes >= 1")
-    if max(options.sequence_buckets) > spec.max_seq_length:
-        raise ConfigError(
-            f"sequence bucket {max(options.sequence_buckets)} exceeds the model's max_seq_length "
-            f"{spec.max_seq_length}; the tokenizer never produces longer inputs"
-        )
-    count = len(options.shape_pairs())
+    count = len(fixed_shapes("Core ML", options.batch_sizes, options.sequence_buckets, spec.max_seq_length))
     if count > MAX_ENUMERATED_SHAPES:
         raise ConfigError(f"{count} (batch, sequence) shapes; Core ML allows at most {MAX_ENUMERATED_SHAPES}")
     if options.precision not in ("fp16", "fp32"):
@@ -70,9 +61,9 @@ def check_options(options: CoreMLOptions, spec: GraphSpec) -> None:
         )
 
 
-def _export(graph: EmbeddingGraph, spec: GraphSpec, options: CoreMLOptions) -> torch.export.ExportedProgram:
+def _export(graph: EmbeddingGraph, spec: GraphSpec, pairs: list[tuple[int, int]]) -> torch.export.ExportedProgram:
     """torch.export with symbolic dims only where several sizes are enumerated (a single size stays static)."""
-    batches, sequences = sorted(set(options.batch_sizes)), sorted(set(options.sequence_buckets))
+    batches, sequences = sorted({b for b, _ in pairs}), sorted({s for _, s in pairs})
     dims: dict[int, torch.export.Dim] = {}
     if len(batches) > 1:
         dims[0] = torch.export.Dim("batch", min=batches[0], max=batches[-1])
@@ -101,9 +92,9 @@ def convert(
 ) -> Conversion:
     check_options(options, spec)
     ct = require("coremltools", "apple")
-    pairs = options.shape_pairs()
+    pairs = fixed_shapes("Core ML", options.batch_sizes, options.sequence_buckets, spec.max_seq_length)
     started = time.perf_counter()
-    exported = _export(graph, spec, options)
+    exported = _export(graph, spec, pairs)
 
     def input_shape() -> Any:  # a fresh object per input
         return (
@@ -137,6 +128,7 @@ def convert(
         runtime="coreml",
         shapes=[enumerated_shape(b, s) for b, s in pairs],
         input_dtype="int32",
+        max_sequence=max(s for _, s in pairs),
         details={
             "exporter": "torch.export + run_decompositions",
             "converter": f"coremltools {ct.__version__}",

@@ -250,9 +250,10 @@ def _f32(value: np.ndarray) -> torch.Tensor:
 
 
 class _FastKernels:
-    """fp32 torch kernels for the ops whose coremltools reference is slow: numpy has no fp16 BLAS, and gelu
-    calls math.erf per element. The caller rounds each result to the op's declared dtype (fp16 products
-    are exact in fp32, so this is fp16 storage with fp32 accumulation)."""
+    """fp32 torch kernels for the ops whose coremltools reference is slow or missing: numpy has no fp16 BLAS,
+    gelu calls math.erf per element, and silu has no reference implementation. The caller rounds each result
+    to the op's declared dtype (fp16 products are exact in fp32, so this is fp16 storage with fp32
+    accumulation)."""
 
     def __init__(self) -> None:
         self._weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -260,6 +261,7 @@ class _FastKernels:
             "linear": self.linear,
             "matmul": self.matmul,
             "gelu": self.gelu,
+            "silu": self.silu,
         }
 
     def linear(self, op: Any) -> np.ndarray:
@@ -275,6 +277,9 @@ class _FastKernels:
         if op.transpose_y.val:
             y = y.transpose(-1, -2)
         return torch.matmul(x, y).numpy()
+
+    def silu(self, op: Any) -> np.ndarray:
+        return torch.nn.functional.silu(_f32(op.x.val)).numpy()
 
     def gelu(self, op: Any) -> np.ndarray:
         x, mode = _f32(op.x.val), op.mode.val

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from converters.base import Calibration, Conversion
+from converters.base import SEQUENCE_LIMIT, Calibration, Conversion
 from converters.executorch import MODEL_FILE, RUNTIME, ExecuTorchOptions
 from core.errors import ArtifactError, ConfigError, require
 from core.graph import EmbeddingGraph, GraphSpec, example_inputs
@@ -40,7 +40,16 @@ def _quantize(module: torch.fx.GraphModule, sample: tuple[torch.Tensor, ...]) ->
     quantizer_module = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "mobile")
     pt2e = require("torchao.quantization.pt2e.quantize_pt2e", "mobile")
     config = quantizer_module.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
-    prepared = pt2e.prepare_pt2e(module, quantizer_module.XNNPACKQuantizer().set_global(config))
+
+    class LinearOnlyQuantizer(quantizer_module.XNNPACKQuantizer):
+        """A dynamic config annotates linear layers only, so the stock rewrite of scalar operands into float
+        tensors serves nothing here, and it breaks integer position arithmetic (RoBERTa's cumsum positions,
+        MPNet's relative buckets) by turning it float."""
+
+        def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            return model
+
+    prepared = pt2e.prepare_pt2e(module, LinearOnlyQuantizer().set_global(config))
     prepared(*sample)  # dynamic activation scales need no calibration; one pass initialises the observers
     return pt2e.convert_pt2e(prepared)
 
@@ -89,6 +98,42 @@ def _quantize_word_embeddings(module: torch.fx.GraphModule, table: torch.Tensor)
     return module
 
 
+SPLITS = (torch.ops.aten.split.Tensor, torch.ops.aten.split_with_sizes.default, torch.ops.aten.chunk.default)
+
+
+def _splits_as_slices(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Each piece of a split (ModernBERT's GLU ``chunk(2)``) as a slice of its input. Same values; but
+    ExecuTorch's edge verifier turns the batch size of a ``split_with_sizes_copy`` into a constant (the trace
+    sample's), which pins the program's batch bound to it."""
+    graph = module.graph
+    for node in [n for n in graph.nodes if n.op == "call_function" and n.target in SPLITS]:
+        source, dim = node.args[0], node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+        size = source.meta["val"].shape[dim]
+        if not isinstance(size, int):  # a symbolic dim would need symbolic slice bounds: leave it
+            continue
+        arg = node.args[1]
+        if node.target is torch.ops.aten.chunk.default:
+            step = -(-size // arg)
+            sizes = [min(step, size - i) for i in range(0, size, step)]
+        elif isinstance(arg, int):
+            sizes = [min(arg, size - i) for i in range(0, size, arg)]
+        else:
+            sizes = list(arg)
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        for user in list(node.users):
+            index = user.args[1]
+            with graph.inserting_before(user):
+                piece = graph.call_function(torch.ops.aten.slice.Tensor,
+                                            (source, dim, starts[index], starts[index] + sizes[index]))
+            piece.meta = dict(user.meta)
+            user.replace_all_uses_with(piece)
+            graph.erase_node(user)
+        graph.erase_node(node)
+    graph.lint()
+    module.recompile()
+    return module
+
+
 def _same_tensor(candidate: object, table: torch.Tensor) -> bool:
     return isinstance(candidate, torch.Tensor) and candidate.shape == table.shape and torch.equal(candidate, table)
 
@@ -109,7 +154,7 @@ def convert(
     options: ExecuTorchOptions,
     calibration: Calibration | None = None,  # shared signature; dynamic int8 needs none
 ) -> Conversion:
-    max_sequence = options.max_sequence or spec.max_seq_length
+    max_sequence = options.max_sequence or min(spec.max_seq_length, SEQUENCE_LIMIT)
     if options.quantization not in ("int8", "fp32"):
         raise ConfigError(f"ExecuTorch quantization {options.quantization!r} is unknown (known: int8, fp32)")
     if options.embedding not in ("int8", "fp32"):
@@ -126,15 +171,16 @@ def convert(
     sequence = torch.export.Dim("sequence", min=1, max=max_sequence)
     sample = example_inputs(spec, SAMPLE_BATCH, SAMPLE_SEQUENCE)
     dims = tuple({0: batch, 1: sequence} for _ in sample)
-    program = torch.export.export(graph, sample, dynamic_shapes=dims)
-    if options.quantization == "int8" or options.embedding == "int8":
-        module = program.module()
-        if options.quantization == "int8":
-            module = _quantize(module, sample)
-        if options.embedding == "int8":
-            module = _quantize_word_embeddings(module, graph.encoder.get_input_embeddings().weight)
-        program = torch.export.export(module, sample, dynamic_shapes=dims)
-    edge = exir.to_edge_transform_and_lower(program, partitioner=[xnnpack.XnnpackPartitioner()])
+    module = _splits_as_slices(torch.export.export(graph, sample, dynamic_shapes=dims).module())
+    if options.quantization == "int8":
+        module = _quantize(module, sample)
+    if options.embedding == "int8":
+        module = _quantize_word_embeddings(module, graph.encoder.get_input_embeddings().weight)
+    program = torch.export.export(module, sample, dynamic_shapes=dims)
+    # Dynamically quantized linears first, then the rest (ExecuTorch's LLM recipe): one partitioner for both
+    # finds dependency cycles where a quantized input feeds several linears (Qwen's q/k/v projections).
+    partitioners = [xnnpack.XnnpackDynamicallyQuantizedPartitioner(), xnnpack.XnnpackPartitioner()]
+    edge = exir.to_edge_transform_and_lower(program, partitioner=partitioners)
     op_counts = _op_counts(edge.exported_program())
     manager = edge.to_executorch()
     (out_dir / MODEL_FILE).write_bytes(manager.buffer)
@@ -160,6 +206,7 @@ def convert(
         runtime=RUNTIME,
         shapes=None,
         input_dtype="int64",
+        max_sequence=max_sequence,
         details={
             "backend": "XnnpackBackend",
             "quantization": quantization if "int8" in (options.quantization, options.embedding) else None,

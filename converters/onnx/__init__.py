@@ -23,6 +23,17 @@ class FusionConfig:
 
 
 @dataclass(frozen=True)
+class AccuracyTarget:
+    """Accuracy-aware int8: measured on held-in calibration sentences (STS-B train) and odd short texts, the
+    most sensitive weight MatMuls are kept at higher precision until the int8 model reaches these cosines
+    to its own fp32 graph. Set a margin above the target's gate: the gate measures held-out sentences."""
+
+    mean_cosine: float
+    min_cosine: float
+    sentences: int = 256
+
+
+@dataclass(frozen=True)
 class QuantConfig:
     """int8 settings. Per-channel weights matter: per-tensor loses about 3 points of mean cosine here."""
 
@@ -30,8 +41,10 @@ class QuantConfig:
     per_channel: bool = True
     # None: pick from the CPU (VNNI: full-range s8 weights; AVX2 without VNNI: reduce_range avoids u8*s8 overflow).
     reduce_range: bool | None = None
-    # Regular expressions over MatMul node names kept out of per-tensor dynamic int8 (accuracy-aware exclusions).
+    # Regular expressions over MatMul node names always kept out of per-tensor dynamic int8.
     keep_fp32: tuple[str, ...] = ()
+    # Measured per model at export: which further MatMuls to keep (None: only keep_fp32).
+    accuracy: AccuracyTarget | None = None
     # How the kept nodes are stored: "fp32", or "block_int8" (MatMulNBits, 8-bit weights per block of 32 with
     # int8 compute on per-block activation scales): fp32's parity on this model at int8 size, and faster than fp32.
     keep_as: Literal["fp32", "block_int8"] = "fp32"

@@ -1,23 +1,37 @@
-"""int8 for ONNX: dynamic or static (QDQ) per-channel weights, per-row int8 word embeddings, and
-accuracy-aware exclusions: measure each weight MatMul's sensitivity and store the worst block-wise."""
+"""int8 for ONNX: dynamic or static (QDQ) per-channel weights, per-row int8 word embeddings, and accuracy-aware
+exclusions chosen per model: rank the weight MatMuls by end-to-end sensitivity, then keep the worst at higher
+precision (block-wise int8) until the whole model reaches its calibration target."""
 
 from __future__ import annotations
 
 import re
-import tempfile
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-from converters.onnx import QuantConfig
+from converters.onnx import AccuracyTarget, QuantConfig
 from converters.onnx.runner import OrtRunner
+from converters.onnx.sensitivity import onnx_matmul_for_layers, rank_layers
 from core.cpu import cpu_isa
-from core.graph import GraphSpec
-from core.metrics import mean_cosine
+from core.graph import EmbeddingGraph, GraphSpec
+from core.metrics import row_cosines
 
-DEFAULT_QUANT = QuantConfig()
+Feeds = list[dict[str, np.ndarray]]
+# How many of the ranked MatMuls each accuracy-aware step keeps: one by one first (most models need a few),
+# then in growing strides so a model that needs many still takes few measured steps.
+KEEP_STEPS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+RANKING_BATCHES = 2  # calibration batches (of 32) the sensitivity ranking runs on, beside the odd texts
 
 
 def _matmul_weight_names(model: onnx.ModelProto) -> list[str]:
@@ -40,8 +54,6 @@ def _quantize_gather_rows(model: onnx.ModelProto, node_name: str) -> None:
     Symmetric int8 per row: each token's vector gets its own scale, so a few large rows no longer
     coarsen every other row as one per-tensor scale does. The scales add vocab x 4 bytes.
     """
-    from onnx import TensorProto, helper, numpy_helper
-
     graph = model.graph
     index, node = next((i, n) for i, n in enumerate(graph.node) if n.name == node_name)
     init = next(i for i in graph.initializer if i.name == node.input[0])
@@ -74,8 +86,6 @@ def _block_quantize(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto
     The per-tensor dynamic activation scale is what hurts the sensitive MatMuls (FFN inputs after GELU have
     outliers); MatMulNBits quantizes activations per block instead, so parity matches fp32 at int8 cost.
     """
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
     others = [n for n in _matmul_weight_names(model) if n not in names]
     algo = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8)
     quantizer = MatMulNBitsQuantizer(
@@ -85,26 +95,26 @@ def _block_quantize(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto
     return quantizer.model.model
 
 
+def reduce_range_for(config: QuantConfig) -> bool:
+    """VNNI: full-range s8 weights; AVX2 without VNNI: reduce_range avoids u8*s8 overflow."""
+    return config.reduce_range if config.reduce_range is not None else cpu_isa() not in ("avx512_vnni", "avx_vnni")
+
+
 def quantize_int8(
     model_path: Path,
     out_path: Path,
     spec: GraphSpec,
     config: QuantConfig,
     calibration: list[dict[str, np.ndarray]] | None = None,
+    keep: Sequence[str] = (),
 ) -> dict:
-    """Quantize weights of MatMuls with constant weights to int8; returns what was done for the manifest."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
-
-    isa = cpu_isa()
-    reduce_range = config.reduce_range if config.reduce_range is not None else isa not in ("avx512_vnni", "avx_vnni")
+    """Quantize weights of MatMuls with constant weights to int8, keeping ``keep`` and the MatMuls that
+    ``config.keep_fp32`` names out of per-tensor int8; returns what was done for the manifest."""
+    reduce_range = reduce_range_for(config)
     model = onnx.load(str(model_path))
-    excluded = [n for n in _matmul_weight_names(model) if any(re.search(p, n) for p in config.keep_fp32)]
+    excluded = [
+        n for n in _matmul_weight_names(model) if n in keep or any(re.search(p, n) for p in config.keep_fp32)
+    ]
     source: onnx.ModelProto | str = str(model_path)
     if config.keep_as == "block_int8" and excluded:
         model = source = _block_quantize(model, excluded)
@@ -150,74 +160,67 @@ def quantize_int8(
         "embedding": config.embedding,
         "kept_as": config.keep_as,
         "reduce_range": reduce_range,
-        "isa": isa,
-        "kept_fp32": excluded,
+        "isa": cpu_isa(),
+        "kept": excluded,
     }
 
 
-def measure_mean_cosine(
-    model_path: Path, feeds: list[dict[str, np.ndarray]], reference: np.ndarray, threads: int | None
-) -> float:
-    """Mean cosine of the model's outputs over ``feeds`` (concatenated in order) against ``reference`` rows."""
+def run_model(model_path: Path, feeds: Feeds, threads: int | None = None) -> np.ndarray:
+    """The model's outputs over ``feeds``, concatenated in order (CPU provider)."""
     runner = OrtRunner(model_path, threads, ["CPUExecutionProvider"])
-    return mean_cosine(np.concatenate([runner.run(batch) for batch in feeds]), reference)
+    return np.concatenate([runner.run(batch) for batch in feeds])
 
 
-def _node_pattern(name: str) -> str:
-    return f"^{re.escape(name)}$"
+def cosines_to(model_path: Path, feeds: Feeds, reference: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Per-row cosine of the model's outputs to ``reference``; a non-finite row counts as -1."""
+    return np.nan_to_num(row_cosines(run_model(model_path, feeds, threads), reference), nan=-1.0)
 
 
-def rank_matmul_sensitivity(
+def quantize_accuracy_aware(
     model_path: Path,
+    out_path: Path,
     spec: GraphSpec,
-    feeds: list[dict[str, np.ndarray]],
-    reference: np.ndarray,
-    config: QuantConfig = DEFAULT_QUANT,
-    candidates: list[str] | None = None,
-    threads: int | None = None,
-) -> list[tuple[str, float]]:
-    """Mean-cosine gain of keeping each weight MatMul in fp32 while the rest stay int8, largest first.
+    config: QuantConfig,
+    target: AccuracyTarget,
+    graph: EmbeddingGraph,
+    sentences: Feeds,
+    odd_texts: Feeds,
+) -> dict:
+    """int8 with the fewest kept MatMuls that reach ``target`` against the fp32 graph: mean cosine over the
+    calibration ``sentences``, min cosine over those and ``odd_texts`` (short, symbolic, mixed-script inputs,
+    where one per-tensor activation scale hurts most).
 
-    ``feeds``: token batches; ``reference``: the fp32 embeddings of their rows, in the same order.
-    One quantization and one run per candidate (all weight MatMuls by default): about 3 s each here.
+    Layers are ranked by end-to-end fake-int8 sensitivity (converters.onnx.sensitivity) on the first batches,
+    then kept in growing steps, each quantized for real and measured in ONNX Runtime, since the errors of
+    kept and quantized layers do not add up. Returns the manifest record; the model is left at ``out_path``.
     """
-    candidates = candidates or _matmul_weight_names(onnx.load(str(model_path), load_external_data=False))
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch) / "q.onnx"
-        quantize_int8(model_path, out, spec, config)
-        base = measure_mean_cosine(out, feeds, reference, threads)
-        gains = []
-        for name in candidates:
-            trial = replace(config, keep_fp32=config.keep_fp32 + (_node_pattern(name),))
-            quantize_int8(model_path, out, spec, trial)
-            gains.append((name, measure_mean_cosine(out, feeds, reference, threads) - base))
-    return sorted(gains, key=lambda item: item[1], reverse=True)
-
-
-def select_keep_fp32(
-    model_path: Path,
-    spec: GraphSpec,
-    feeds: list[dict[str, np.ndarray]],
-    reference: np.ndarray,
-    ranking: list[tuple[str, float]],
-    target_mean_cosine: float,
-    config: QuantConfig = DEFAULT_QUANT,
-    threads: int | None = None,
-) -> tuple[tuple[str, ...], float]:
-    """Greedy: add ranked nodes to ``keep_fp32`` until the measured mean cosine reaches the target.
-
-    Gains are not additive (errors partly cancel), so every step is re-measured rather than summed.
-    Returns the node-name regexes and the mean cosine they reach (the best found if the target is missed).
-    """
-    kept: tuple[str, ...] = ()
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch) / "q.onnx"
-        quantize_int8(model_path, out, spec, config)
-        score = measure_mean_cosine(out, feeds, reference, threads)
-        for name, _ in ranking:
-            if score >= target_mean_cosine:
-                break
-            kept += (_node_pattern(name),)
-            quantize_int8(model_path, out, spec, replace(config, keep_fp32=config.keep_fp32 + kept))
-            score = measure_mean_cosine(out, feeds, reference, threads)
-    return kept, score
+    reduce_range = reduce_range_for(config)
+    feeds = sentences + odd_texts
+    reference = run_model(model_path, feeds)
+    sentence_rows = sum(len(batch["input_ids"]) for batch in sentences)
+    odd_rows = sum(len(batch["input_ids"]) for batch in odd_texts)
+    ranking_feeds = sentences[:RANKING_BATCHES] + odd_texts
+    ranked, all_int8 = rank_layers(graph, ranking_feeds, spec.input_names, reduce_range, config.embedding == "per_row")
+    nodes = onnx_matmul_for_layers(onnx.load(str(model_path)), graph)
+    order = [nodes[s.layer] for s in ranked if s.layer in nodes]
+    steps: list[dict] = []
+    for count in sorted({min(k, len(order)) for k in KEEP_STEPS}):
+        done = quantize_int8(model_path, out_path, spec, config, keep=order[:count])
+        cos = cosines_to(out_path, feeds, reference)
+        steps.append({"kept": count, "mean_cosine": round(float(cos[:sentence_rows].mean()), 6),
+                      "min_cosine": round(float(cos.min()), 6)})
+        if steps[-1]["mean_cosine"] >= target.mean_cosine and steps[-1]["min_cosine"] >= target.min_cosine:
+            break
+    reached = steps[-1]["mean_cosine"] >= target.mean_cosine and steps[-1]["min_cosine"] >= target.min_cosine
+    return {
+        **done,
+        "accuracy_aware": {
+            "target": {"mean_cosine": target.mean_cosine, "min_cosine": target.min_cosine},
+            "calibration": f"{sentence_rows} STS-B train sentences and {odd_rows} odd texts, vs the fp32 graph",
+            "ranking": "end-to-end fake int8: cosine gained by keeping each layer while all others are int8",
+            "fake_int8_baseline": {k: round(v, 6) for k, v in all_int8.items()},
+            "most_sensitive": [[s.layer, round(s.mean_gain, 6), round(s.min_gain, 6)] for s in ranked[:8]],
+            "steps": steps,
+            "reached": reached,
+        },
+    }

@@ -19,7 +19,7 @@ RECIPES: dict[str, str | None] = {
 
 @dataclass(frozen=True)
 class TFLiteOptions:
-    sequence_buckets: tuple[int, ...] = (32, 64, 128, 256)
+    sequence_buckets: tuple[int, ...] | None = None  # None: converters.base.sequence_buckets(model limit)
     batch_sizes: tuple[int, ...] = (1,)
     quantization: Literal["int8", "int8-weight-only", "fp32"] = "int8"  # a key of RECIPES
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from converters.base import Calibration, Conversion, Shape
+from converters.base import Calibration, Conversion, Shape, fixed_shapes
 from converters.tflite import MODEL_FILE, RECIPES, RUNTIME, TFLiteOptions, signature_name
 from core.errors import ConfigError, require
 from core.graph import EmbeddingGraph, GraphSpec, example_inputs
@@ -45,18 +45,9 @@ class _NamedOutput(nn.Module):
         return {self.output_name: self.embedding(input_ids, attention_mask, token_type_ids)}
 
 
-def _validate(spec: GraphSpec, options: TFLiteOptions) -> None:
+def _validate(options: TFLiteOptions) -> None:
     if options.quantization not in RECIPES:
         raise ConfigError(f"TFLite quantization {options.quantization!r} is unknown (known: {', '.join(RECIPES)})")
-    if not options.sequence_buckets or not options.batch_sizes:
-        raise ConfigError("TFLite needs at least one sequence bucket and one batch size")
-    if any(b < 1 for b in options.batch_sizes) or any(s < 1 for s in options.sequence_buckets):
-        raise ConfigError("TFLite batch sizes and sequence buckets must be positive")
-    if max(options.sequence_buckets) > spec.max_seq_length:
-        raise ConfigError(
-            f"TFLite sequence bucket {max(options.sequence_buckets)} exceeds the model's max_seq_length "
-            f"{spec.max_seq_length}; use buckets up to {spec.max_seq_length}"
-        )
 
 
 def _op_counts(model: bytes, subgraph: int) -> dict[str, int]:
@@ -80,13 +71,10 @@ def convert(
     options: TFLiteOptions,
     calibration: Calibration | None = None,  # shared signature; dynamic-range int8 needs none
 ) -> Conversion:
-    _validate(spec, options)
+    _validate(options)
+    pairs = fixed_shapes("TFLite", options.batch_sizes, options.sequence_buckets, spec.max_seq_length)
     litert_torch = require("litert_torch", "mobile")
-    shapes = [
-        Shape(batch, seq, signature_name(batch, seq))
-        for batch in sorted(set(options.batch_sizes))
-        for seq in sorted(set(options.sequence_buckets))
-    ]
+    shapes = [Shape(batch, seq, signature_name(batch, seq)) for batch, seq in pairs]
     module = _NamedOutput(graph, spec.output_name).eval()
     converter = litert_torch.Converter()
     for shape in shapes:
@@ -115,6 +103,7 @@ def convert(
         runtime=RUNTIME,
         shapes=shapes,
         input_dtype=input_dtype,
+        max_sequence=max(s.sequence for s in shapes),
         details={
             "converter": "litert-torch",
             "quantization_recipe": f"ai_edge_quantizer.recipe.{recipe_name}" if recipe_name else None,
