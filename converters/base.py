@@ -9,18 +9,23 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from core.data import EDGE_TEXTS
 from core.errors import ConfigError
 
 # Fixed-shape formats trace the graph once per sequence bucket and ExecuTorch plans memory for its bound:
 # past this length the artifact grows for little gain on sentences, so longer inputs truncate here (the
 # manifest records where, beside the source model's own limit).
 SEQUENCE_LIMIT = 512
+# Calibration sentences are tokenized up to this many tokens (STS-B sentences stay well below it).
+CALIBRATION_LENGTH = 128
 
 
 def sequence_buckets(max_seq_length: int, requested: tuple[int, ...] | None = None) -> tuple[int, ...]:
     """The requested buckets, or powers of two from 32 below the model's limit and the limit itself
     (capped at SEQUENCE_LIMIT), so the largest bucket truncates as the source model does."""
-    if requested:
+    if requested is not None:
+        if not requested:
+            raise ConfigError("at least one sequence bucket is needed (or none given, to follow the model's limit)")
         return tuple(sorted(set(requested)))
     limit = min(max_seq_length, SEQUENCE_LIMIT)
     powers = [32 * 2**k for k in range(8) if 32 * 2**k < limit]
@@ -91,6 +96,17 @@ class StructuralReport:
 
 
 @dataclass(frozen=True)
+class AccuracyTarget:
+    """Accuracy-aware int8: measured on held-in calibration sentences (STS-B train) and odd short texts, the
+    most sensitive linear layers are kept at higher precision until the int8 artifact reaches these cosines
+    to its own fp32 graph. Set a margin above the target's gate: the gate measures held-out sentences."""
+
+    mean_cosine: float
+    min_cosine: float
+    sentences: int = 128
+
+
+@dataclass(frozen=True)
 class Calibration:
     """Held-in sentences, tokenized on demand, for converters that measure (static int8, accuracy-aware int8).
 
@@ -100,13 +116,39 @@ class Calibration:
 
     sentences: Sequence[str]
     tokenize: Callable[[Sequence[str], int, bool], dict[str, np.ndarray]]
+    # Facts about the model that several converters of one export measure the same way (the layers'
+    # int8 sensitivity ranking), kept so the second converter does not measure them again.
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def texts(self, count: int) -> list[str]:
+        """The first ``count`` sentences, length-sorted (the row order of ``batches``)."""
+        return sorted(self.sentences[:count], key=len)
 
     def batches(
         self, count: int, batch_size: int = 32, max_length: int = 128, pad_to_max_length: bool = False
     ) -> list[dict[str, np.ndarray]]:
-        """The first ``count`` sentences in batches; length-sorted so per-batch padding stays small."""
-        chosen = sorted(self.sentences[:count], key=len)
+        """``texts(count)`` in batches; length-sorted so per-batch padding stays small."""
+        chosen = self.texts(count)
         return [
             self.tokenize(chosen[i : i + batch_size], max_length, pad_to_max_length)
             for i in range(0, len(chosen), batch_size)
         ]
+
+    def edge_texts(self, max_length: int = 128) -> list[dict[str, np.ndarray]]:
+        """One batch of short, symbolic and mixed-script texts (core.data.EDGE_TEXTS)."""
+        return [self.tokenize(EDGE_TEXTS, max_length, False)]
+
+
+def bucket_feeds(
+    calibration: Calibration, texts: Sequence[str], shapes: list[Shape], max_length: int
+) -> list[tuple[Shape, dict[str, np.ndarray]]]:
+    """Each text alone, padded to the smallest batch-1 bucket that fits it, as an app runs a fixed-shape model."""
+    buckets = sorted((s for s in shapes if s.batch == 1), key=lambda s: s.sequence)
+    if not buckets:
+        raise ConfigError("measuring a fixed-shape artifact needs a batch-1 shape; add 1 to batch_sizes")
+    feeds = []
+    for text in texts:
+        length = len(calibration.tokenize([text], max_length, False)["input_ids"][0])
+        shape = next((s for s in buckets if s.sequence >= length), buckets[-1])
+        feeds.append((shape, calibration.tokenize([text], shape.sequence, True)))
+    return feeds

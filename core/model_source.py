@@ -166,7 +166,7 @@ def check_weights_are_safe(path: Path, allow_pickle: bool) -> None:
     if pickles and not allow_pickle:
         raise ModelSourceError(
             f"model at {path} has only pickle weights ({', '.join(sorted(pickles)[:3])}); unpickling can run code: "
-            "convert them to safetensors, or pass --allow-pickle if you trust the source"
+            "convert them with `cli.py import-weights` (tensors only, runs no code), or pass --allow-pickle"
         )
     if not pickles:
         raise ModelSourceError(f"model at {path} has no weights file (expected model.safetensors)")

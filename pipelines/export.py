@@ -28,7 +28,13 @@ from core.errors import ConfigError, GateError, OutputError, ToolchainError
 from core.families import Family, family_for
 from core.graph import GraphSpec, build_graph, graph_spec
 from core.manifest import MANIFEST, SCHEMA, checksums, library_versions, path_size, write_json_atomic
-from core.model_source import ModelSource, load_sentence_transformer, read_model_type, resolve_model
+from core.model_source import (
+    ModelSource,
+    check_weights_are_safe,
+    load_sentence_transformer,
+    read_model_type,
+    resolve_model,
+)
 from core.pca import Projection, fit_pca
 from core.reference import Reference
 from pipelines.report import model_card, write_artifact_report
@@ -68,6 +74,7 @@ class Session:
     st_model: object
     spec: GraphSpec
     reference: Reference
+    calibration: Calibration  # one per export: converters share what they measure about the model
 
     @property
     def projection(self) -> Projection | None:
@@ -102,6 +109,7 @@ def check_build(config: BuildConfig) -> tuple[ModelSource, Family]:
         read_corpus(Path(config.fit_corpus))
     check_output_dir(Path(config.out))
     source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
+    check_weights_are_safe(source.path, config.allow_pickle)  # before reading anything else of the model
     return source, family_for(read_model_type(source.path))
 
 
@@ -124,7 +132,7 @@ def open_session(config: BuildConfig, source: ModelSource) -> Session:
     if config.dims is not None:
         reference.projection = fit_projection(reference, config.dims, config.fit_corpus)
     spec = graph_spec(st_model, reference.projection)
-    return Session(config, source, st_model, spec, reference)
+    return Session(config, source, st_model, spec, reference, calibration(st_model, spec))
 
 
 def check_output_dir(out: Path) -> None:
@@ -157,15 +165,15 @@ def write_tokenizer(session: Session, out_dir: Path, max_length: int) -> dict:
     }
 
 
-def calibration(session: Session) -> Calibration:
+def calibration(st_model, spec: GraphSpec) -> Calibration:
     """STS-B train sentences (held in: the gate measures on dev) in the source model's own tokenization."""
 
     def tokenize(sentences: Sequence[str], max_length: int, pad_to_max_length: bool) -> dict[str, np.ndarray]:
-        encoded = session.st_model.tokenizer(
+        encoded = st_model.tokenizer(
             list(sentences), padding="max_length" if pad_to_max_length else True, truncation=True,
             max_length=max_length, return_tensors="np",
         )
-        return {name: encoded[name].astype(np.int64) for name in session.spec.input_names}
+        return {name: encoded[name].astype(np.int64) for name in spec.input_names}
 
     return Calibration(load_stsb("train").unique_sentences(), tokenize)
 
@@ -255,7 +263,9 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
         fmt = get_format(plan.format)
         graph = build_graph(session.st_model, session.projection, additive_mask=fmt.additive_mask)
         log(f"{target.name}: converting to {plan.description}")
-        conversion = fmt.converter_module().convert(graph, session.spec, tmp, plan.options, calibration(session))
+        started = time.perf_counter()
+        conversion = fmt.converter_module().convert(graph, session.spec, tmp, plan.options, session.calibration)
+        timings = {"convert_s": round(time.perf_counter() - started, 1)}
         max_length = min(session.spec.max_seq_length, conversion.max_sequence or session.spec.max_seq_length)
         tokenizer = write_tokenizer(session, tmp, max_length)
         if session.projection is not None:
@@ -268,16 +278,19 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
         manifest = build_manifest(session, target, plan, conversion, tokenizer, tmp)
         if session.config.verify:
             log(f"{target.name}: verifying {plan.description} on STS-B dev")
+            started = time.perf_counter()
             parity = measure_parity(encoder.encode, session.reference)
             parity.test_vectors_min_cosine = test_vector_min_cosine(tmp, encoder)
             parity.emulated = encoder.emulated
             parity.runtime = encoder.runtime_name
             manifest["parity"] = parity.to_dict()
             manifest["structure"] = structural_checks(tmp, manifest)
-            failures = gate_failures(parity, plan.gate)
+            timings["verify_s"] = round(time.perf_counter() - started, 1)
+            failures = gate_failures(parity, plan.gate, manifest["structure"])
             manifest["verdict"] = "pass" if not failures else "fail"
             if failures:
                 raise GateError(f"{target.name} ({plan.description}) failed its gate: " + "; ".join(failures))
+        manifest["timings"] = timings
         write_json_atomic(tmp / MANIFEST, manifest)
         write_artifact_report(tmp, manifest)
         _swap_into_place(tmp, final)

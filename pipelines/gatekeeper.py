@@ -55,7 +55,7 @@ def verify_artifact(artifact_dir: Path, references: ReferenceCache, gate: Gate |
     parity.emulated = encoder.emulated
     parity.runtime = encoder.runtime_name
     gate = gate or Gate(**manifest["gate"])
-    failures = gate_failures(parity, gate)
+    failures = gate_failures(parity, gate, structure)
     return {
         "path": str(artifact_dir),
         "target": manifest["target"],

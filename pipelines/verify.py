@@ -17,6 +17,7 @@ from pipelines.runtime import ArtifactEncoder
 from targets.base import Gate
 
 TEST_VECTORS = "test_vectors.json"
+PROGRAM_TEST_VECTORS = "_test_vectors_min_cosine"  # structure facts: the artifact's program run another way
 TEST_SENTENCES = (
     "A man is playing a guitar.",
     "The quick brown fox jumps over the lazy dog.",
@@ -80,8 +81,9 @@ def measure_parity(embed, reference: Reference, limit: int | None = None) -> Par
     )
 
 
-def gate_failures(parity: Parity, gate: Gate) -> list[str]:
-    """Every way the parity misses the gate, as readable sentences; empty means pass."""
+def gate_failures(parity: Parity, gate: Gate, structure: dict | None = None) -> list[str]:
+    """Every way the parity (and the format's own program runs in ``structure``) misses the gate, as readable
+    sentences; empty means pass."""
     failures = []
     if parity.nonfinite_rows:
         failures.append(f"{parity.nonfinite_rows} of {parity.sentences} embeddings contain NaN or inf")
@@ -94,6 +96,11 @@ def gate_failures(parity: Parity, gate: Gate) -> list[str]:
         failures.append(f"STS-B Spearman drop {parity.spearman_drop:.2f} > {max_drop} points vs the fp32 model")
     if parity.test_vectors_min_cosine is not None and not parity.test_vectors_min_cosine >= gate.min_cosine:
         failures.append(f"test vectors: min cosine {parity.test_vectors_min_cosine:.4f} < {gate.min_cosine}")
+    for key, value in (structure or {}).items():
+        if key.endswith(PROGRAM_TEST_VECTORS) and not value >= gate.min_cosine:
+            runner = key.removesuffix(PROGRAM_TEST_VECTORS)
+            failures.append(f"test vectors through the saved program ({runner}): min cosine {value:.4f} "
+                            f"< {gate.min_cosine}")
     return failures
 
 
@@ -131,5 +138,5 @@ def structural_checks(artifact_dir: Path, manifest: dict) -> dict | None:
     facts = dict(report.facts)
     for name, runner in report.program_runners.items():
         encoder = ArtifactEncoder(artifact_dir, runner=runner)
-        facts[f"{name}_test_vectors_min_cosine"] = round(test_vector_min_cosine(artifact_dir, encoder), 6)
+        facts[f"{name}{PROGRAM_TEST_VECTORS}"] = round(test_vector_min_cosine(artifact_dir, encoder), 6)
     return facts

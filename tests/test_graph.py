@@ -44,8 +44,8 @@ def test_pooling_ignores_padding(mode):
 def test_unknown_pooling_mode_is_a_clear_error():
     from core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="pooling mode 'lasttoken' is not supported"):
-        Pool("lasttoken")
+    with pytest.raises(ConfigError, match="pooling mode 'attention' is not supported"):
+        Pool("attention")
 
 
 def test_pca_is_a_centred_linear_layer_and_deterministic():

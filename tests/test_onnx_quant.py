@@ -1,21 +1,30 @@
-"""Accuracy-aware int8 for ONNX on the real bundled model: fake int8 that matches ONNX Runtime, the
+"""Accuracy-aware int8 on the real bundled model: fake int8 that matches ONNX Runtime and LiteRT, the
 sensitivity ranking, kept layers, per-row embeddings and static QDQ."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import litert_torch
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from ai_edge_litert.interpreter import Interpreter
 from onnx import TensorProto, helper
 
+import converters.tflite.convert as tflite_convert
+from converters.base import AccuracyTarget
 from converters.onnx import ONNX, QuantConfig
 from converters.onnx.convert import export_fp32, op_counts
 from converters.onnx.quantize import cosines_to, quantize_int8, run_model
-from converters.onnx.sensitivity import fake_int8_activation, onnx_matmul_for_layers, rank_layers
+from converters.sensitivity import (
+    KeptLayerSearch,
+    fake_int8_activation,
+    fake_int8_activation_rows,
+    onnx_matmul_for_layers,
+)
 from core.config import BuildConfig
 from core.data import EDGE_TEXTS
 from core.graph import build_graph
@@ -71,9 +80,12 @@ def test_every_linear_layer_maps_to_its_own_matmul(graph, fp32_model, spec):
 
 def test_ranking_finds_the_layers_that_matter(graph, fp32_model, spec, feeds, tmp_path):
     """Keeping the top-ranked layers out of int8 must gain clearly more than keeping the bottom-ranked ones."""
-    ranked, all_int8 = rank_layers(graph, feeds, spec.input_names, reduce_range=False, int8_embedding_rows=True)
+    search = KeptLayerSearch(graph, spec.input_names, feeds[:-1], feeds[-1:], AccuracyTarget(0.9999, 0.999),
+                             activations="tensor", int8_embedding_rows=True)
+    ranked = search.ranked
     linears = [name for name, module in graph.named_modules() if isinstance(module, torch.nn.Linear)]
-    assert len(ranked) == len(linears) and all_int8["mean_cosine"] < 0.999  # BERT's unused pooler included
+    assert len(ranked) == len(linears)  # BERT's unused pooler included
+    assert search.fake_steps[0]["mean_cosine"] < 0.999 and search.count > 0
     assert ranked[0].mean_gain > 5 * max(ranked[-1].mean_gain, 1e-6)
     nodes = onnx_matmul_for_layers(onnx.load(str(fp32_model)), graph)
     reference = run_model(fp32_model, feeds)
@@ -81,10 +93,37 @@ def test_ranking_finds_the_layers_that_matter(graph, fp32_model, spec, feeds, tm
     scores = {}
     for label, chosen in (("top", ranked[:4]), ("bottom", ranked[-4:]), ("none", [])):
         out = tmp_path / f"{label}.onnx"
-        quantize_int8(fp32_model, out, spec, config, keep=[nodes[s.layer] for s in chosen])
+        quantize_int8(fp32_model, out, spec, config, keep=[nodes[s.layer] for s in chosen if s.layer in nodes])
         scores[label] = cosines_to(out, feeds, reference).mean()
     assert scores["top"] > scores["bottom"] + 5e-4, scores
     assert scores["top"] > scores["none"] + 5e-4, scores
+
+
+def test_fake_int8_rows_is_what_litert_computes(tmp_path):
+    """LiteRT's dynamic-range fully-connected kernels: one asymmetric int8 scale per row (a token vector)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(256, 64).eval()
+
+    class Named(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"y": self.layer(x)}
+
+    x = torch.randn(1, 16, 256)
+    x[0, :, 5] *= 40  # an outlier channel, as FFN activations have
+    converter = litert_torch.Converter()
+    converter.signature("s", Named().eval(), sample_kwargs={"x": x})
+    model = tflite_convert._quantize(converter.convert().model_content(), tflite_convert._recipe("dynamic_wi8_afp32"))
+    (tmp_path / "m.tflite").write_bytes(model)
+    got = Interpreter(model_path=str(tmp_path / "m.tflite")).get_signature_runner("s")(x=x.numpy())["y"]
+    weight = layer.weight.detach()
+    scale = weight.abs().amax(dim=1, keepdim=True) / 127
+    with torch.no_grad():
+        fake = torch.nn.functional.linear(fake_int8_activation_rows(x), torch.round(weight / scale) * scale, layer.bias)
+    np.testing.assert_allclose(got, fake.numpy(), rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("keep_as", ["fp32", "block_int8"])

@@ -104,7 +104,7 @@ def test_killed_export_leaves_old_artifact_or_none(tmp_path, sig):
 
 
 def test_disk_full_mid_write_leaves_nothing(tmp_path, monkeypatch):
-    import converters.onnx.convert as onnx_converter
+    import converters.onnx.quantize as onnx_converter
 
     real = onnx_converter.quantize_int8
 

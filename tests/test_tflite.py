@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 from pathlib import Path
 
+import ai_edge_litert.schema_py_generated as schema
 import numpy as np
 import pytest
 import torch
@@ -105,3 +107,23 @@ def test_runner_rejects_unpadded_or_unknown_shapes(runner, st_model, spec, dev_s
 def test_bucket_longer_than_the_model_is_refused(graph, spec, tmp_path):
     with pytest.raises(ConfigError, match="max_seq_length"):
         tflite_convert.convert(graph, spec, tmp_path, TFLiteOptions(sequence_buckets=(128, 512)))
+
+
+def test_each_linear_layer_has_its_own_op_scope(converted, graph):
+    """Accuracy-aware int8 overrides layers by scope pattern: each must name exactly one FULLY_CONNECTED."""
+    out_dir, _ = converted
+    model = schema.Model.GetRootAs((out_dir / tflite_convert.MODEL_FILE).read_bytes(), 0)
+    codes = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    subgraph = model.Subgraphs(0)
+    scopes = []
+    for i in range(subgraph.OperatorsLength()):
+        op = subgraph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        if codes[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())] == "FULLY_CONNECTED":
+            scopes.append(subgraph.Tensors(op.Outputs(0)).Name().decode())
+    layers = [name for name, module in graph.named_modules()
+              if isinstance(module, torch.nn.Linear) and "pooler" not in name]  # BERT's pooler is not in the graph
+    assert len(layers) == len(scopes) == 36
+    for layer in layers:
+        pattern = tflite_convert.scope_pattern(graph, layer)
+        assert sum(bool(re.search(pattern, scope)) for scope in scopes) == 1, (layer, pattern)

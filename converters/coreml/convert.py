@@ -14,6 +14,7 @@ Both are emulations: neither is the Core ML runtime, the GPU or the Neural Engin
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import uuid
 import warnings
@@ -23,17 +24,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from converters.base import Calibration, Conversion, fixed_shapes
+from converters.base import CALIBRATION_LENGTH, Calibration, Conversion, bucket_feeds, fixed_shapes
 from converters.coreml import (
+    FP16_FALLBACKS,
     MAX_ENUMERATED_SHAPES,
     MODEL_FILE,
     MULTI_INPUT_ENUMERATION_TARGET,
     CoreMLOptions,
     enumerated_shape,
 )
-from converters.coreml.runner import summarize_program
+from converters.coreml.runner import ProgramExecutor, summarize_program
+from core.data import EDGE_TEXTS
 from core.errors import ConfigError, require
 from core.graph import EmbeddingGraph, GraphSpec, example_inputs
+from core.metrics import row_cosines
 
 
 def _target(ct: Any, name: str) -> Any:
@@ -76,11 +80,31 @@ def _export(graph: EmbeddingGraph, spec: GraphSpec, pairs: list[tuple[int, int]]
     return exported.run_decompositions({})
 
 
-def _compute_precision(ct: Any, options: CoreMLOptions) -> Any:
-    if options.precision == "fp32":
+def _compute_precision(ct: Any, precision: str, fp32_ops: tuple[str, ...]) -> Any:
+    if precision == "fp32":
         return ct.precision.FLOAT32
-    keep = frozenset(options.fp32_ops)
+    keep = frozenset(fp32_ops)
     return ct.transform.FP16ComputePrecision(op_selector=lambda op: op.op_type not in keep)
+
+
+def _rungs(options: CoreMLOptions) -> list[tuple[str, tuple[str, ...]]]:
+    """(precision, fp32 op types) to try in order: the options as given, then the fallbacks if measured."""
+    if options.precision != "fp16" or options.accuracy is None:
+        return [(options.precision, options.fp32_ops)]
+    rungs = [("fp16", options.fp32_ops)]
+    rungs += [("fp16", tuple(dict.fromkeys(options.fp32_ops + extra))) for extra in FP16_FALLBACKS]
+    return [*rungs, ("fp32", ())]
+
+
+def _program_cosines(package: Path, graph: EmbeddingGraph, spec: GraphSpec, feeds: list) -> np.ndarray:
+    """The saved program, op by op, against the fp32 graph on the same padded inputs."""
+    executor = ProgramExecutor(package)
+    got, expected = [], []
+    with torch.no_grad():
+        for _, feed in feeds:
+            got.append(executor.run(feed))
+            expected.append(graph(*(torch.from_numpy(feed[name]) for name in spec.input_names)).numpy())
+    return np.nan_to_num(row_cosines(np.concatenate(got), np.concatenate(expected)), nan=-1.0)
 
 
 def convert(
@@ -101,30 +125,47 @@ def convert(
             ct.EnumeratedShapes(shapes=[list(p) for p in pairs], default=list(pairs[0])) if len(pairs) > 1 else pairs[0]
         )
 
-    with warnings.catch_warnings():
-        # clamp(min=eps) lowers to clip(beta=float32 max), which becomes +inf in fp16 (harmless);
-        # real weight overflow is caught by inspect_spec's non-finite weight check instead.
-        warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
-        mlmodel = ct.convert(
-            exported,
-            # Core ML has no int64 I/O; int32 holds any vocabulary id.
-            inputs=[ct.TensorType(name=name, shape=input_shape(), dtype=np.int32) for name in spec.input_names],
-            outputs=[ct.TensorType(name=spec.output_name, dtype=np.float32)],
-            convert_to="mlprogram",
-            compute_precision=_compute_precision(ct, options),
-            minimum_deployment_target=_target(ct, options.minimum_deployment_target),
+    feeds: list = []
+    if options.accuracy is not None and options.precision == "fp16":
+        if calibration is None:
+            raise ConfigError("checking the fp16 Core ML program needs calibration sentences; none were given")
+        texts = calibration.texts(options.accuracy.sentences) + list(EDGE_TEXTS[: options.accuracy.sentences])
+        feeds = bucket_feeds(calibration, texts, [enumerated_shape(b, s) for b, s in pairs],
+                             min(CALIBRATION_LENGTH, max(s for _, s in pairs)))
+    checks = []
+    for precision, fp32_ops in _rungs(options):
+        with warnings.catch_warnings():
+            # clamp(min=eps) lowers to clip(beta=float32 max), which becomes +inf in fp16 (harmless);
+            # real weight overflow is caught by inspect_spec's non-finite weight check instead.
+            warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
+            mlmodel = ct.convert(
+                exported,
+                # Core ML has no int64 I/O; int32 holds any vocabulary id.
+                inputs=[ct.TensorType(name=name, shape=input_shape(), dtype=np.int32) for name in spec.input_names],
+                outputs=[ct.TensorType(name=spec.output_name, dtype=np.float32)],
+                convert_to="mlprogram",
+                compute_precision=_compute_precision(ct, precision, fp32_ops),
+                minimum_deployment_target=_target(ct, options.minimum_deployment_target),
+            )
+        mlmodel.short_description = f"Sentence embedding ({spec.embedding_dim} dims, {spec.pooling} pooling)"
+        mlmodel.user_defined_metadata.update(
+            {"embedding_dim": str(spec.embedding_dim), "normalized": str(spec.normalized).lower()}
         )
-    mlmodel.short_description = f"Sentence embedding ({spec.embedding_dim} dims, {spec.pooling} pooling)"
-    mlmodel.user_defined_metadata.update(
-        {"embedding_dim": str(spec.embedding_dim), "normalized": str(spec.normalized).lower()}
-    )
-    mlmodel.save(str(out_dir / MODEL_FILE))
-    _make_reproducible(out_dir / MODEL_FILE)
+        shutil.rmtree(out_dir / MODEL_FILE, ignore_errors=True)
+        mlmodel.save(str(out_dir / MODEL_FILE))
+        _make_reproducible(out_dir / MODEL_FILE)
+        if not feeds:
+            break
+        cos = _program_cosines(out_dir / MODEL_FILE, graph, spec, feeds)
+        checks.append({"precision": precision, "fp32_ops": list(fp32_ops), "mean_cosine": round(float(cos.mean()), 6),
+                       "min_cosine": round(float(cos.min()), 6)})
+        if cos.mean() >= options.accuracy.mean_cosine and cos.min() >= options.accuracy.min_cosine:
+            break
     seconds = time.perf_counter() - started
     summary = summarize_program(out_dir / MODEL_FILE)
     return Conversion(
         model_file=MODEL_FILE,
-        precision=options.precision,
+        precision=precision,
         runtime="coreml",
         shapes=[enumerated_shape(b, s) for b, s in pairs],
         input_dtype="int32",
@@ -134,7 +175,9 @@ def convert(
             "converter": f"coremltools {ct.__version__}",
             "model_type": summary["model_type"],
             "minimum_deployment_target": options.minimum_deployment_target,
-            "fp32_ops": list(options.fp32_ops),
+            "fp32_ops": list(fp32_ops),
+            # The saved program op by op on calibration sentences, for each precision rung tried.
+            "program_checks": checks,
             "conversion_seconds": round(seconds, 1),
             "package_bytes": summary["package_bytes"],
             "op_counts": summary["op_counts"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from converters.base import AccuracyTarget
 from converters.registry import ArtifactFormat, register_format
 
 
@@ -20,17 +21,6 @@ class FusionConfig:
     embed_layer_norm: bool = True
     bias_gelu: bool = True
     gelu_approximation: bool = False  # FastGelu changes numerics; off by default
-
-
-@dataclass(frozen=True)
-class AccuracyTarget:
-    """Accuracy-aware int8: measured on held-in calibration sentences (STS-B train) and odd short texts, the
-    most sensitive weight MatMuls are kept at higher precision until the int8 model reaches these cosines
-    to its own fp32 graph. Set a margin above the target's gate: the gate measures held-out sentences."""
-
-    mean_cosine: float
-    min_cosine: float
-    sentences: int = 256
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,9 @@ import torch
 from onnxruntime.transformers.fusion_options import FusionOptions
 from onnxruntime.transformers.optimizer import optimize_model
 
-from converters.base import Calibration, Conversion
+from converters.base import CALIBRATION_LENGTH, Calibration, Conversion
 from converters.onnx import FusionConfig, OnnxOptions, QuantConfig
 from converters.onnx.quantize import quantize_accuracy_aware, quantize_int8
-from core.data import EDGE_TEXTS
 from core.errors import ConfigError
 from core.families import Family, family_for
 from core.graph import EmbeddingGraph, GraphSpec, example_inputs
@@ -100,9 +99,11 @@ def _int8(
         batches = calibration.batches(quant.calibration_sentences, 8, 64, pad_to_max_length=True)
         return quantize_int8(model, out, spec, quant, batches)
     if quant.accuracy is not None:
-        sentences = calibration.batches(quant.accuracy.sentences, 32, 128)
-        odd_texts = [calibration.tokenize(EDGE_TEXTS, 128, False)]
-        return quantize_accuracy_aware(model, out, spec, quant, quant.accuracy, graph, sentences, odd_texts)
+        length = min(CALIBRATION_LENGTH, spec.max_seq_length)
+        sentences = calibration.batches(quant.accuracy.sentences, 32, length)
+        odd_texts = calibration.edge_texts(length)
+        return quantize_accuracy_aware(model, out, spec, quant, quant.accuracy, graph, sentences, odd_texts,
+                                       calibration.shared)
     return quantize_int8(model, out, spec, quant)
 
 

@@ -20,18 +20,15 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-from converters.onnx import AccuracyTarget, QuantConfig
+from converters.base import AccuracyTarget
+from converters.onnx import QuantConfig
 from converters.onnx.runner import OrtRunner
-from converters.onnx.sensitivity import onnx_matmul_for_layers, rank_layers
+from converters.sensitivity import KeptLayerSearch, onnx_matmul_for_layers
 from core.cpu import cpu_isa
 from core.graph import EmbeddingGraph, GraphSpec
 from core.metrics import row_cosines
 
 Feeds = list[dict[str, np.ndarray]]
-# How many of the ranked MatMuls each accuracy-aware step keeps: one by one first (most models need a few),
-# then in growing strides so a model that needs many still takes few measured steps.
-KEEP_STEPS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
-RANKING_BATCHES = 2  # calibration batches (of 32) the sensitivity ranking runs on, beside the odd texts
 
 
 def _matmul_weight_names(model: onnx.ModelProto) -> list[str]:
@@ -185,42 +182,25 @@ def quantize_accuracy_aware(
     graph: EmbeddingGraph,
     sentences: Feeds,
     odd_texts: Feeds,
+    shared: dict | None = None,
 ) -> dict:
     """int8 with the fewest kept MatMuls that reach ``target`` against the fp32 graph: mean cosine over the
     calibration ``sentences``, min cosine over those and ``odd_texts`` (short, symbolic, mixed-script inputs,
-    where one per-tensor activation scale hurts most).
+    where one activation scale per tensor hurts most).
 
-    Layers are ranked by end-to-end fake-int8 sensitivity (converters.onnx.sensitivity) on the first batches,
-    then kept in growing steps, each quantized for real and measured in ONNX Runtime, since the errors of
-    kept and quantized layers do not add up. Returns the manifest record; the model is left at ``out_path``.
-    """
-    reduce_range = reduce_range_for(config)
-    feeds = sentences + odd_texts
-    reference = run_model(model_path, feeds)
-    sentence_rows = sum(len(batch["input_ids"]) for batch in sentences)
-    odd_rows = sum(len(batch["input_ids"]) for batch in odd_texts)
-    ranking_feeds = sentences[:RANKING_BATCHES] + odd_texts
-    ranked, all_int8 = rank_layers(graph, ranking_feeds, spec.input_names, reduce_range, config.embedding == "per_row")
+    The kept count is found in fake int8 (converters.sensitivity), then confirmed by quantizing for real and
+    running in ONNX Runtime, stepping up if the runtime falls short. Returns the manifest record; the model
+    is left at ``out_path``."""
+    search = KeptLayerSearch(
+        graph, spec.input_names, sentences, odd_texts, target, activations="tensor",
+        reduce_range=reduce_range_for(config), int8_embedding_rows=config.embedding == "per_row", shared=shared,
+    )
     nodes = onnx_matmul_for_layers(onnx.load(str(model_path)), graph)
-    order = [nodes[s.layer] for s in ranked if s.layer in nodes]
-    steps: list[dict] = []
-    for count in sorted({min(k, len(order)) for k in KEEP_STEPS}):
-        done = quantize_int8(model_path, out_path, spec, config, keep=order[:count])
-        cos = cosines_to(out_path, feeds, reference)
-        steps.append({"kept": count, "mean_cosine": round(float(cos[:sentence_rows].mean()), 6),
-                      "min_cosine": round(float(cos.min()), 6)})
-        if steps[-1]["mean_cosine"] >= target.mean_cosine and steps[-1]["min_cosine"] >= target.min_cosine:
-            break
-    reached = steps[-1]["mean_cosine"] >= target.mean_cosine and steps[-1]["min_cosine"] >= target.min_cosine
-    return {
-        **done,
-        "accuracy_aware": {
-            "target": {"mean_cosine": target.mean_cosine, "min_cosine": target.min_cosine},
-            "calibration": f"{sentence_rows} STS-B train sentences and {odd_rows} odd texts, vs the fp32 graph",
-            "ranking": "end-to-end fake int8: cosine gained by keeping each layer while all others are int8",
-            "fake_int8_baseline": {k: round(v, 6) for k, v in all_int8.items()},
-            "most_sensitive": [[s.layer, round(s.mean_gain, 6), round(s.min_gain, 6)] for s in ranked[:8]],
-            "steps": steps,
-            "reached": reached,
-        },
-    }
+    done: dict = {}
+
+    def measure(layers: list[str]) -> np.ndarray:
+        done.update(quantize_int8(model_path, out_path, spec, config, keep=[nodes[n] for n in layers if n in nodes]))
+        return cosines_to(out_path, sentences + odd_texts, search.reference)
+
+    record = search.record(search.confirm(measure))  # fills ``done`` with the last step's recipe
+    return {**done, "accuracy_aware": record}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from converters.base import AccuracyTarget
 from converters.registry import ArtifactFormat, register_format
 
 MODEL_FILE = "model.tflite"
@@ -22,6 +23,9 @@ class TFLiteOptions:
     sequence_buckets: tuple[int, ...] | None = None  # None: converters.base.sequence_buckets(model limit)
     batch_sizes: tuple[int, ...] = (1,)
     quantization: Literal["int8", "int8-weight-only", "fp32"] = "int8"  # a key of RECIPES
+    # int8 only: measured per model, the most sensitive linear layers stay weight-only int8 (fp32 compute)
+    # until the artifact reaches this target in LiteRT (None: every layer dynamic-range int8).
+    accuracy: AccuracyTarget | None = None
 
 
 def signature_name(batch: int, sequence: int) -> str:

@@ -18,6 +18,7 @@ EMBEDDING_LOOKUP (non-zero zero point).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -25,10 +26,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from converters.base import Calibration, Conversion, Shape, fixed_shapes
+from converters.base import (
+    CALIBRATION_LENGTH,
+    AccuracyTarget,
+    Calibration,
+    Conversion,
+    Shape,
+    bucket_feeds,
+    fixed_shapes,
+)
+from converters.sensitivity import KeptLayerSearch
 from converters.tflite import MODEL_FILE, RECIPES, RUNTIME, TFLiteOptions, signature_name
+from converters.tflite.runner import TFLiteRunner
+from core.data import EDGE_TEXTS
 from core.errors import ConfigError, require
 from core.graph import EmbeddingGraph, GraphSpec, example_inputs
+from core.metrics import row_cosines
 
 
 class _NamedOutput(nn.Module):
@@ -83,14 +96,14 @@ def convert(
     fp32_model = converter.convert().model_content()
 
     recipe_name = RECIPES[options.quantization]
-    model = fp32_model
-    if recipe_name is not None:
-        quantizer = require("ai_edge_quantizer.quantizer", "mobile")
-        recipe = getattr(require("ai_edge_quantizer.recipe", "mobile"), recipe_name)()
-        result = quantizer.Quantizer(fp32_model, recipe).quantize(
-            enable_progress_bar=False, enable_progress_report=False
-        )
-        model = bytes(result.quantized_model)
+    model, accuracy_aware = fp32_model, None
+    if recipe_name is not None and options.accuracy is not None and options.quantization == "int8":
+        if calibration is None:
+            raise ConfigError("accuracy-aware TFLite int8 needs calibration sentences; none were given")
+        model, accuracy_aware = _quantize_accuracy_aware(graph, spec, fp32_model, shapes, options.accuracy,
+                                                         calibration, out_dir)
+    elif recipe_name is not None:
+        model = _quantize(fp32_model, _recipe(recipe_name))
     (out_dir / MODEL_FILE).write_bytes(model)
 
     # Read the I/O back from the written file, so the manifest states what the runtime will see.
@@ -111,5 +124,72 @@ def convert(
             "size_ratio_to_fp32": round(len(model) / len(fp32_model), 4),
             "signatures": {f"{s.batch}x{s.sequence}": s.name for s in shapes},
             "op_counts_per_signature": _op_counts(model, 0),
+            "accuracy_aware": accuracy_aware,
         },
     )
+
+
+def _recipe(name: str) -> list[dict]:
+    return getattr(require("ai_edge_quantizer.recipe", "mobile"), name)()
+
+
+def _quantize(fp32_model: bytes, recipe: list[dict]) -> bytes:
+    quantizer = require("ai_edge_quantizer.quantizer", "mobile")
+    result = quantizer.Quantizer(fp32_model, recipe).quantize(enable_progress_bar=False, enable_progress_report=False)
+    return bytes(result.quantized_model)
+
+
+CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
+
+
+def scope_pattern(root: nn.Module, path: str) -> str:
+    """The regex of the op scope litert-torch gives the linear module at ``path`` below ``root``: one segment
+    'Class_attribute' per module (a list's elements as 'Class_index'; the list itself adds none).
+
+    An op's tensor name lists several scopes joined by ';;' (a key projection's also names the query's); its
+    own is the first scope of a linear layer, so the pattern skips only scopes that are not one."""
+    segments, module = [], root
+    for part in path.split("."):
+        module = module._modules[part]
+        if not isinstance(module, CONTAINERS):
+            segments.append(f"[^/;]*{re.escape(type(module).__name__)}_{re.escape(part)}")
+    not_linear = r"(?:(?!\.Linear_)[^;])*;;"
+    return f"^(?:{not_linear})*(?:[^;]*/)?" + "/".join(segments) + "(;|$)"
+
+
+def _quantize_accuracy_aware(
+    graph: EmbeddingGraph,
+    spec: GraphSpec,
+    fp32_model: bytes,
+    shapes: list[Shape],
+    target: AccuracyTarget,
+    calibration: Calibration,
+    scratch: Path,
+) -> tuple[bytes, dict]:
+    """Dynamic-range int8, with the most sensitive linear layers weight-only int8 (fp32 compute) until LiteRT
+    reaches ``target`` on calibration sentences and odd texts (converters.sensitivity)."""
+    length = min(CALIBRATION_LENGTH, max(s.sequence for s in shapes))
+    sentences = calibration.batches(target.sentences, 32, length)
+    search = KeptLayerSearch(graph, spec.input_names, sentences, calibration.edge_texts(length), target,
+                             activations="row", shared=calibration.shared)
+    texts = calibration.texts(target.sentences) + list(EDGE_TEXTS)
+    feeds = bucket_feeds(calibration, texts, shapes, length)
+    dynamic, weight_only = _recipe(RECIPES["int8"]), _recipe(RECIPES["int8-weight-only"])[0]
+    model = b""
+
+    def measure(layers: list[str]) -> np.ndarray:
+        nonlocal model
+        kept = [{**weight_only, "regex": scope_pattern(graph, layer), "operation": "FULLY_CONNECTED"}
+                for layer in layers]
+        model = _quantize(fp32_model, dynamic + kept)
+        path = scratch / ".accuracy-probe.tflite"
+        path.write_bytes(model)
+        try:
+            runner = TFLiteRunner(path, shapes, None)
+            got = np.concatenate([runner.run(feed, shape) for shape, feed in feeds])
+        finally:
+            path.unlink(missing_ok=True)
+        return np.nan_to_num(row_cosines(got, search.reference), nan=-1.0)
+
+    record = search.record(search.confirm(measure))  # leaves the last step's model in ``model``
+    return model, {**record, "kept_as": "weight-only int8 (fp32 compute)"}
