@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from core.cpu import ISA_CLASSES
 from core.errors import ToolchainError
 
 # Converters print pages of third-party progress bars and warnings; the CLI shows its own progress,
@@ -66,10 +67,12 @@ def _console():
               help="rebuild from a manifest.json or build config (other options are ignored)")
 @click.option("--quantization", type=click.Choice(["dynamic", "static"]), default=None,
               help="int8 ONNX: dynamic (default) or static QDQ calibrated on STS-B train sentences")
+@click.option("--isa", type=click.Choice(list(ISA_CLASSES)), default=None,
+              help="x86 int8: the CPU class it will run on [default: avx2, correct on any x86-64 server]")
 @click.option("--no-verify", is_flag=True, help="skip parity verification and the gate (not recommended)")
 @click.option("--allow-pickle", is_flag=True, help="allow pickle weight files (only for sources you trust)")
 @click.option("--trust-remote-code", is_flag=True, help="allow model code from the hub (only for sources you trust)")
-def export(target, model, dims, fit_corpus, out, config_file, quantization, no_verify, allow_pickle,
+def export(target, model, dims, fit_corpus, out, config_file, quantization, isa, no_verify, allow_pickle,
            trust_remote_code) -> None:
     """Convert, verify and gate the model for one target (or all)."""
     from core.config import BuildConfig
@@ -82,7 +85,7 @@ def export(target, model, dims, fit_corpus, out, config_file, quantization, no_v
     else:
         config = BuildConfig(
             model=model, target=target, dims=dims, fit_corpus=str(fit_corpus) if fit_corpus else None, out=out,
-            quantization=quantization,
+            quantization=quantization, isa=isa,
             verify=not no_verify, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
         )
     console = _console()
@@ -108,12 +111,13 @@ def list_targets() -> None:
 @click.option("--model", default=None, help="source model, if not the one recorded in the manifest")
 @click.option("--json", "as_json", is_flag=True, help="print a machine-readable verdict")
 @click.option("--quick", is_flag=True, help="parity on the first 200 STS-B dev pairs only")
-def verify(path, min_cosine, max_spearman_drop, model, as_json, quick) -> None:
+@click.option("--strict", is_flag=True, help="fail an x86 artifact built for another CPU class than this one")
+def verify(path, min_cosine, max_spearman_drop, model, as_json, quick, strict) -> None:
     """Gate before deployment: checksums, test vectors, STS-B parity. Exits 1 on failure."""
     from pipelines.gatekeeper import verify_path
 
     results = verify_path(path, model=model, min_mean_cosine=min_cosine, max_spearman_drop=max_spearman_drop,
-                          limit=200 if quick else None)
+                          limit=200 if quick else None, strict=strict)
     if as_json:
         click.echo(json.dumps({"ok": all(r["ok"] for r in results), "artifacts": results}, indent=2))
     else:
@@ -134,7 +138,8 @@ def verify(path, min_cosine, max_spearman_drop, model, as_json, quick) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="where the fp32 PyTorch baseline runs (auto: cuda when torch and onnxruntime see a GPU)")
 @click.option("--batch-size", type=int, default=None, help="throughput batch [default: 32 on CPU, 128 on GPU]")
-def bench(path, threads, repeats, json_out, vs_peers, device, batch_size) -> None:
+@click.option("--strict", is_flag=True, help="refuse an x86 artifact built for another CPU class than this one")
+def bench(path, threads, repeats, json_out, vs_peers, device, batch_size, strict) -> None:
     """Speed vs the fp32 PyTorch model, measured in the same run; recorded in each manifest."""
     from core.manifest import find_artifacts, read_manifest, write_json_atomic
     from pipelines.bench import BenchConfig, default_device, markdown_table
@@ -148,7 +153,7 @@ def bench(path, threads, repeats, json_out, vs_peers, device, batch_size) -> Non
     console = _console()
     model = read_manifest(artifacts[0])["model"]["source"]
     result = run_bench(artifacts, model, config, progress=lambda msg: console.print(f"[dim]• timing[/dim] {msg}"),
-                       peers=vs_peers)
+                       peers=vs_peers, strict=strict)
     table = markdown_table(result)
     console.print(table)
     for row in (r for r in result["rows"][1:] if "path" in r):

@@ -68,6 +68,7 @@ class Conversion:
     shapes: list[Shape] | None = None  # None: dynamic batch and sequence
     input_dtype: str = "int64"
     max_sequence: int | None = None  # the longest input the artifact takes; None: the model's own limit
+    isa: str | None = None  # the x86 CPU class the artifact is built for (core.cpu.ISA_CLASSES); None: any
     details: dict[str, Any] = field(default_factory=dict)
 
 

@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from converters.base import Runner, StructuralReport
+from core.config import BuildConfig
 from core.errors import ArtifactError, ConfigError
 
 
@@ -28,8 +29,8 @@ class ArtifactFormat:
     runner: str  # module path of the runner
     # Build the (B,1,1,S) float attention mask in the graph (True) or leave it to transformers (False).
     additive_mask: bool
-    # Applies the build's --quantization choice to this format's options; None: the format has no such choice.
-    with_quantization: Callable[[Any, str], Any] | None = None
+    # Applies the build's options (--quantization, --isa) that this format understands to its options.
+    with_build: Callable[[Any, BuildConfig], Any] | None = None
 
     def converter_module(self) -> ModuleType:
         return importlib.import_module(self.converter)

@@ -16,6 +16,7 @@ class BuildConfig:
     dims: int | None = None  # PCA output dims; None keeps the model's own
     fit_corpus: str | None = None  # None: STS-B train sentences shipped in data/stsb
     quantization: str | None = None  # int8 ONNX artifacts: "dynamic" or "static" (QDQ, calibrated); None: target's
+    isa: str | None = None  # x86 int8: the deployment CPU class (core.cpu.ISA_CLASSES); None: the portable one
     out: str = "dist"
     verify: bool = True
     allow_pickle: bool = False

@@ -1,15 +1,61 @@
-"""What the CPU can do for int8 inference, read from /proc/cpuinfo (Linux)."""
+"""x86 instruction-set classes: what an int8 artifact built for a class needs from the CPU that runs it, and
+what the CPU this process runs on has (read from /proc/cpuinfo on Linux).
+
+The classes matter because of one trap: u8 x s8 int8 GEMMs on AVX2 (and AVX-512 without VNNI) multiply with
+``vpmaddubsw``, which adds pairs of products into int16 and saturates once 2 x 255 x |w| passes 32767. Full-
+range int8 weights (|w| <= 127) can do that; weights within [-64, 64] (ONNX Runtime's ``reduce_range``)
+cannot, on any x86 CPU. VNNI (``vpdpbusd``) and AMX (``tdpbusd``) accumulate in int32 and never saturate.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import ConfigError
+
 CPUINFO = Path("/proc/cpuinfo")
-# int8 multiply-accumulates per cycle per core with AVX-512 VNNI (vpdpbusd: 64 int8 MACs per 512-bit op,
-# one per cycle) -> 128 int8 ops per cycle per core.
-INT8_OPS_PER_CYCLE = 128
+
+
+@dataclass(frozen=True)
+class IsaClass:
+    name: str
+    description: str
+    # The CPU runs this class's artifacts as built if it has every flag of at least one group.
+    needs_any: tuple[tuple[str, ...], ...]
+    # Full-range int8 weights are safe (no int16 saturation) on every CPU of the class.
+    full_range_int8: bool
+    # Peak int8 multiply-accumulate ops (2 per MAC) per cycle per core, for the roofline: AVX2 vpmaddubsw 32 MACs
+    # per 256-bit op, AVX-512 64 per 512-bit op, VNNI vpdpbusd 64 per op, each one per cycle on one port;
+    # AMX tdpbusd 1024 MACs per cycle.
+    int8_ops_per_cycle: int
+
+    def runs_on(self, flags: set[str]) -> bool:
+        return any(set(group) <= flags for group in self.needs_any)
+
+
+ISA_CLASSES: dict[str, IsaClass] = {
+    c.name: c
+    for c in (
+        IsaClass("avx2", "any x86-64 server of the last decade (AVX2; int8 weights within [-64, 64])",
+                 (("avx2",),), full_range_int8=False, int8_ops_per_cycle=64),
+        IsaClass("avx512", "AVX-512 without VNNI (Skylake-SP; weights within [-64, 64])",
+                 (("avx512f", "avx512bw"),), full_range_int8=False, int8_ops_per_cycle=128),
+        IsaClass("avx512_vnni", "VNNI int8 dot products (Cascade Lake and later, AMD Zen 4 and later)",
+                 (("avx512_vnni",), ("avx_vnni",)), full_range_int8=True, int8_ops_per_cycle=128),
+        IsaClass("amx", "AMX int8 tiles (Intel Sapphire Rapids and later)",
+                 (("amx_int8", "amx_tile"),), full_range_int8=True, int8_ops_per_cycle=2048),
+    )
+}
+PORTABLE_ISA = "avx2"  # correct on any x86-64 server
+
+
+def isa_class(name: str) -> IsaClass:
+    if name not in ISA_CLASSES:
+        raise ConfigError(f"--isa {name!r} is unknown; choose one of: {', '.join(ISA_CLASSES)}")
+    return ISA_CLASSES[name]
 
 
 def _cpuinfo_lines() -> list[str]:
@@ -23,15 +69,13 @@ def cpu_flags() -> set[str]:
     return {flag for line in _cpuinfo_lines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
 
 
-def cpu_isa() -> str:
-    """The int8-relevant ISA of this CPU, from /proc/cpuinfo flags (Linux); 'unknown' elsewhere."""
-    flags = cpu_flags()
+def cpu_isa(flags: set[str] | None = None) -> str:
+    """The best ISA class this CPU runs ('unknown' where /proc/cpuinfo cannot be read, 'other' below AVX2)."""
+    flags = cpu_flags() if flags is None else flags
     if not flags:
         return "unknown"
-    for isa in ("avx512_vnni", "avx_vnni", "avx512f", "avx2"):
-        if isa in flags:
-            return "avx512" if isa == "avx512f" else isa
-    return "other"
+    best = [name for name, c in ISA_CLASSES.items() if c.runs_on(flags)]
+    return best[-1] if best else "other"
 
 
 def cpu_name() -> str:
@@ -41,13 +85,33 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def int8_peak_gops() -> dict:
-    """cores x clock x INT8_OPS_PER_CYCLE, with the clock read from /proc/cpuinfo (Linux)."""
+def int8_peak_gops(isa: str | None = None) -> dict:
+    """cores x clock x the class's int8 ops per cycle (the running CPU's class by default); the clock is the
+    largest 'cpu MHz' in /proc/cpuinfo (a VM may report less than the boost clock)."""
+    name = isa or cpu_isa()
+    per_cycle = ISA_CLASSES[name].int8_ops_per_cycle if name in ISA_CLASSES else 0
     cores = os.cpu_count() or 1
     mhz = max((float(line.split(":", 1)[1]) for line in _cpuinfo_lines() if line.startswith("cpu MHz")), default=0.0)
     return {
+        "isa": name,
         "cores": cores,
         "clock_ghz": round(mhz / 1000, 3),
-        "int8_ops_per_cycle_per_core": INT8_OPS_PER_CYCLE,
-        "peak_gops": cores * mhz / 1000 * INT8_OPS_PER_CYCLE,
+        "int8_ops_per_cycle_per_core": per_cycle,
+        "peak_gops": cores * mhz / 1000 * per_cycle,
     }
+
+
+def cpu_mismatch(isa: str | None) -> str | None:
+    """Why this CPU is not the one an artifact built for ``isa`` expects (None when it is, or when either side
+    is unknown): one line for a warning, or for the error under --strict."""
+    if isa is None or isa not in ISA_CLASSES:
+        return None
+    flags = cpu_flags()
+    here = cpu_isa(flags)
+    if here in ("unknown", isa):
+        return None
+    wanted = ISA_CLASSES[isa]
+    if not wanted.runs_on(flags):
+        return (f"built for {isa} ({wanted.description}) but this CPU is {here}: its int8 products can saturate "
+                f"and the embeddings come out wrong; rebuild with `export --target x86 --isa {here}`")
+    return f"built for {isa} but this CPU is {here}: it runs correctly; `export --isa {here}` may be faster here"

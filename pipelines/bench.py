@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from core.cpu import cpu_name, int8_peak_gops
+from core.cpu import cpu_isa, cpu_mismatch, cpu_name, int8_peak_gops
 from core.data import load_stsb
+from core.errors import ArtifactError
 from core.manifest import read_manifest
 from core.model_source import load_sentence_transformer, resolve_model
 from core.reference import Reference
@@ -186,9 +187,22 @@ def _roofline(rows: list[dict], artifacts: list[Path], config: BenchConfig) -> d
                            "no padding; peak = cores x max cpu MHz x 128 int8 ops/cycle/core (AVX-512 VNNI)"}
 
 
+def cpu_notes(artifacts: list[Path], strict: bool = False) -> dict[str, str]:
+    """Artifacts built for another CPU class than this one; ArtifactError under ``strict``."""
+    notes = {}
+    for artifact in artifacts:
+        note = cpu_mismatch((read_manifest(artifact).get("isa") or {}).get("class"))
+        if note and strict:
+            raise ArtifactError(f"{artifact}: {note}")
+        if note:
+            notes[str(artifact)] = note
+    return notes
+
+
 def bench(artifacts: list[Path], model: str, config: BenchConfig, progress=lambda msg: None,
-          peers: bool = False) -> dict:
+          peers: bool = False, strict: bool = False) -> dict:
     """Baseline first, then the peer (optional), then every artifact; rows carry ratios against the baseline."""
+    notes = cpu_notes(artifacts, strict)
     progress("fp32 PyTorch baseline")
     baseline = run_in_subprocess({"engine": "torch", "model": model, "config": asdict(config)})
     rows = [baseline]
@@ -210,7 +224,8 @@ def bench(artifacts: list[Path], model: str, config: BenchConfig, progress=lambd
     if sources:  # the baseline is the reference itself
         baseline["parity"] = {"spearman": sources[0], "mean_cosine": 1.0, "min_cosine": 1.0}
     roofline = _roofline(rows, artifacts, config) if peers else None
-    return {"config": asdict(config), "cpu": cpu_name(), "rows": rows, "skipped": skipped, "roofline": roofline}
+    return {"config": asdict(config), "cpu": f"{cpu_name()}, ISA class {cpu_isa()}", "rows": rows,
+            "skipped": skipped, "roofline": roofline, "cpu_notes": notes}
 
 
 def markdown_table(result: dict) -> str:
@@ -251,6 +266,8 @@ def markdown_table(result: dict) -> str:
                      f"{roofline['clock_ghz']} GHz × {roofline['int8_ops_per_cycle_per_core']} ops/cycle); "
                      f"{roofline['flops_per_sentence_mean'] / 1e6:.0f} MFLOP per sentence on average. "
                      f"{roofline['assumptions']}.")
+    for path, note in result.get("cpu_notes", {}).items():
+        lines.append(f"\nnote: {path}: {note}")
     for row in result.get("skipped", []):
         lines.append(f"\n{row['path']}: not timed ({row['skipped']})")
     buckets = [r for r in result["rows"] if r.get("bucket_latency_ms")]

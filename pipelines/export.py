@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 from converters.base import Calibration, Conversion
 from converters.registry import get_format
 from core.config import BuildConfig
+from core.cpu import cpu_isa, isa_class
 from core.data import load_stsb, read_corpus
 from core.errors import ConfigError, GateError, OutputError, ToolchainError
 from core.families import Family, family_for
@@ -105,6 +106,10 @@ def check_build(config: BuildConfig) -> tuple[ModelSource, Family]:
         raise ConfigError(f"--dims must be a positive number of dimensions, got {config.dims}")
     if config.fit_corpus and config.dims is None:
         raise ConfigError("--fit-corpus is only used with --dims (it fits the PCA projection)")
+    if config.isa is not None:
+        isa_class(config.isa)
+    if config.quantization not in (None, "dynamic", "static"):
+        raise ConfigError(f"--quantization must be 'dynamic' or 'static', got {config.quantization!r}")
     if config.fit_corpus:
         read_corpus(Path(config.fit_corpus))
     check_output_dir(Path(config.out))
@@ -192,6 +197,10 @@ def build_manifest(session: Session, target: Target, plan: ArtifactPlan, convers
         "runtime": conversion.runtime,
         "size_bytes": path_size(artifact_dir / conversion.model_file),
         "precision": conversion.precision,
+        # The CPU class the artifact is built for; runtime, verify and bench check the CPU they run on.
+        "isa": None if conversion.isa is None else {
+            "class": conversion.isa, "description": isa_class(conversion.isa).description, "built_on": cpu_isa(),
+        },
         "inputs": [{"name": n, "dtype": dtype, "shape": ["batch", sequence_dim]} for n in spec.input_names],
         "output": {"name": spec.output_name, "dtype": "float32", "shape": ["batch", spec.embedding_dim]},
         "shapes": [asdict(s) for s in conversion.shapes] if conversion.shapes is not None else None,
@@ -237,13 +246,9 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
 
 
 def _with_overrides(plan: ArtifactPlan, config: BuildConfig) -> ArtifactPlan:
-    """Apply the build's --quantization to formats that have such a choice."""
-    apply = get_format(plan.format).with_quantization
-    if config.quantization is None or apply is None:
-        return plan
-    if config.quantization not in ("dynamic", "static"):
-        raise ConfigError(f"--quantization must be 'dynamic' or 'static', got {config.quantization!r}")
-    return replace(plan, options=apply(plan.options, config.quantization))
+    """Apply the build's options (--quantization, --isa) to formats that have such choices."""
+    apply = get_format(plan.format).with_build
+    return plan if apply is None else replace(plan, options=apply(plan.options, config))
 
 
 def _destination(session: Session, target: Target, plan: ArtifactPlan) -> Path:

@@ -39,12 +39,14 @@ class ReferenceCache:
         return reference
 
 
-def verify_artifact(artifact_dir: Path, references: ReferenceCache, gate: Gate | None, limit: int | None) -> dict:
+def verify_artifact(
+    artifact_dir: Path, references: ReferenceCache, gate: Gate | None, limit: int | None, strict: bool = False
+) -> dict:
     manifest = read_manifest(artifact_dir)
     check_files(artifact_dir, manifest)
     reference = references.reference_for(artifact_dir, manifest)
     structure = structural_checks(artifact_dir, manifest)
-    encoder = ArtifactEncoder(artifact_dir)
+    encoder = ArtifactEncoder(artifact_dir, strict=strict)
     probe = encoder.encode(["dimension probe"])
     if probe.shape[1] != manifest["embedding_dim"]:
         raise ArtifactError(
@@ -65,6 +67,7 @@ def verify_artifact(artifact_dir: Path, references: ReferenceCache, gate: Gate |
         "parity": parity.to_dict(),
         "structure": structure,
         "gate": gate.__dict__,
+        "cpu": encoder.cpu_mismatch,
     }
 
 
@@ -75,6 +78,7 @@ def verify_path(
     min_mean_cosine: float | None = None,
     max_spearman_drop: float | None = None,
     limit: int | None = None,
+    strict: bool = False,
 ) -> list[dict]:
     """Verify every artifact at or below ``path``; a broken artifact is a failed row, not a crash."""
     results = []
@@ -92,7 +96,7 @@ def verify_path(
             # Name what the user passed: an archive's members live in a temporary folder.
             shown = str(path) if root == path else f"{path}:{artifact_dir.relative_to(root).as_posix()}"
             try:
-                row = verify_artifact(artifact_dir, references, gate, limit)
+                row = verify_artifact(artifact_dir, references, gate, limit, strict)
             except ToolchainError as exc:
                 row = {"ok": False, "failures": [str(exc)]}
             results.append({**row, "path": shown if root != path else str(artifact_dir)})

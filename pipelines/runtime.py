@@ -15,14 +15,21 @@ from tokenizers import Tokenizer
 
 from converters.base import Runner
 from converters.registry import get_format
+from core.cpu import cpu_mismatch
 from core.errors import ArtifactError
 from core.manifest import read_manifest
 
 
 class ArtifactEncoder:
-    def __init__(self, artifact_dir: Path, threads: int | None = None, runner: Runner | None = None) -> None:
+    def __init__(
+        self, artifact_dir: Path, threads: int | None = None, runner: Runner | None = None, strict: bool = False
+    ) -> None:
         self.artifact_dir = Path(artifact_dir)
         self.manifest = read_manifest(self.artifact_dir)
+        # An int8 artifact built for one CPU class on another: a note to show, or, with strict, an error.
+        self.cpu_mismatch = cpu_mismatch((self.manifest.get("isa") or {}).get("class"))
+        if strict and self.cpu_mismatch:
+            raise ArtifactError(f"{self.artifact_dir}: {self.cpu_mismatch}")
         self.tokenizer = Tokenizer.from_file(str(self.artifact_dir / self.manifest["tokenizer"]["file"]))
         self.tokenizer.no_padding()  # we pad per batch or per bucket below
         self.input_names: list[str] = [spec["name"] for spec in self.manifest["inputs"]]

@@ -83,6 +83,9 @@ def print_verify(console, results: list[dict]) -> None:
             _cell(-p["spearman_drop"] if p else None, "{:+.2f}"), _cell(p.get("test_vectors_min_cosine")), verdict,
         )
     console.print(table)
+    for r in results:
+        if r.get("cpu"):
+            console.print(f"[yellow]note[/yellow] {r['path']}: {r['cpu']}")
 
 
 def print_targets(console) -> None:

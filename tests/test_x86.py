@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import onnx
 
 from core.config import BuildConfig
 from pipelines.export import export
@@ -95,3 +97,67 @@ def test_pca_128_within_one_point_of_fp32(tmp_path_factory):
     assert manifest["output"]["shape"] == ["batch", 128]
     assert manifest["parity"]["spearman_drop"] <= 1.0  # vs the fp32 model at 384 dims
     assert manifest["parity"]["mean_cosine"] >= 0.99  # vs the fp32 model with the same projection
+
+
+def _integer_weights(path) -> dict[str, np.ndarray]:
+    """The int8 weights of every u8 x s8 integer MatMul in an ONNX model."""
+    model = onnx.load(str(path))
+    initializers = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {node.name: initializers[node.input[1]] for node in model.graph.node
+            if node.op_type == "MatMulInteger" and node.input[1] in initializers}
+
+
+def _max_pair_sum(activations: np.ndarray, weights: np.ndarray) -> int:
+    """The largest |a0*w0 + a1*w1| over adjacent K pairs: what vpmaddubsw stores in int16 on AVX2."""
+    a = activations.astype(np.int64)[:, : activations.shape[1] // 2 * 2].reshape(len(activations), -1, 2)
+    w = weights.astype(np.int64)[: weights.shape[0] // 2 * 2].reshape(-1, 2, weights.shape[1])
+    pairs = a[:, :, 0, None] * w[None, :, 0, :] + a[:, :, 1, None] * w[None, :, 1, :]
+    return int(np.abs(pairs).max())
+
+
+def test_the_portable_build_cannot_saturate_on_avx2(x86_artifact, tmp_path):
+    """AVX2 adds u8 x s8 products in pairs into int16 (vpmaddubsw): 2 x 255 x 64 = 32640 always fits, while
+    full-range weights can pass 32767. ONNX Runtime has no switch to force its AVX2 kernels on this CPU, so
+    the property is checked on the artifact itself."""
+    manifest = x86_artifact.manifest
+    assert manifest["isa"]["class"] == "avx2" and manifest["conversion"]["quantization"]["reduce_range"] is True
+    portable = _integer_weights(Path(x86_artifact.folder) / "model.onnx")
+    assert portable and all(np.abs(w).max() <= 64 for w in portable.values())
+    model = onnx.load(str(Path(x86_artifact.folder) / "model.onnx"))
+    for node in (n for n in model.graph.node if n.op_type == "MatMulNBits"):
+        level = next(a.i for a in node.attribute if a.name == "accuracy_level")
+        assert level == 1, "kept layers must not run int8 kernels on AVX2"  # weights only, fp32 compute
+    (full,) = export(BuildConfig(target="x86", isa="avx512_vnni", out=str(tmp_path), verify=False))
+    assert full.manifest["isa"]["class"] == "avx512_vnni"
+    full_range = _integer_weights(Path(full.folder) / "model.onnx")
+    assert max(np.abs(w).max() for w in full_range.values()) == 127
+    name = next(n for n in full_range if n in portable)  # a layer int8 in both builds
+    worst = np.full((1, full_range[name].shape[0]), 255, dtype=np.uint8)  # the top of the uint8 range
+    assert _max_pair_sum(worst, full_range[name]) > 32767
+    assert _max_pair_sum(worst, portable[name]) <= 32640
+
+
+def test_cpu_classes_and_mismatch_notes(monkeypatch):
+    from core import cpu
+
+    assert cpu.cpu_isa({"avx2", "fma"}) == "avx2"
+    assert cpu.cpu_isa({"avx2", "avx512f", "avx512bw"}) == "avx512"
+    assert cpu.cpu_isa({"avx2", "avx512f", "avx512bw", "avx512_vnni"}) == "avx512_vnni"
+    assert cpu.cpu_isa({"avx2", "avx_vnni"}) == "avx512_vnni"  # AVX-VNNI: the same int32 accumulation
+    assert cpu.cpu_isa({"avx2", "avx512_vnni", "amx_int8", "amx_tile"}) == "amx"
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2", "fma"})
+    assert "can saturate" in cpu.cpu_mismatch("avx512_vnni") and "--isa avx2" in cpu.cpu_mismatch("avx512_vnni")
+    assert cpu.cpu_mismatch("avx2") is None and cpu.cpu_mismatch(None) is None
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2", "avx512_vnni", "amx_int8", "amx_tile"})
+    assert "runs correctly" in cpu.cpu_mismatch("avx2")
+
+
+def test_strict_refuses_an_artifact_built_for_another_cpu(x86_artifact, monkeypatch):
+    import core.cpu
+    from pipelines.gatekeeper import verify_path
+
+    monkeypatch.setattr(core.cpu, "cpu_flags", lambda: {"avx2", "avx512_vnni", "amx_int8", "amx_tile"})
+    (lenient,) = verify_path(Path(x86_artifact.folder), limit=20)
+    assert lenient["ok"] and "built for avx2 but this CPU is amx" in lenient["cpu"]
+    (strict,) = verify_path(Path(x86_artifact.folder), limit=20, strict=True)
+    assert not strict["ok"] and "built for avx2" in strict["failures"][0]

@@ -10,6 +10,9 @@ from typing import Literal
 
 from converters.base import AccuracyTarget
 from converters.registry import ArtifactFormat, register_format
+from core.config import BuildConfig
+from core.cpu import PORTABLE_ISA, isa_class
+from core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,9 @@ class QuantConfig:
 
     mode: Literal["dynamic", "static"] = "dynamic"
     per_channel: bool = True
-    # None: pick from the CPU (VNNI: full-range s8 weights; AVX2 without VNNI: reduce_range avoids u8*s8 overflow).
-    reduce_range: bool | None = None
+    # The CPU class the artifact is for (core.cpu.ISA_CLASSES): full-range int8 weights where the class never
+    # saturates u8 x s8 products (VNNI, AMX), weights within [-64, 64] (reduce_range) elsewhere.
+    isa: str = PORTABLE_ISA
     # Regular expressions over MatMul node names always kept out of per-tensor dynamic int8.
     keep_fp32: tuple[str, ...] = ()
     # Measured per model at export: which further MatMuls to keep (None: only keep_fp32).
@@ -54,11 +58,18 @@ class OnnxOptions:
     fp16_keep_fp32_ops: tuple[str, ...] = ()
 
 
-def with_quantization(options: OnnxOptions, mode: str) -> OnnxOptions:
-    """--quantization dynamic|static applies to int8 artifacts; fp16 and fp32 ones stay as they are."""
+def with_build(options: OnnxOptions, config: BuildConfig) -> OnnxOptions:
+    """--quantization and --isa apply to int8 artifacts; fp16 and fp32 ones stay as they are."""
     if options.precision != "int8":
         return options
-    return replace(options, quant=replace(options.quant, mode=mode))
+    quant = options.quant
+    if config.quantization is not None:
+        if config.quantization not in ("dynamic", "static"):
+            raise ConfigError(f"--quantization must be 'dynamic' or 'static', got {config.quantization!r}")
+        quant = replace(quant, mode=config.quantization)
+    if config.isa is not None:
+        quant = replace(quant, isa=isa_class(config.isa).name)
+    return replace(options, quant=quant)
 
 
 ONNX = register_format(
@@ -69,6 +80,6 @@ ONNX = register_format(
         runner="converters.onnx.runner",
         # Keep transformers' own 2D-mask pattern: ONNX Runtime's Attention fusion matches it.
         additive_mask=False,
-        with_quantization=with_quantization,
+        with_build=with_build,
     )
 )

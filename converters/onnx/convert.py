@@ -132,4 +132,6 @@ def convert(
         else:
             os.replace(current, final)
     details["op_counts"] = op_counts(onnx.load(str(final)))
-    return Conversion(model_file="model.onnx", precision=options.precision, runtime="onnxruntime", details=details)
+    isa = options.quant.isa if options.precision == "int8" else None
+    return Conversion(model_file="model.onnx", precision=options.precision, runtime="onnxruntime", details=details,
+                      isa=isa)

@@ -24,7 +24,7 @@ from converters.base import AccuracyTarget
 from converters.onnx import QuantConfig
 from converters.onnx.runner import OrtRunner
 from converters.sensitivity import KeptLayerSearch, onnx_matmul_for_layers
-from core.cpu import cpu_isa
+from core.cpu import cpu_isa, isa_class
 from core.graph import EmbeddingGraph, GraphSpec
 from core.metrics import row_cosines
 
@@ -77,24 +77,28 @@ def _quantize_gather_rows(model: onnx.ModelProto, node_name: str) -> None:
         graph.node.insert(index + offset, new)
 
 
-def _block_quantize(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """The named MatMuls as MatMulNBits: 8-bit weights, one scale per block of 32 along K, accuracy_level 4.
+def _block_quantize(model: onnx.ModelProto, names: list[str], int8_compute: bool) -> onnx.ModelProto:
+    """The named MatMuls as MatMulNBits: 8-bit weights, one scale per block of 32 along K.
 
     The per-tensor dynamic activation scale is what hurts the sensitive MatMuls (FFN inputs after GELU have
-    outliers); MatMulNBits quantizes activations per block instead, so parity matches fp32 at int8 cost.
+    outliers). With ``int8_compute`` (accuracy_level 4) MatMulNBits quantizes activations per block instead,
+    so parity matches fp32 at int8 cost; its kernels are VNNI ones, so only classes that never saturate get
+    it. Otherwise (accuracy_level 1) the weights are int8 in the file and the compute is fp32.
     """
     others = [n for n in _matmul_weight_names(model) if n not in names]
-    algo = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8)
+    level = 4 if int8_compute else 1
+    algo = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=level, bits=8)
     quantizer = MatMulNBitsQuantizer(
-        model, bits=8, block_size=32, is_symmetric=True, accuracy_level=4, nodes_to_exclude=others, algo_config=algo
+        model, bits=8, block_size=32, is_symmetric=True, accuracy_level=level, nodes_to_exclude=others,
+        algo_config=algo,
     )  # nodes_to_include only adds to op_types_to_quantize, so the rest are excluded by name
     quantizer.process()
     return quantizer.model.model
 
 
 def reduce_range_for(config: QuantConfig) -> bool:
-    """VNNI: full-range s8 weights; AVX2 without VNNI: reduce_range avoids u8*s8 overflow."""
-    return config.reduce_range if config.reduce_range is not None else cpu_isa() not in ("avx512_vnni", "avx_vnni")
+    """Weights within [-64, 64] unless every CPU of the artifact's class accumulates u8 x s8 in int32."""
+    return not isa_class(config.isa).full_range_int8
 
 
 def quantize_int8(
@@ -114,7 +118,7 @@ def quantize_int8(
     ]
     source: onnx.ModelProto | str = str(model_path)
     if config.keep_as == "block_int8" and excluded:
-        model = source = _block_quantize(model, excluded)
+        model = source = _block_quantize(model, excluded, int8_compute=not reduce_range)
     word_gather = _word_embedding_gather(model, spec)
     common = dict(
         per_channel=config.per_channel,
@@ -155,9 +159,11 @@ def quantize_int8(
         "weight_type": "int8",
         "per_channel": config.per_channel,
         "embedding": config.embedding,
-        "kept_as": config.keep_as,
+        "kept_as": config.keep_as + ("" if config.keep_as == "fp32" else
+                                     " (int8 compute)" if not reduce_range else " (weights only, fp32 compute)"),
         "reduce_range": reduce_range,
-        "isa": cpu_isa(),
+        "isa": config.isa,
+        "built_on": cpu_isa(),
         "kept": excluded,
     }
 
