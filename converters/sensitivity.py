@@ -14,15 +14,12 @@ is measured here.
 from __future__ import annotations
 
 import copy
-import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 import torch
-from onnx import numpy_helper
 from torch import nn
 
 from converters.base import AccuracyTarget
@@ -239,27 +236,3 @@ def _step(count: int, cos: np.ndarray, sentence_rows: int) -> dict:
 def counts_from(start: int, total: int) -> list[int]:
     """KEEP_STEPS from ``start`` on, capped at ``total`` (which always ends the list)."""
     return sorted({min(k, total) for k in KEEP_STEPS if k >= start} | {min(start, total), total})
-
-
-def onnx_matmul_for_layers(model: onnx.ModelProto, graph: EmbeddingGraph) -> dict[str, str]:
-    """Graph linear layer -> the ONNX MatMul or Gemm node holding its weight, matched by the weight's bytes
-    (the exporter stores W transposed for MatMul, as is for Gemm with transB), so no naming scheme is assumed."""
-    by_bytes: dict[str, str] = {}
-    initializers = {i.name: i for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type in ("MatMul", "Gemm") and node.input[1] in initializers:
-            weights = numpy_helper.to_array(initializers[node.input[1]])
-            for candidate in (weights, weights.T):
-                by_bytes[_digest(candidate)] = node.name
-    found = {}
-    for name, module in graph.named_modules():
-        if isinstance(module, nn.Linear):
-            weight = module.weight.detach().numpy()
-            node = by_bytes.get(_digest(weight)) or by_bytes.get(_digest(weight.T))
-            if node is not None:
-                found[name] = node
-    return found
-
-
-def _digest(array: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()

@@ -32,7 +32,7 @@ from core.errors import ArtifactError
 from core.manifest import read_manifest
 from core.model_source import load_sentence_transformer, resolve_model
 from core.reference import Reference
-from pipelines.peers import PEER_LABEL, build_peer, ensure_peer_venv, flops_per_sentence
+from pipelines.peers import PEERS, build_peer, ensure_peer_venv, flops_per_sentence
 from pipelines.runtime import ArtifactEncoder
 from pipelines.verify import measure_parity
 
@@ -126,10 +126,10 @@ def run_worker(job: dict) -> dict:
         result["label"] = "fp32 PyTorch (sentence-transformers)"
         result["size_bytes"] = sum(p.stat().st_size for p in source.path.glob("*.safetensors"))
     elif job["engine"] == "peer":
-        model, size = build_peer(job["model_path"], config.threads)
+        model, label, size = build_peer(job["peer"], job["model_path"], config.threads)
         result.update(time_engine(lambda s, b: model.encode(s, batch_size=b), config))
         np.save(job["embeddings_out"], model.encode(load_stsb("dev").unique_sentences(), batch_size=32))
-        result.update(label=PEER_LABEL, size_bytes=size)
+        result.update(label=label, size_bytes=size)
     else:
         encoder = ArtifactEncoder(Path(job["artifact"]), threads=config.threads)
         if encoder.emulated:  # timing a stand-in would mislead: report why there is no figure instead
@@ -157,18 +157,28 @@ def run_in_subprocess(job: dict, python: str = sys.executable) -> dict:
     return json.loads(marker[-1][len("BENCH_RESULT ") :])
 
 
-def _peer_row(model: str, config: BenchConfig, progress) -> dict:
-    """The peer in its own environment; its parity is measured here like ours (STS-B dev, vs fp32)."""
+def _peer_rows(model: str, config: BenchConfig, progress) -> list[dict]:
+    """Every peer in its own environment and process; parity is measured here like ours (STS-B dev, vs fp32).
+    A peer that fails to build is a row saying so, not the end of the run."""
     python = ensure_peer_venv(progress)
     source = resolve_model(model)
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch) / "peer_dev.npy"
-        job = {"engine": "peer", "model_path": str(source.path), "embeddings_out": str(out), "config": asdict(config)}
-        row = run_in_subprocess(job, python=str(python))
-        embeddings = np.load(out, allow_pickle=False)
     reference = Reference(load_sentence_transformer(source), source)
-    row["parity"] = measure_parity(lambda sentences: embeddings, reference).to_dict()
-    return row
+    rows = []
+    for name in PEERS:
+        progress(f"peer {name} (own venv)")
+        with tempfile.TemporaryDirectory() as scratch:
+            out = Path(scratch) / "peer_dev.npy"
+            job = {"engine": "peer", "peer": name, "model_path": str(source.path), "embeddings_out": str(out),
+                   "config": asdict(config)}
+            try:
+                row = run_in_subprocess(job, python=str(python))
+            except RuntimeError as exc:
+                rows.append({"engine": "peer", "path": f"peer {name}", "skipped": str(exc)})
+                continue
+            embeddings = np.load(out, allow_pickle=False)
+        row["parity"] = measure_parity(lambda sentences, e=embeddings: e, reference).to_dict()
+        rows.append(row)
+    return rows
 
 
 def _roofline(rows: list[dict], artifacts: list[Path], config: BenchConfig) -> dict:
@@ -184,7 +194,8 @@ def _roofline(rows: list[dict], artifacts: list[Path], config: BenchConfig) -> d
         row["int8_peak_fraction"] = row["gops"] / peak["peak_gops"] if peak["peak_gops"] else None
     return {**peak, "flops_per_sentence_mean": total / len(sentences),
             "assumptions": "FLOPs = 2 x MACs of the 6 projections per layer and the two attention products, "
-                           "no padding; peak = cores x max cpu MHz x 128 int8 ops/cycle/core (AVX-512 VNNI)"}
+                           f"no padding; peak = cores x max cpu MHz x {peak['int8_ops_per_cycle_per_core']} int8 "
+                           f"ops/cycle/core ({peak['isa']}: core.cpu.ISA_CLASSES)"}
 
 
 def cpu_notes(artifacts: list[Path], strict: bool = False) -> dict[str, str]:
@@ -207,8 +218,7 @@ def bench(artifacts: list[Path], model: str, config: BenchConfig, progress=lambd
     baseline = run_in_subprocess({"engine": "torch", "model": model, "config": asdict(config)})
     rows = [baseline]
     if peers:
-        progress("peer export (sentence-transformers + optimum, own venv)")
-        rows.append(_peer_row(model, config, progress))
+        rows += _peer_rows(model, config, progress)
     for artifact in artifacts:
         progress(str(artifact))
         row = run_in_subprocess({"engine": "artifact", "artifact": str(artifact), "config": asdict(config)})

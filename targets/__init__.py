@@ -10,6 +10,7 @@ from targets.base import TARGETS, ArtifactPlan, Gate, Target, get_targets, regis
 # Registration by import; this order is the order of `--target all`.
 # isort: off
 from targets import x86  # noqa: E402,F401
+from targets import x86_openvino  # noqa: E402,F401
 from targets import mobile  # noqa: E402,F401
 from targets import apple  # noqa: E402,F401
 from targets import gpu  # noqa: E402,F401

@@ -18,13 +18,8 @@ import converters.tflite.convert as tflite_convert
 from converters.base import AccuracyTarget
 from converters.onnx import ONNX, QuantConfig
 from converters.onnx.convert import export_fp32, op_counts
-from converters.onnx.quantize import cosines_to, quantize_int8, run_model
-from converters.sensitivity import (
-    KeptLayerSearch,
-    fake_int8_activation,
-    fake_int8_activation_rows,
-    onnx_matmul_for_layers,
-)
+from converters.onnx.quantize import cosines_to, onnx_matmul_for_layers, quantize_int8, run_model
+from converters.sensitivity import KeptLayerSearch, fake_int8_activation, fake_int8_activation_rows
 from core.config import BuildConfig
 from core.data import EDGE_TEXTS
 from core.graph import build_graph

@@ -4,6 +4,7 @@ precision (block-wise int8) until the whole model reaches its calibration target
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,11 +20,12 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+from torch import nn
 
 from converters.base import AccuracyTarget
 from converters.onnx import QuantConfig
 from converters.onnx.runner import OrtRunner
-from converters.sensitivity import KeptLayerSearch, onnx_matmul_for_layers
+from converters.sensitivity import KeptLayerSearch
 from core.cpu import cpu_isa, isa_class
 from core.graph import EmbeddingGraph, GraphSpec
 from core.metrics import row_cosines
@@ -94,6 +96,30 @@ def _block_quantize(model: onnx.ModelProto, names: list[str], int8_compute: bool
     )  # nodes_to_include only adds to op_types_to_quantize, so the rest are excluded by name
     quantizer.process()
     return quantizer.model.model
+
+
+def onnx_matmul_for_layers(model: onnx.ModelProto, graph: EmbeddingGraph) -> dict[str, str]:
+    """Graph linear layer -> the ONNX MatMul or Gemm node holding its weight, matched by the weight's bytes
+    (the exporter stores W transposed for MatMul, as is for Gemm with transB), so no naming scheme is assumed."""
+    by_bytes: dict[str, str] = {}
+    initializers = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm") and node.input[1] in initializers:
+            weights = numpy_helper.to_array(initializers[node.input[1]])
+            for candidate in (weights, weights.T):
+                by_bytes[_digest(candidate)] = node.name
+    found = {}
+    for name, module in graph.named_modules():
+        if isinstance(module, nn.Linear):
+            weight = module.weight.detach().numpy()
+            node = by_bytes.get(_digest(weight)) or by_bytes.get(_digest(weight.T))
+            if node is not None:
+                found[name] = node
+    return found
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
 
 
 def reduce_range_for(config: QuantConfig) -> bool:

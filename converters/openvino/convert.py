@@ -1,0 +1,46 @@
+"""ONNX export -> OpenVINO IR. The graph is the onnx format's own fp32 export, so both x86 runtimes run the
+same computation; OpenVINO applies its transformations when it compiles the IR on the target CPU."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from converters.base import Calibration, Conversion
+from converters.onnx.convert import export_fp32
+from converters.openvino import MODEL_FILE, RUNTIME, OpenVinoOptions
+from core.errors import require
+from core.graph import EmbeddingGraph, GraphSpec
+
+
+def convert(
+    graph: EmbeddingGraph,
+    spec: GraphSpec,
+    out_dir: Path,
+    options: OpenVinoOptions,
+    calibration: Calibration | None = None,  # shared signature; fp32 and bf16 need none
+) -> Conversion:
+    ov = require("openvino", "x86")
+    with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
+        exported = Path(scratch) / "exported.onnx"
+        export_fp32(graph, spec, exported)
+        model = ov.convert_model(str(exported))
+        ov.save_model(model, str(out_dir / MODEL_FILE), compress_to_fp16=options.fp16_weights)
+    return Conversion(
+        model_file=MODEL_FILE,
+        precision=options.precision,
+        runtime=RUNTIME,
+        details={
+            "converter": f"openvino {ov.get_version()} convert_model from the ONNX export",
+            "weights": "fp16" if options.fp16_weights else "fp32",
+            "inference_precision": options.precision,
+            "op_counts": _op_counts(model),
+        },
+    )
+
+
+def _op_counts(model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        counts[op.get_type_name()] = counts.get(op.get_type_name(), 0) + 1
+    return dict(sorted(counts.items()))

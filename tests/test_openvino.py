@@ -1,0 +1,33 @@
+"""x86-openvino: the bundled model as an OpenVINO IR, verified in OpenVINO itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.config import BuildConfig
+from core.cpu import cpu_flags
+from pipelines.export import export
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def openvino_artifact(tmp_path_factory):
+    (result,) = export(BuildConfig(target="x86-openvino", out=str(tmp_path_factory.mktemp("dist"))))
+    assert result.ok, result.error
+    return result
+
+
+def test_ir_passes_its_gate_in_openvino(openvino_artifact):
+    manifest = openvino_artifact.manifest
+    assert manifest["file"] == "model.xml" and {"model.xml", "model.bin"} <= set(manifest["files"])
+    parity = manifest["parity"]
+    assert parity["sentences"] > 2800 and not parity["emulated"] and "openvino" in parity["runtime"]
+    assert parity["mean_cosine"] >= 0.995 and parity["min_cosine"] >= 0.98 and parity["spearman_drop"] <= 0.3
+    expected = "bf16" if "avx512_bf16" in cpu_flags() else "f32"
+    assert f"({expected})" in parity["runtime"]  # what OpenVINO computed in, on this CPU
+    assert manifest["size_bytes"] <= 0.55 * 90.9e6  # fp16 weights: about half of fp32
+
+
+def test_running_openvino_needs_no_torch(openvino_artifact, run_without_build_stack):
+    run_without_build_stack(openvino_artifact.folder, 384)
