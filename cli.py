@@ -51,10 +51,11 @@ def main() -> None:
     """Ship a sentence-embedding model to x86, mobile, Apple and GPU targets, verified."""
 
 
-def _console():
+def _console(file=None):
     from rich.console import Console
 
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    file = file or sys.stdout
+    return Console(file=file, highlight=False, width=None if file.isatty() else 160)
 
 
 @main.command()
@@ -76,6 +77,7 @@ def export(target, model, dims, fit_corpus, out, config_file, quantization, isa,
            trust_remote_code) -> None:
     """Convert, verify and gate the model for one target (or all)."""
     from core.config import BuildConfig
+    from pipelines.chatter import log_path, third_party_output_to
     from pipelines.export import count_artifacts
     from pipelines.export import export as run_export
     from pipelines.summary import RichProgress, print_summary
@@ -88,10 +90,12 @@ def export(target, model, dims, fit_corpus, out, config_file, quantization, isa,
             quantization=quantization, isa=isa,
             verify=not no_verify, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
         )
-    console = _console()
-    with RichProgress(console, count_artifacts(config)) as progress:
+    log = log_path("export")
+    with third_party_output_to(log) as terminal, RichProgress(_console(terminal), count_artifacts(config)) as progress:
         results = run_export(config, progress)
+    console = _console()
     print_summary(console, results)
+    console.print(f"[dim]converter output: {log}[/dim]")
     if not all(r.ok for r in results):  # a refusal is ok: the family cannot take that format, by design
         sys.exit(1)
 
@@ -114,10 +118,12 @@ def list_targets() -> None:
 @click.option("--strict", is_flag=True, help="fail an x86 artifact built for another CPU class than this one")
 def verify(path, min_cosine, max_spearman_drop, model, as_json, quick, strict) -> None:
     """Gate before deployment: checksums, test vectors, STS-B parity. Exits 1 on failure."""
+    from pipelines.chatter import log_path, third_party_output_to
     from pipelines.gatekeeper import verify_path
 
-    results = verify_path(path, model=model, min_mean_cosine=min_cosine, max_spearman_drop=max_spearman_drop,
-                          limit=200 if quick else None, strict=strict)
+    with third_party_output_to(log_path("verify")):
+        results = verify_path(path, model=model, min_mean_cosine=min_cosine, max_spearman_drop=max_spearman_drop,
+                              limit=200 if quick else None, strict=strict)
     if as_json:
         click.echo(json.dumps({"ok": all(r["ok"] for r in results), "artifacts": results}, indent=2))
     else:
@@ -144,16 +150,19 @@ def bench(path, threads, repeats, json_out, vs_peers, device, batch_size, strict
     from core.manifest import find_artifacts, read_manifest, write_json_atomic
     from pipelines.bench import BenchConfig, default_device, markdown_table
     from pipelines.bench import bench as run_bench
+    from pipelines.chatter import log_path, third_party_output_to
     from pipelines.report import write_artifact_report
 
     artifacts = find_artifacts(path)
     device = default_device() if device == "auto" else device
     config = BenchConfig(threads=threads or BenchConfig().threads, repeats=repeats, device=device,
                          batch_size=batch_size or (128 if device == "cuda" else 32))
-    console = _console()
     model = read_manifest(artifacts[0])["model"]["source"]
-    result = run_bench(artifacts, model, config, progress=lambda msg: console.print(f"[dim]• timing[/dim] {msg}"),
-                       peers=vs_peers, strict=strict)
+    with third_party_output_to(log_path("bench")) as terminal:
+        progress = _console(terminal)
+        result = run_bench(artifacts, model, config, progress=lambda msg: progress.print(f"[dim]• timing[/dim] {msg}"),
+                           peers=vs_peers, strict=strict)
+    console = _console()
     table = markdown_table(result)
     console.print(table)
     for row in (r for r in result["rows"][1:] if "path" in r):
