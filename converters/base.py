@@ -70,6 +70,7 @@ class Conversion:
     max_sequence: int | None = None  # the longest input the artifact takes; None: the model's own limit
     isa: str | None = None  # the x86 CPU class the artifact is built for (core.cpu.ISA_CLASSES); None: any
     details: dict[str, Any] = field(default_factory=dict)
+    weight_files: tuple[str, ...] = ()  # files the main file loads beside it (OpenVINO's .bin)
 
 
 def manifest_shapes(manifest: dict) -> list[Shape] | None:

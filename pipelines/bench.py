@@ -107,7 +107,8 @@ def _bucket_latency(encoder, config: BenchConfig) -> dict[str, float]:
 
 def artifact_label(manifest: dict) -> str:
     pca = f" PCA→{manifest['embedding_dim']}d" if manifest.get("pca") else ""
-    return f"{manifest['target']} {manifest['artifact']}{pca}"
+    isa = f" (--isa {manifest['isa']['class']})" if manifest.get("isa") else ""
+    return f"{manifest['target']} {manifest['artifact']}{pca}{isa}"
 
 
 def run_worker(job: dict) -> dict:

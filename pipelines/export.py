@@ -195,7 +195,7 @@ def build_manifest(session: Session, target: Target, plan: ArtifactPlan, convers
         "format": plan.format,
         "file": conversion.model_file,
         "runtime": conversion.runtime,
-        "size_bytes": path_size(artifact_dir / conversion.model_file),
+        "size_bytes": sum(path_size(artifact_dir / f) for f in (conversion.model_file, *conversion.weight_files)),
         "precision": conversion.precision,
         # The CPU class the artifact is built for; runtime, verify and bench check the CPU they run on.
         "isa": None if conversion.isa is None else {

@@ -12,6 +12,7 @@ from typing import Literal
 from converters.registry import ArtifactFormat, register_format
 
 MODEL_FILE = "model.xml"
+WEIGHTS_FILE = "model.bin"  # ov.save_model writes it beside the .xml
 RUNTIME = "openvino"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from converters.base import Calibration, Conversion
 from converters.onnx.convert import export_fp32
-from converters.openvino import MODEL_FILE, RUNTIME, OpenVinoOptions
+from converters.openvino import MODEL_FILE, RUNTIME, WEIGHTS_FILE, OpenVinoOptions
 from core.errors import require
 from core.graph import EmbeddingGraph, GraphSpec
 
@@ -28,6 +28,7 @@ def convert(
         ov.save_model(model, str(out_dir / MODEL_FILE), compress_to_fp16=options.fp16_weights)
     return Conversion(
         model_file=MODEL_FILE,
+        weight_files=(WEIGHTS_FILE,),
         precision=options.precision,
         runtime=RUNTIME,
         details={
