@@ -125,7 +125,8 @@ def test_fake_int8_rows_is_what_litert_computes(tmp_path):
 def test_kept_layers_stay_within_the_size_budget(graph, fp32_model, spec, tmp_path, keep_as):
     nodes = list(onnx_matmul_for_layers(onnx.load(str(fp32_model)), graph).values())[:3]
     out = tmp_path / "kept.onnx"
-    done = quantize_int8(fp32_model, out, spec, QuantConfig(keep_as=keep_as, embedding="per_row"), keep=nodes)
+    config = QuantConfig(keep_as=keep_as, embedding="per_row", isa="avx512_vnni")  # a class that takes blocks
+    done = quantize_int8(fp32_model, out, spec, config, keep=nodes)
     assert done["kept"] == nodes
     ops = op_counts(onnx.load(str(out)))
     assert ops["MatMulInteger"] == 36 - 3

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 
 from core.config import BuildConfig
+from core.cpu import ISA_CLASSES
 from pipelines.export import export
 
 
@@ -20,7 +21,14 @@ def test_x86_parity_and_size(x86_artifact):
     assert parity["min_cosine"] >= 0.98
     assert parity["spearman_drop"] <= 0.5
     assert parity["nonfinite_rows"] == 0
-    assert manifest["size_bytes"] <= 0.30 * manifest["conversion"]["fp32_bytes"]
+    # int8-sized but for the layers the accuracy search kept: fp32 in the portable build (the faster choice
+    # there), so the file is at most the int8 size plus those layers' fp32 weights.
+    quant = manifest["conversion"]["quantization"]
+    model = onnx.load(str(Path(x86_artifact.folder) / "model.onnx"))
+    weights = {i.name: i for i in model.graph.initializer}
+    kept_fp32 = sum(onnx.numpy_helper.to_array(weights[n.input[1]]).nbytes for n in model.graph.node
+                    if n.name in quant["kept"] and n.op_type == "MatMul")
+    assert manifest["size_bytes"] <= 0.30 * manifest["conversion"]["fp32_bytes"] + kept_fp32
     assert manifest["verdict"] == "pass"
 
 
@@ -28,13 +36,16 @@ def test_x86_quantization_recipe_is_recorded(x86_artifact):
     manifest = x86_artifact.manifest
     quant = manifest["conversion"]["quantization"]
     assert quant["per_channel"] is True and quant["mode"] == "dynamic"
-    assert quant["isa"] in ("avx512_vnni", "avx_vnni", "avx512", "avx2", "other", "unknown")
+    assert quant["isa"] in ISA_CLASSES
     ops = manifest["conversion"]["op_counts"]
     # 6 layers x (Q, K, V, attention output, FFN up, FFN down) weight MatMuls run as int8: dynamic per-channel
-    # int8, except those the accuracy-aware search kept as block-wise int8 for this model.
+    # int8, except those the accuracy-aware search kept for this model (block-wise int8 where the CPU class
+    # takes it, else fp32).
     kept = quant["kept"]
-    assert ops["MatMulInteger"] == 36 - len(kept) and ops.get("MatMulNBits", 0) == len(kept)
-    assert ops["MatMul"] == 12  # only the activation x activation attention products stay float
+    blocks = ops.get("MatMulNBits", 0)
+    assert ops["MatMulInteger"] == 36 - len(kept)
+    assert blocks == (len(kept) if quant["kept_as"].startswith("block_int8") else 0)
+    assert ops["MatMul"] == 12 + len(kept) - blocks  # the activation x activation attention products, + kept
     assert quant["embedding"] == "per_row"
     search = quant["accuracy_aware"]
     assert search["reached"] and search["steps"][-1]["kept"] == len(kept) < 36
@@ -124,9 +135,8 @@ def test_the_portable_build_cannot_saturate_on_avx2(x86_artifact, tmp_path):
     portable = _integer_weights(Path(x86_artifact.folder) / "model.onnx")
     assert portable and all(np.abs(w).max() <= 64 for w in portable.values())
     model = onnx.load(str(Path(x86_artifact.folder) / "model.onnx"))
-    for node in (n for n in model.graph.node if n.op_type == "MatMulNBits"):
-        level = next(a.i for a in node.attribute if a.name == "accuracy_level")
-        assert level == 1, "kept layers must not run int8 kernels on AVX2"  # weights only, fp32 compute
+    assert not [n for n in model.graph.node if n.op_type == "MatMulNBits"], "no int8-compute blocks on AVX2"
+    assert manifest["conversion"]["quantization"]["kept_as"] == "fp32"
     (full,) = export(BuildConfig(target="x86", isa="avx512_vnni", out=str(tmp_path), verify=False))
     assert full.manifest["isa"]["class"] == "avx512_vnni"
     full_range = _integer_weights(Path(full.folder) / "model.onnx")
@@ -157,7 +167,7 @@ def test_strict_refuses_an_artifact_built_for_another_cpu(x86_artifact, monkeypa
     from pipelines.gatekeeper import verify_path
 
     monkeypatch.setattr(core.cpu, "cpu_flags", lambda: {"avx2", "avx512_vnni", "amx_int8", "amx_tile"})
-    (lenient,) = verify_path(Path(x86_artifact.folder), limit=20)
+    (lenient,) = verify_path(Path(x86_artifact.folder), limit=200)  # 20 pairs: Spearman too noisy
     assert lenient["ok"] and "built for avx2 but this CPU is amx" in lenient["cpu"]
     (strict,) = verify_path(Path(x86_artifact.folder), limit=20, strict=True)
     assert not strict["ok"] and "built for avx2" in strict["failures"][0]

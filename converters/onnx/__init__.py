@@ -40,7 +40,8 @@ class QuantConfig:
     # Measured per model at export: which further MatMuls to keep (None: only keep_fp32).
     accuracy: AccuracyTarget | None = None
     # How the kept nodes are stored: "fp32", or "block_int8" (MatMulNBits, 8-bit weights per block of 32 with
-    # int8 compute on per-block activation scales): fp32's parity on this model at int8 size, and faster than fp32.
+    # int8 compute on per-block activation scales): fp32's parity at int8 size. Only classes with full-range
+    # int8 (VNNI, AMX) get blocks; elsewhere kept nodes stay fp32 (converters.onnx.quantize says why).
     keep_as: Literal["fp32", "block_int8"] = "fp32"
     # Word-embedding table: ONNX Runtime quantizes Gather data per tensor (one scale for 30k rows), which costs
     # the worst sentences most; "per_row" stores int8 rows with one fp32 scale each (same size), "fp32" keeps it.
