@@ -85,19 +85,39 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def int8_peak_gops(isa: str | None = None) -> dict:
-    """cores x clock x the class's int8 ops per cycle (the running CPU's class by default); the clock is the
-    largest 'cpu MHz' in /proc/cpuinfo (a VM may report less than the boost clock)."""
-    name = isa or cpu_isa()
-    per_cycle = ISA_CLASSES[name].int8_ops_per_cycle if name in ISA_CLASSES else 0
+def ops_per_cycle(flags: set[str] | None = None) -> dict[str, int]:
+    """Peak ops (2 per MAC) per cycle per core of this CPU, by compute precision. int8: its class's
+    (ISA_CLASSES); fp32: two FMA ports x 8 lanes x 2 on AVX2 (32), x 16 lanes on AVX-512 (64); bf16: AMX
+    tdpbf16ps 512 MACs per cycle (1024), AVX512-BF16 vdpbf16ps twice fp32's, else fp32's."""
+    flags = cpu_flags() if flags is None else flags
+    name = cpu_isa(flags)
+    fp32 = 64 if "avx512f" in flags else 32
+    bf16 = 1024 if "amx_bf16" in flags else 2 * fp32 if "avx512_bf16" in flags else fp32
+    return {"int8": ISA_CLASSES[name].int8_ops_per_cycle if name in ISA_CLASSES else 0, "bf16": bf16, "fp32": fp32}
+
+
+def compute_precision(declared: str, flags: set[str] | None = None) -> str:
+    """What this CPU computes an artifact of ``declared`` precision in: int8 as int8, bf16 only with
+    AVX512-BF16, everything else (fp16 on ONNX Runtime's CPU provider included) in fp32."""
+    flags = cpu_flags() if flags is None else flags
+    if declared == "int8" or (declared == "bf16" and "avx512_bf16" in flags):
+        return declared
+    return "fp32"
+
+
+def peak_gops() -> dict:
+    """This CPU's peaks per compute precision: cores x clock x ops per cycle per core. The clock is the largest
+    'cpu MHz' in /proc/cpuinfo (a VM may report less than the boost clock, and the visible 'cores' may be
+    hyperthreads sharing one core's units: both make a fraction of peak an upper estimate)."""
     cores = os.cpu_count() or 1
     mhz = max((float(line.split(":", 1)[1]) for line in _cpuinfo_lines() if line.startswith("cpu MHz")), default=0.0)
+    per_cycle = ops_per_cycle()
     return {
-        "isa": name,
+        "isa": cpu_isa(),
         "cores": cores,
         "clock_ghz": round(mhz / 1000, 3),
-        "int8_ops_per_cycle_per_core": per_cycle,
-        "peak_gops": cores * mhz / 1000 * per_cycle,
+        "ops_per_cycle_per_core": per_cycle,
+        "peak_gops": {precision: cores * mhz / 1000 * ops for precision, ops in per_cycle.items()},
     }
 
 

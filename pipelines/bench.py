@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from core.cpu import cpu_isa, cpu_mismatch, cpu_name, int8_peak_gops
+from core.cpu import compute_precision, cpu_isa, cpu_mismatch, cpu_name, peak_gops
 from core.data import load_stsb
 from core.errors import ArtifactError
 from core.manifest import read_manifest
 from core.model_source import load_sentence_transformer, resolve_model
 from core.reference import Reference
-from pipelines.peers import PEERS, build_peer, ensure_peer_venv, flops_per_sentence
+from pipelines.peers import PEER_PRECISION, PEERS, build_peer, ensure_peer_venv, flops_per_sentence
 from pipelines.runtime import ArtifactEncoder
 from pipelines.verify import measure_parity
 
@@ -125,12 +125,13 @@ def run_worker(job: dict) -> dict:
         if config.device == "cuda":
             result["gpu"] = torch.cuda.get_device_name(0)
         result["label"] = "fp32 PyTorch (sentence-transformers)"
+        result["compute"] = "fp32"
         result["size_bytes"] = sum(p.stat().st_size for p in source.path.glob("*.safetensors"))
     elif job["engine"] == "peer":
         model, label, size = build_peer(job["peer"], job["model_path"], config.threads)
         result.update(time_engine(lambda s, b: model.encode(s, batch_size=b), config))
         np.save(job["embeddings_out"], model.encode(load_stsb("dev").unique_sentences(), batch_size=32))
-        result.update(label=label, size_bytes=size)
+        result.update(label=label, size_bytes=size, compute=compute_precision(PEER_PRECISION[job["peer"]]))
     else:
         encoder = ArtifactEncoder(Path(job["artifact"]), threads=config.threads)
         if encoder.emulated:  # timing a stand-in would mislead: report why there is no figure instead
@@ -139,6 +140,7 @@ def run_worker(job: dict) -> dict:
         result["label"] = artifact_label(encoder.manifest)
         result["runtime"] = encoder.runtime_name
         result["size_bytes"] = encoder.manifest.get("size_bytes")
+        result["compute"] = compute_precision(encoder.manifest.get("precision", "fp32"))
         if encoder.runner.shapes:
             result["bucket_latency_ms"] = _bucket_latency(encoder, config)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -183,20 +185,23 @@ def _peer_rows(model: str, config: BenchConfig, progress) -> list[dict]:
 
 
 def _roofline(rows: list[dict], artifacts: list[Path], config: BenchConfig) -> dict:
-    """Achieved GOP/s of each engine on the throughput workload, against this CPU's int8 peak."""
+    """Achieved GOP/s of each engine on the throughput workload, against this CPU's peak in the precision
+    the engine computes in."""
     manifest = read_manifest(artifacts[0])
     tokenizer = Tokenizer.from_file(str(artifacts[0] / manifest["tokenizer"]["file"]))
     model_config = manifest["graph"]
     sentences, _ = workload(config)
     total = sum(flops_per_sentence(model_config, len(e.ids)) for e in tokenizer.encode_batch(sentences))
-    peak = int8_peak_gops()
+    peak = peak_gops()
     for row in rows:
         row["gops"] = total / len(sentences) * row["throughput_sps"] / 1e9
-        row["int8_peak_fraction"] = row["gops"] / peak["peak_gops"] if peak["peak_gops"] else None
+        row_peak = peak["peak_gops"].get(row.get("compute", "fp32"))
+        row["peak_fraction"] = row["gops"] / row_peak if row_peak else None
+    per_cycle = ", ".join(f"{p} {n}" for p, n in peak["ops_per_cycle_per_core"].items())
     return {**peak, "flops_per_sentence_mean": total / len(sentences),
             "assumptions": "FLOPs = 2 x MACs of the 6 projections per layer and the two attention products, "
-                           f"no padding; peak = cores x max cpu MHz x {peak['int8_ops_per_cycle_per_core']} int8 "
-                           f"ops/cycle/core ({peak['isa']}: core.cpu.ISA_CLASSES)"}
+                           f"no padding; peak = cores x max cpu MHz x ops/cycle/core in the precision the engine "
+                           f"computes in ({per_cycle}; core.cpu.ops_per_cycle)"}
 
 
 def cpu_notes(artifacts: list[Path], strict: bool = False) -> dict[str, str]:
@@ -253,7 +258,7 @@ def markdown_table(result: dict) -> str:
     ]
     roofline = result.get("roofline")
     if roofline:
-        lines[-2] = lines[-2] + " STS-B dev | mean cos | min cos | GOP/s | % int8 peak |"
+        lines[-2] = lines[-2] + " STS-B dev | mean cos | min cos | GOP/s | % of peak |"
         lines[-1] = lines[-1] + "---|---|---|---|---|"
     for row in result["rows"]:
         size = f"{row['size_bytes'] / 1e6:.1f}" if row.get("size_bytes") else "–"
@@ -265,16 +270,16 @@ def markdown_table(result: dict) -> str:
         if roofline:
             parity = row.get("parity") or {}
             sts = parity.get("spearman", parity.get("spearman_source"))
-            fraction = row.get("int8_peak_fraction")
+            fraction = row.get("peak_fraction")
             if sts is not None and fraction:
                 line += (f" {sts:.2f} | {parity.get('mean_cosine', 1.0):.4f} | {parity.get('min_cosine', 1.0):.4f} | "
-                         f"{row['gops']:.0f} | {100 * fraction:.1f}% |")
+                         f"{row['gops']:.0f} | {100 * fraction:.1f}% {row.get('compute', 'fp32')} |")
             else:
                 line += " – | – | – | – | – |"
         lines.append(line)
     if roofline:
-        lines.append(f"\nint8 roofline: {roofline['peak_gops']:.0f} GOP/s ({roofline['cores']} cores × "
-                     f"{roofline['clock_ghz']} GHz × {roofline['int8_ops_per_cycle_per_core']} ops/cycle); "
+        peaks = ", ".join(f"{p} {g:.0f}" for p, g in roofline["peak_gops"].items())
+        lines.append(f"\nPeaks: {peaks} GOP/s ({roofline['cores']} cores × {roofline['clock_ghz']} GHz × ops/cycle); "
                      f"{roofline['flops_per_sentence_mean'] / 1e6:.0f} MFLOP per sentence on average. "
                      f"{roofline['assumptions']}.")
     for path, note in result.get("cpu_notes", {}).items():

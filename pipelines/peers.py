@@ -141,6 +141,8 @@ def _openvino_int8(model_path: str, threads: int):
 
 # name -> builder(model_path, threads) -> (model with .encode, row label, size in bytes); run in .venv-peer.
 PEERS: dict[str, Callable] = {"st-onnx-int8": _onnx_int8, "st-openvino": _openvino, "st-openvino-int8": _openvino_int8}
+# What each peer asks the CPU to compute in (core.cpu.compute_precision says what it gets).
+PEER_PRECISION = {"st-onnx-int8": "int8", "st-openvino": "bf16", "st-openvino-int8": "int8"}
 
 
 def build_peer(name: str, model_path: str, threads: int):

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from core.config import BuildConfig
-from core.cpu import ISA_CLASSES
+from core.cpu import ISA_CLASSES, compute_precision, ops_per_cycle
 from pipelines.export import export
 
 
@@ -171,3 +171,12 @@ def test_strict_refuses_an_artifact_built_for_another_cpu(x86_artifact, monkeypa
     assert lenient["ok"] and "built for avx2 but this CPU is amx" in lenient["cpu"]
     (strict,) = verify_path(Path(x86_artifact.folder), limit=20, strict=True)
     assert not strict["ok"] and "built for avx2" in strict["failures"][0]
+
+
+def test_peaks_follow_the_precision_an_engine_computes_in():
+    amx = {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_tile", "amx_bf16"}
+    assert ops_per_cycle(amx) == {"int8": 2048, "bf16": 1024, "fp32": 64}
+    assert ops_per_cycle({"avx2"}) == {"int8": 64, "bf16": 32, "fp32": 32}  # no bf16 units: fp32's rate
+    assert ops_per_cycle({"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"})["bf16"] == 128
+    assert compute_precision("bf16", amx) == "bf16" and compute_precision("bf16", {"avx2"}) == "fp32"
+    assert compute_precision("int8", {"avx2"}) == "int8" and compute_precision("fp16", amx) == "fp32"
