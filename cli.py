@@ -59,7 +59,8 @@ def _console(file=None):
 
 
 @main.command()
-@click.option("--target", "target", default="x86", show_default=True, help="x86, mobile, apple, gpu or all")
+@click.option("--target", "target", default="x86", show_default=True,
+              help="x86, x86-openvino, mobile, apple, gpu or all")
 @click.option("--model", default=None, help="model dir, pip package or hub id [default: bundled all-MiniLM-L6-v2]")
 @click.option("--dims", type=int, default=None, help="PCA output dimensions folded into the graph")
 @click.option("--fit-corpus", type=click.Path(path_type=Path), default=None, help="sentences (one per line) to fit PCA")
@@ -140,7 +141,9 @@ def verify(path, min_cosine, max_spearman_drop, model, as_json, quick, strict) -
 @click.option("--repeats", type=int, default=3, show_default=True, help="throughput passes (median is reported)")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="also write the results as JSON (and a .md table beside it)")
-@click.option("--vs-peers", is_flag=True, help="also measure sentence-transformers' own int8 ONNX export (own venv)")
+@click.option("--vs-peers", is_flag=True,
+              help="also measure every peer a user would pick here: sentence-transformers' int8 ONNX, OpenVINO "
+                   "and NNCF int8 exports (own venv)")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="where the fp32 PyTorch baseline runs (auto: cuda when torch and onnxruntime see a GPU)")
 @click.option("--batch-size", type=int, default=None, help="throughput batch [default: 32 on CPU, 128 on GPU]")
