@@ -34,13 +34,18 @@ def _fail(exc) -> None:
 
 
 class ToolchainGroup(click.Group):
-    """Turns a ToolchainError anywhere into one line on stderr and its exit code."""
+    """Turns a ToolchainError anywhere, and click's usage errors (a mistyped option or command), into one
+    line on stderr and its exit code."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except ToolchainError as exc:
             _fail(exc)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else ctx.command_path
+            click.echo(f"error: {exc.format_message()} (see `{command} --help`)", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: no partial artifact was left in place", err=True)
             sys.exit(130)

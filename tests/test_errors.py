@@ -92,3 +92,14 @@ def test_targets_command_lists_every_registered_target():
     assert result.exit_code == 0
     for folder in ("x86", "mobile/tflite", "mobile/executorch", "apple", "gpu"):
         assert folder in result.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("export", "--dims", "abc"), "'abc' is not a valid integer"),
+    (("export", "--isa", "sse2"), "'sse2' is not one of"),
+    (("exprt",), "No such command 'exprt'"),
+    (("verify",), "Missing argument 'PATH'"),
+])
+def test_a_mistyped_command_line_is_one_line(args, needle):
+    code, err = run(*args)
+    _assert_one_line_error(code, err, needle, "--help")
