@@ -111,6 +111,20 @@ def artifact_label(manifest: dict) -> str:
     return f"{manifest['target']} {manifest['artifact']}{pca}{isa}"
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS. Linux keeps getrusage's ru_maxrss across exec, so a worker started by a
+    bench process that holds the reference embeddings would report that process's peak; VmHWM belongs to
+    the worker's own address space."""
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        status = []
+    for line in status:
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_worker(job: dict) -> dict:
     """Runs inside the subprocess."""
     config = BenchConfig(**job["config"])
@@ -143,7 +157,7 @@ def run_worker(job: dict) -> dict:
         result["compute"] = compute_precision(encoder.manifest.get("precision", "fp32"))
         if encoder.runner.shapes:
             result["bucket_latency_ms"] = _bucket_latency(encoder, config)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     return result
 
 

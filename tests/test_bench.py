@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from pipelines.bench import BenchConfig, bench, markdown_table
 from pipelines.peers import flops_per_sentence
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_bench_times_baseline_and_artifact(x86_artifact):
@@ -26,3 +30,11 @@ def test_flops_per_sentence_counts_projections_and_attention():
     projections = tokens * (4 * 384 * 384 + 2 * 384 * 1536)
     attention = 2 * tokens * tokens * 384
     assert flops_per_sentence(config, tokens) == 2 * 6 * (projections + attention)
+
+
+def test_a_worker_reports_its_own_peak_memory_not_its_parents():
+    hog = bytearray(400 * 1024 * 1024)  # this process now peaks above 400 MB
+    hog[::4096] = b"x" * len(hog[::4096])
+    script = "from pipelines.bench import peak_rss_mb; print(peak_rss_mb())"
+    child = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert float(child.stdout) < 300, child.stdout  # numpy + the bench module, not the parent's 400 MB
