@@ -31,6 +31,9 @@ class ArtifactFormat:
     additive_mask: bool
     # Applies the build's options (--quantization, --isa) that this format understands to its options.
     with_build: Callable[[Any, BuildConfig], Any] | None = None
+    # Dynamic-shape runtimes that compile per input shape get batches padded to a multiple of this many
+    # tokens (padded positions are masked, so embeddings do not change): a few dozen shapes, not one per length.
+    sequence_multiple: int = 1
 
     def converter_module(self) -> ModuleType:
         return importlib.import_module(self.converter)

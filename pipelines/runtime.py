@@ -37,6 +37,8 @@ class ArtifactEncoder:
         self.prompts: dict[str, str] = self.manifest.get("prompts") or {}
         self.default_prompt_name: str | None = self.manifest.get("default_prompt_name")
         fmt = get_format(self.manifest["format"])
+        self.sequence_multiple = fmt.sequence_multiple
+        self.max_length = int(self.manifest["tokenizer"].get("max_length") or 0)
         self.runner = runner or fmt.load_runner(self.artifact_dir, self.manifest, threads)
         # A runner may stand in for a runtime that cannot run on this OS (Core ML off macOS): it says so.
         self.emulated: bool = getattr(self.runner, "emulated", False)
@@ -88,7 +90,8 @@ class ArtifactEncoder:
         """One batch of tokenized rows -> (len(rows), dim) embeddings."""
         length = max(len(r["input_ids"]) for r in rows)
         if self.runner.shapes is None:
-            return self.runner.run(self.pad(rows, len(rows), length), None)
+            rounded = -(-length // self.sequence_multiple) * self.sequence_multiple
+            return self.runner.run(self.pad(rows, len(rows), max(length, min(rounded, self.max_length))), None)
         by_bucket: dict[int, list[int]] = {}
         for i, row in enumerate(rows):
             by_bucket.setdefault(self._sequence_bucket(len(row["input_ids"])), []).append(i)

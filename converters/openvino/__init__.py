@@ -32,5 +32,7 @@ OPENVINO = register_format(
         converter="converters.openvino.convert",
         runner="converters.openvino.runner",
         additive_mask=False,  # converted from the same ONNX export as the onnx format
+        # OpenVINO compiles primitives for each new input shape on first use (milliseconds each).
+        sequence_multiple=16,
     )
 )

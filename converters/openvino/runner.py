@@ -10,14 +10,10 @@ from converters.base import Shape
 from core.cpu import cpu_flags
 from core.errors import require
 
-# OpenVINO compiles primitives for each new input shape on first use (milliseconds each): sequences are
-# padded to a multiple of this so a service meets a few dozen shapes, not one per length. Padded positions
-# have mask 0, which the graph's pooling and attention ignore, so the embedding does not change.
-SEQUENCE_MULTIPLE = 16
-
 
 class OpenVinoRunner:
-    """One compiled model and infer request; dynamic batch and sequence (padded to SEQUENCE_MULTIPLE)."""
+    """One compiled model and infer request; dynamic batch and sequence (the format's sequence_multiple keeps
+    the number of distinct shapes small)."""
 
     shapes: list[Shape] | None = None
 
@@ -35,11 +31,7 @@ class OpenVinoRunner:
         self.description = f"openvino {ov.get_version().split('-')[0]} CPU ({hint})"
 
     def run(self, inputs: dict[str, np.ndarray], shape: Shape | None = None) -> np.ndarray:
-        length = next(iter(inputs.values())).shape[1]
-        extra = -length % SEQUENCE_MULTIPLE
-        feeds = {name: np.pad(inputs[name], ((0, 0), (0, extra))) if extra else inputs[name]
-                 for name in self.input_names}
-        result = self._request.infer(feeds)
+        result = self._request.infer({name: inputs[name] for name in self.input_names})
         return np.asarray(result[self._output], dtype=np.float32)
 
 
