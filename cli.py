@@ -85,7 +85,7 @@ def export(target, model, dims, fit_corpus, out, config_file, quantization, isa,
     from core.config import BuildConfig
     from pipelines.chatter import log_path, third_party_output_to
     from pipelines.export import count_artifacts
-    from pipelines.export import export as run_export
+    from pipelines.isolated import export_isolated as run_export
     from pipelines.summary import RichProgress, print_summary
 
     if config_file is not None:

@@ -7,12 +7,13 @@ none, never a half-written one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -40,6 +41,7 @@ from core.pca import Projection, fit_pca
 from core.reference import Reference
 from pipelines.report import model_card, write_artifact_report
 from pipelines.runtime import ArtifactEncoder
+from pipelines.staging import output_lock, recover, staging_dir, swap_into_place
 from pipelines.verify import (
     gate_failures,
     measure_parity,
@@ -235,16 +237,6 @@ def build_manifest(session: Session, target: Target, plan: ArtifactPlan, convers
     }
 
 
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    """Replace ``final`` with ``tmp``; at every instant the path holds the old artifact, the new one, or nothing."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _with_overrides(plan: ArtifactPlan, config: BuildConfig) -> ArtifactPlan:
     """Apply the build's options (--quantization, --isa) to formats that have such choices."""
     apply = get_format(plan.format).with_build
@@ -260,7 +252,7 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
     """Convert, package, verify and gate one artifact; returns its manifest. Raises on failure."""
     final = _destination(session, target, plan)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp = staging_dir(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -298,7 +290,7 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
         manifest["timings"] = timings
         write_json_atomic(tmp / MANIFEST, manifest)
         write_artifact_report(tmp, manifest)
-        _swap_into_place(tmp, final)
+        swap_into_place(tmp, final)
         return manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -306,6 +298,16 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
 
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the finally blocks remove temporary folders."""
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _failure_message(exc: Exception, final: Path) -> str:
@@ -346,33 +348,29 @@ def export(config: BuildConfig, progress: Progress | None = None) -> list[Artifa
     refused = refusals(family, targets)
     if len(refused) == count_artifacts(config):  # nothing left to build: one line, before any work
         raise ConfigError(next(iter(refused.values())))
-    # SIGTERM unwinds like Ctrl-C, so the finally blocks remove temporary folders.
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
+    out = Path(config.out)
+    with sigterm_as_interrupt(), output_lock(out):
+        recover(out)
         for reason in refused.values():
             progress.step(f"refused: {reason}")
         progress.step("loading the model" + (f" and fitting PCA to {config.dims} dims" if config.dims else ""))
         session = open_session(config, source)
-        results = []
-        for target in targets:
-            for plan in target.plans:
-                started = time.perf_counter()
-                final = _destination(session, target, plan)
-                if (target.name, plan.folder) in refused:
-                    result = ArtifactResult(target.name, str(final), plan.format, True,
-                                            refused=refused[target.name, plan.folder])
-                    progress.artifact_done(result)
-                    results.append(result)
-                    continue
-                try:
-                    manifest = build_artifact(session, target, plan, progress.step)
-                    result = ArtifactResult(target.name, str(final), plan.format, True, manifest)
-                except Exception as exc:
-                    result = ArtifactResult(target.name, str(final), plan.format, False,
-                                            error=_failure_message(exc, final))
-                result.seconds = time.perf_counter() - started
-                progress.artifact_done(result)
-                results.append(result)
-        return results
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        return [_build_or_refuse(session, target, plan, refused, progress) for target in targets
+                for plan in target.plans]
+
+
+def _build_or_refuse(session: Session, target: Target, plan: ArtifactPlan, refused: dict[tuple[str, str], str],
+                     progress: Progress) -> ArtifactResult:
+    started = time.perf_counter()
+    final = _destination(session, target, plan)
+    if (target.name, plan.folder) in refused:
+        result = ArtifactResult(target.name, str(final), plan.format, True, refused=refused[target.name, plan.folder])
+    else:
+        try:
+            manifest = build_artifact(session, target, plan, progress.step)
+            result = ArtifactResult(target.name, str(final), plan.format, True, manifest)
+        except Exception as exc:
+            result = ArtifactResult(target.name, str(final), plan.format, False, error=_failure_message(exc, final))
+        result.seconds = time.perf_counter() - started
+    progress.artifact_done(result)
+    return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,10 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.config import BuildConfig
-from core.manifest import find_artifacts
+from core.manifest import check_files, read_manifest
 from core.metrics import row_cosines
 from pipelines.export import export
 from pipelines.runtime import ArtifactEncoder
+from pipelines.staging import recover
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,7 +71,10 @@ def test_batch_of_one_and_of_a_thousand(encoder, st_model, dev_sentences, min_co
     assert row_cosines(many, st_model.encode(sentences, batch_size=64)).min() >= min_cosine
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: the same 40 texts on every run, so a CPU class that embeds one of them badly fails every time,
+# never by chance.
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.text(max_size=200), min_size=1, max_size=4))
 def test_fuzz_texts(encoder, st_model, min_cosine, texts):
     got = encoder.encode(texts)
@@ -77,30 +82,101 @@ def test_fuzz_texts(encoder, st_model, min_cosine, texts):
     assert row_cosines(got, st_model.encode(texts)).min() >= min_cosine
 
 
-def _export_cmd(out: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "cli.py"), "export", "--target", "x86", "--out", str(out)]
+def _start_export(out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "cli.py"), "export", "--target", "x86", "--out", str(out), *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(model_dir: Path, inside_staging: str | None, proc: subprocess.Popen,
+              stale: set[Path] = frozenset()) -> None:
+    """Until the export's own staging folder exists (and holds ``inside_staging``, if given). Generous: a loaded
+    2-core machine converts slowly."""
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        staged = [p for p in model_dir.glob(".x86.tmp-*") if p not in stale]
+        if staged and (inside_staging is None or (staged[0] / inside_staging).exists()):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"export never reached {inside_staging or 'its staging folder'} (exit {proc.poll()})")
+
+
+@pytest.fixture
+def previous_artifact(x86_artifact, tmp_path):
+    """An output folder that already holds a good x86 artifact: what a rebuild must never damage."""
+    out = tmp_path / "dist"
+    final = out / "all-MiniLM-L6-v2" / "x86"
+    shutil.copytree(x86_artifact.folder, final)
+    return out, final, (final / "manifest.json").read_bytes()
+
+
+def _assert_intact(final: Path, manifest_bytes: bytes) -> None:
+    assert (final / "manifest.json").read_bytes() == manifest_bytes
+    check_files(final, read_manifest(final))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_killed_export_leaves_old_artifact_or_none(tmp_path, sig):
-    out = tmp_path / "dist"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(_export_cmd(out), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    # Wait until conversion has started writing, then kill it mid-build.
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(out.rglob(".x86.tmp-*")):
-        time.sleep(0.2)
-    assert any(out.rglob(".x86.tmp-*")), "export never started writing"
-    time.sleep(1.0)
+def test_interrupt_stops_export_within_seconds(previous_artifact, sig):
+    out, final, manifest_bytes = previous_artifact
+    proc = _start_export(out)
+    _wait_for(final.parent, "model.onnx", proc)  # mid-conversion: the converter is busy in C++
     proc.send_signal(sig)
-    proc.wait(timeout=60)
-    assert proc.returncode != 0
-    leftovers = [p for p in out.rglob("*") if p.is_dir() and ".tmp-" in p.name]
-    assert not leftovers, leftovers
-    assert not (out / "all-MiniLM-L6-v2" / "x86").exists()
-    with pytest.raises(Exception, match="no artifact"):
-        find_artifacts(out)
+    started = time.time()
+    proc.wait(timeout=30)
+    assert time.time() - started < 10, "export took more than 10 s to stop"
+    assert proc.returncode == 130, proc.stdout.read()
+    assert "interrupted" in proc.stdout.read()
+    assert not [p for p in final.parent.iterdir() if p.name.startswith(".")]
+    _assert_intact(final, manifest_bytes)
+
+
+def test_sigkill_at_any_point_keeps_the_old_artifact_and_the_next_run_sweeps(previous_artifact):
+    out, final, manifest_bytes = previous_artifact
+    for point in (None, "model.onnx", "test_vectors.json"):  # staging made, converted, verifying
+        left_behind = set(final.parent.glob(".x86.tmp-*"))  # SIGKILL cannot be handled: the next run sweeps
+        assert len(left_behind) == (0 if point is None else 1)
+        proc = _start_export(out)
+        _wait_for(final.parent, point, proc, stale=left_behind)
+        proc.kill()
+        proc.wait(timeout=30)
+        assert not left_behind & set(final.parent.glob(".x86.tmp-*"))
+        _assert_intact(final, manifest_bytes)
+    proc = _start_export(out, "--no-verify")
+    assert proc.wait(timeout=600) == 0, proc.stdout.read()
+    assert not [p for p in final.parent.iterdir() if p.name.startswith(".")]
+    assert (final / "manifest.json").read_bytes() != manifest_bytes  # replaced by the new build
+
+
+def test_a_second_export_into_the_same_folder_refuses(previous_artifact):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    out, final, manifest_bytes = previous_artifact
+    first = _start_export(out)
+    try:
+        _wait_for(final.parent, None, first)
+        second = CliRunner().invoke(main, ["export", "--target", "x86", "--out", str(out)])
+        assert second.exit_code == 2, second.output
+        assert "another export" in second.stderr and "--out" in second.stderr
+        assert len(list(final.parent.glob(".x86.tmp-*"))) == 1  # the second wrote nothing
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=30)
+    _assert_intact(final, manifest_bytes)
+
+
+def test_recovery_puts_back_an_artifact_a_killed_swap_moved_aside(tmp_path):
+    model_dir = tmp_path / "dist" / "m"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (model_dir / f".x86.old-{dead}").mkdir(parents=True)
+    (model_dir / f".x86.old-{dead}" / "manifest.json").write_text("{}")
+    (model_dir / f".gpu.tmp-{dead}").mkdir()
+    (model_dir / f".apple.tmp-{os.getpid()}").mkdir()  # a live process's staging folder stays
+    recover(tmp_path / "dist")
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted([f".apple.tmp-{os.getpid()}", "x86"])
+    assert (model_dir / "x86" / "manifest.json").read_text() == "{}"
 
 
 def test_disk_full_mid_write_leaves_nothing(tmp_path, monkeypatch):

@@ -1,0 +1,101 @@
+"""The output folder of an export: one writer at a time, artifacts staged in hidden folders, and recovery
+from a run that was killed.
+
+An artifact is built in ``.NAME.tmp-PID`` beside its destination and swapped into place with two renames
+(the old one goes to ``.NAME.old-PID`` for an instant). A killed run can leave either behind; the next
+run that takes the folder's lock removes the temporary folders and puts a displaced old artifact back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from core.errors import OutputError
+
+LOCK_FILE = ".export.lock"
+# model_dir/.x86.tmp-PID, or model_dir/mobile/.tflite.tmp-PID for a target with several artifacts
+STAGED = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
+STAGING_DEPTHS = ("*/.*.*-*", "*/*/.*.*-*")
+
+
+def staging_dir(final: Path, pid: int | None = None) -> Path:
+    return final.with_name(f".{final.name}.tmp-{pid or os.getpid()}")
+
+
+def swap_into_place(tmp: Path, final: Path) -> None:
+    """Replace ``final`` with ``tmp``; at every instant the path holds the old artifact, the new one, or the old one
+    under ``.NAME.old-PID``, which recovery puts back."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover(out: Path) -> list[Path]:
+    """Remove what killed runs left under ``out`` (their process is gone); put back an old artifact that a killed
+    swap had moved aside. Returns the paths cleaned up. The caller holds the folder's lock."""
+    cleaned = []
+    for pattern in STAGING_DEPTHS:
+        for path in sorted(out.glob(pattern)):
+            match = STAGED.match(path.name)
+            if not match or not path.is_dir() or path.is_symlink() or _alive(int(match["pid"])):
+                continue
+            final = path.with_name(match["name"])
+            if match["kind"] == "old" and not final.exists():
+                os.replace(path, final)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+            cleaned.append(path)
+    return cleaned
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.export.lock`` for the duration, or refuse at once: a second export into the same folder would
+    mix artifacts. The kernel drops the lock when the holder dies, however it dies."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_FILE, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise OutputError(
+                f"another export (pid {holder}) is writing to {str(out)!r}; wait for it to finish or pass another --out"
+            ) from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def recover_if_free(out: Path) -> None:
+    """Recovery after a build process was killed: only if no other export holds the folder now."""
+    if not out.is_dir():
+        return
+    with contextlib.suppress(OutputError), output_lock(out):
+        recover(out)
