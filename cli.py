@@ -123,7 +123,8 @@ def list_targets() -> None:
 @click.option("--quick", is_flag=True, help="parity on the first 200 STS-B dev pairs only")
 @click.option("--strict", is_flag=True, help="fail an x86 artifact built for another CPU class than this one")
 def verify(path, min_cosine, max_spearman_drop, model, as_json, quick, strict) -> None:
-    """Gate before deployment: checksums, test vectors, STS-B parity. Exits 1 on failure."""
+    """Gate before deployment: checksums, test vectors, STS-B parity. Exits 1 on a failed gate, 2 on a damaged
+    artifact."""
     from pipelines.chatter import log_path, third_party_output_to
     from pipelines.gatekeeper import verify_path
 
@@ -136,6 +137,10 @@ def verify(path, min_cosine, max_spearman_drop, model, as_json, quick, strict) -
         from pipelines.summary import print_verify
 
         print_verify(_console(), results)
+    for row in (r for r in results if r.get("error")):  # damaged or hostile files: bad input, as everywhere
+        click.echo(f"error: {row['error']}", err=True)
+    if any(r.get("error") for r in results):
+        sys.exit(2)
     if not all(r["ok"] for r in results):
         sys.exit(1)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 from core.errors import ConfigError
+from core.safe_io import read_json
+
+MAX_CONFIG_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -30,20 +33,21 @@ class BuildConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"build config has unknown keys {unknown}; known: {sorted(known)}")
+            raise ConfigError(f"build config has unknown keys {sorted(map(str, unknown))[:3]}; known: {sorted(known)}")
+        for name, kind in get_type_hints(cls).items():
+            allowed = get_args(kind) or (kind,)
+            value = data.get(name)
+            if name in data and (isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed)):
+                names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+                raise ConfigError(f"build config: {name!r} must be {names}, got {type(value).__name__}")
         return cls(**data)
 
     @classmethod
     def from_file(cls, path: Path) -> BuildConfig:
         """Read a build config, or the 'build' section of a manifest.json."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(path)!r} does not exist") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid JSON ({exc.__class__.__name__})") from None
-        if isinstance(data, dict) and "build" in data:
+        data = read_json(Path(path), ConfigError, "build config or manifest.json", cap=MAX_CONFIG_BYTES)
+        if "build" in data:
             data = data["build"]
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a JSON object")
+            raise ConfigError(f"config file {str(path)!r}: 'build' must be a JSON object")
         return cls.from_dict(data)

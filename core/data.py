@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import CorpusError
+from core.safe_io import MAX_TEXT_BYTES, read_capped
 
 STSB_DIR = Path(__file__).resolve().parent.parent / "data" / "stsb"
 # Short, symbolic and mixed-script texts: where one activation scale per tensor hurts quantized models most.
@@ -43,9 +44,9 @@ def load_stsb(split: str) -> StsPairs:
 
 def read_corpus(path: Path) -> list[str]:
     """One sentence per line; blank lines are skipped. Errors name the file and the fix."""
-    if not path.is_file():
+    if not path.exists():
         raise CorpusError(f"corpus file {str(path)!r} does not exist; pass a UTF-8 text file, one sentence per line")
-    raw = path.read_bytes()
+    raw = read_capped(path, MAX_TEXT_BYTES, CorpusError, "sentence corpus")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -11,6 +11,10 @@ class ToolchainError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: str = "") -> None:
+        # One line by construction: a library's multi-line text inside a message is folded onto it.
+        super().__init__(" ".join(str(message).split()))
+
 
 class ModelSourceError(ToolchainError):
     """The model argument does not resolve to a usable sentence-transformers model."""

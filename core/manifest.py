@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ArtifactError
+from core.safe_io import contained, field, read_json
 
 MANIFEST = "manifest.json"
 SCHEMA = "embedding-toolchain/manifest/1"
 UNCHECKED_FILES = {MANIFEST, "report.md"}
+MAX_MANIFEST_BYTES = 4 << 20  # manifest.json and report.md: a few kB in practice
 VERSIONED_PACKAGES = (
     "torch",
     "transformers",
@@ -58,6 +60,11 @@ def checksums(artifact_dir: Path) -> dict[str, str]:
     return {p.relative_to(artifact_dir).as_posix(): sha256_file(p) for p in artifact_files(artifact_dir)}
 
 
+def file_sizes(artifact_dir: Path) -> dict[str, int]:
+    """Bytes of every checksummed file: archive extraction refuses a member of another size before writing it."""
+    return {p.relative_to(artifact_dir).as_posix(): p.stat().st_size for p in artifact_files(artifact_dir)}
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "platform": platform.platform()}
     for package in VERSIONED_PACKAGES:
@@ -85,28 +92,80 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+# What every reader of a manifest relies on; results (parity, speed, verdict) are optional.
+REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "schema": str, "target": str, "artifact": str, "format": str, "file": str, "runtime": str,
+    "embedding_dim": int, "inputs": list, "output": dict, "tokenizer": dict, "model": dict, "gate": dict,
+    "files": dict, "build": dict, "pca": (dict, type(None)), "shapes": (list, type(None)),
+}
+OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "prompts": dict, "default_prompt_name": (str, type(None)), "isa": (dict, type(None)), "file_bytes": dict,
+    "graph": dict, "normalized": bool, "size_bytes": int, "precision": str,
+}
+SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def validate_manifest(manifest: dict[str, Any], artifact_dir: Path, where: str) -> None:
+    """Types of every field a reader uses, and every path in it inside the artifact: a damaged or hostile manifest
+    is one ArtifactError naming what is wrong, never a KeyError later or a read outside the folder."""
+    for key, kind in REQUIRED_FIELDS.items():
+        field(manifest, key, kind, ArtifactError, where)
+    for key, kind in OPTIONAL_FIELDS.items():
+        if key in manifest:
+            field(manifest, key, kind, ArtifactError, where)
+    if manifest["embedding_dim"] <= 0:
+        raise ArtifactError(f"{where}: 'embedding_dim' must be positive")
+    contained(artifact_dir, manifest["file"], ArtifactError, f"{where} 'file'")
+    tokenizer = manifest["tokenizer"]
+    contained(artifact_dir, field(tokenizer, "file", str, ArtifactError, f"{where} tokenizer"), ArtifactError,
+              f"{where} tokenizer 'file'")
+    field(tokenizer, "pad_token_id", int, ArtifactError, f"{where} tokenizer")
+    if manifest["pca"] is not None:
+        contained(artifact_dir, field(manifest["pca"], "file", str, ArtifactError, f"{where} pca"), ArtifactError,
+                  f"{where} pca 'file'")
+    for spec in manifest["inputs"]:
+        field(spec if isinstance(spec, dict) else {}, "name", str, ArtifactError, f"{where} inputs")
+    for key in ("name", "source", "sha256"):
+        field(manifest["model"], key, str, ArtifactError, f"{where} model")
+    for name, digest in manifest["files"].items():
+        contained(artifact_dir, name, ArtifactError, f"{where} 'files'")
+        if not isinstance(digest, str) or len(digest) != 64 or not SHA256_HEX.issuperset(digest):
+            raise ArtifactError(f"{where}: the checksum of {name!r} is not a sha256 hex digest")
+    for name, size in manifest.get("file_bytes", {}).items():
+        if name not in manifest["files"] or isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ArtifactError(f"{where}: 'file_bytes' has a bad entry for {name!r}")
+
+
 def read_manifest(artifact_dir: Path) -> dict[str, Any]:
-    path = Path(artifact_dir) / MANIFEST
-    if not Path(artifact_dir).is_dir():
+    artifact_dir = Path(artifact_dir)
+    path = artifact_dir / MANIFEST
+    if not artifact_dir.is_dir():
         raise ArtifactError(f"{str(artifact_dir)!r} is not a directory; pass an artifact folder from `cli.py export`")
     if not path.is_file():
         raise ArtifactError(f"{str(artifact_dir)!r} has no {MANIFEST}; it was not made by this toolchain")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc.__class__.__name__}); the artifact is corrupt") from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+    if path.is_symlink():
+        raise ArtifactError(f"{path} is a symlink; an artifact's manifest is a plain file")
+    manifest = read_json(path, ArtifactError, "artifact manifest", cap=MAX_MANIFEST_BYTES)
+    if manifest.get("schema") != SCHEMA:
         raise ArtifactError(f"{path} is not a manifest of this toolchain (schema is not {SCHEMA!r})")
+    validate_manifest(manifest, artifact_dir, str(path))
     return manifest
 
 
 def check_files(artifact_dir: Path, manifest: dict[str, Any]) -> None:
-    """Raise ArtifactError naming the first file that is missing, unexpected or altered."""
+    """Raise ArtifactError naming the first file that is missing, unexpected, a symlink, or altered."""
+    links = sorted(p.relative_to(artifact_dir).as_posix() for p in artifact_dir.rglob("*") if p.is_symlink())
+    if links:
+        raise ArtifactError(f"{links[0]} in {artifact_dir} is a symlink; an artifact holds plain files only")
     expected: dict[str, str] = manifest.get("files", {})
+    sizes: dict[str, int] = manifest.get("file_bytes", {})
     for name, digest in sorted(expected.items()):
         path = artifact_dir / name
         if not path.is_file():
             raise ArtifactError(f"{name} is listed in the manifest but missing from {artifact_dir}")
+        if name in sizes and path.stat().st_size != sizes[name]:
+            raise ArtifactError(f"{name} has {path.stat().st_size} bytes, the manifest says {sizes[name]}: the file "
+                                "was altered or truncated")
         if sha256_file(path) != digest:
             raise ArtifactError(f"{name} does not match its sha256 in the manifest: the file was altered or truncated")
     extra = sorted(set(checksums_names(artifact_dir)) - set(expected))

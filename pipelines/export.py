@@ -29,7 +29,8 @@ from core.data import load_stsb, read_corpus
 from core.errors import ConfigError, GateError, OutputError, ToolchainError
 from core.families import Family, family_for
 from core.graph import GraphSpec, build_graph, graph_spec
-from core.manifest import MANIFEST, SCHEMA, checksums, library_versions, path_size, write_json_atomic
+from core.manifest import MANIFEST, SCHEMA, checksums, file_sizes, library_versions, path_size, write_json_atomic
+from core.model_files import check_model_files
 from core.model_source import (
     ModelSource,
     check_weights_are_safe,
@@ -117,6 +118,7 @@ def check_build(config: BuildConfig) -> tuple[ModelSource, Family]:
     check_output_dir(Path(config.out))
     source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
     check_weights_are_safe(source.path, config.allow_pickle)  # before reading anything else of the model
+    check_model_files(source.path)
     return source, family_for(read_model_type(source.path))
 
 
@@ -234,6 +236,7 @@ def build_manifest(session: Session, target: Target, plan: ArtifactPlan, convers
         "versions": library_versions(),
         "created_unix": int(os.environ.get("SOURCE_DATE_EPOCH", time.time())),
         "files": checksums(artifact_dir),
+        "file_bytes": file_sizes(artifact_dir),
     }
 
 
@@ -349,14 +352,15 @@ def export(config: BuildConfig, progress: Progress | None = None) -> list[Artifa
     if len(refused) == count_artifacts(config):  # nothing left to build: one line, before any work
         raise ConfigError(next(iter(refused.values())))
     out = Path(config.out)
-    with sigterm_as_interrupt(), output_lock(out):
-        recover(out)
+    with sigterm_as_interrupt():
         for reason in refused.values():
             progress.step(f"refused: {reason}")
         progress.step("loading the model" + (f" and fitting PCA to {config.dims} dims" if config.dims else ""))
-        session = open_session(config, source)
-        return [_build_or_refuse(session, target, plan, refused, progress) for target in targets
-                for plan in target.plans]
+        session = open_session(config, source)  # the last check of the model: nothing is written before it
+        with output_lock(out):
+            recover(out)
+            return [_build_or_refuse(session, target, plan, refused, progress) for target in targets
+                    for plan in target.plans]
 
 
 def _build_or_refuse(session: Session, target: Target, plan: ArtifactPlan, refused: dict[tuple[str, str], str],

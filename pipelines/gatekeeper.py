@@ -56,7 +56,7 @@ def verify_artifact(
     parity.test_vectors_min_cosine = test_vector_min_cosine(artifact_dir, encoder)
     parity.emulated = encoder.emulated
     parity.runtime = encoder.runtime_name
-    gate = gate or Gate(**manifest["gate"])
+    gate = gate or Gate.from_manifest(manifest["gate"], str(artifact_dir / "manifest.json"))
     failures = gate_failures(parity, gate, structure)
     return {
         "path": str(artifact_dir),
@@ -87,7 +87,7 @@ def verify_path(
         for artifact_dir in find_artifacts(root):
             gate = None
             if min_mean_cosine is not None or max_spearman_drop is not None:
-                base = Gate(**read_manifest(artifact_dir)["gate"])
+                base = Gate.from_manifest(read_manifest(artifact_dir)["gate"], str(artifact_dir / "manifest.json"))
                 gate = replace(
                     base,
                     min_mean_cosine=base.min_mean_cosine if min_mean_cosine is None else min_mean_cosine,
@@ -97,7 +97,7 @@ def verify_path(
             shown = str(path) if root == path else f"{path}:{artifact_dir.relative_to(root).as_posix()}"
             try:
                 row = verify_artifact(artifact_dir, references, gate, limit, strict)
-            except ToolchainError as exc:
-                row = {"ok": False, "failures": [str(exc)]}
+            except ToolchainError as exc:  # bad input, not a parity verdict: the CLI exits 2 for it
+                row = {"ok": False, "failures": [str(exc)], "error": str(exc)}
             results.append({**row, "path": shown if root != path else str(artifact_dir)})
     return results

@@ -4,30 +4,88 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import os
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from core.errors import ArtifactError
-from core.manifest import check_files, find_artifacts, read_manifest
+from core.manifest import MANIFEST, MAX_MANIFEST_BYTES, UNCHECKED_FILES, check_files, find_artifacts, read_manifest
+
+MAX_MEMBERS = 10_000
+MAX_ARCHIVE_BYTES = 8 << 30  # unpacked; larger than any artifact this toolchain writes
 
 
 def safe_extract(archive: Path, destination: Path) -> None:
-    """Extract regular files and folders only, refusing any member that would land outside ``destination``."""
+    """Extract a release archive after checking every member: regular files and folders only, each inside
+    ``destination`` and listed once, each file of the size its manifest records (read first, size-capped), so
+    a hostile archive writes nothing outside and nothing larger than it claims."""
     destination = destination.resolve()
     try:
         with tarfile.open(archive, "r:*") as tar:
-            for member in tar.getmembers():
-                target = (destination / member.name).resolve()
-                if not target.is_relative_to(destination):
-                    raise ArtifactError(f"archive {archive.name} has a member escaping its folder: {member.name!r}")
-                if not (member.isfile() or member.isdir()):
-                    raise ArtifactError(f"archive {archive.name} has a link or device member: {member.name!r}")
-            tar.extractall(destination, filter="data")
-    except tarfile.TarError as exc:
-        raise ArtifactError(f"{archive} is not a readable release archive ({exc})") from None
+            members = _checked_members(archive, tar, destination)
+            tar.extractall(destination, members=members, filter="data")
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ArtifactError(f"{archive} is not a readable release archive ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def _checked_members(archive: Path, tar: tarfile.TarFile, destination: Path) -> list[tarfile.TarInfo]:
+    members, seen, total = [], set(), 0
+    for member in tar:
+        if len(members) >= MAX_MEMBERS:
+            raise ArtifactError(f"archive {archive.name} has more than {MAX_MEMBERS} members; it is not a release")
+        target = (destination / member.name).resolve()
+        if member.name.startswith("/") or not target.is_relative_to(destination) or target == destination:
+            raise ArtifactError(f"archive {archive.name} has a member escaping its folder: {member.name!r}")
+        if not (member.isfile() or member.isdir()):
+            raise ArtifactError(f"archive {archive.name} has a link or device member: {member.name!r}")
+        if target in seen:
+            raise ArtifactError(f"archive {archive.name} lists {member.name!r} twice")
+        seen.add(target)
+        total += member.size
+        if total > MAX_ARCHIVE_BYTES:
+            raise ArtifactError(f"archive {archive.name} unpacks to more than {MAX_ARCHIVE_BYTES >> 30} GiB")
+        members.append(member)
+    _check_sizes_against_manifest(archive, tar, members)
+    return members
+
+
+def _check_sizes_against_manifest(archive: Path, tar: tarfile.TarFile, members: list[tarfile.TarInfo]) -> None:
+    """Each artifact's manifest (read from the archive, capped) names its files' sizes: a member of another size, or
+    one no manifest lists, is refused before anything is written."""
+    files = {m.name: m for m in members if m.isfile()}
+    manifests = [name for name in files if name.rsplit("/", 1)[-1] == MANIFEST]
+    if not manifests:
+        raise ArtifactError(f"archive {archive.name} holds no {MANIFEST}; it is not a release of this toolchain")
+    covered = set()
+    for name in manifests:
+        handle = tar.extractfile(files[name])
+        try:
+            manifest = json.loads(handle.read(MAX_MANIFEST_BYTES).decode("utf-8")) if handle else None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            manifest = None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise ArtifactError(f"archive {archive.name}: {name} is not a readable manifest")
+        root = name.rsplit("/", 1)[0] + "/" if "/" in name else ""
+        sizes = manifest.get("file_bytes") if isinstance(manifest.get("file_bytes"), dict) else {}
+        for unchecked in UNCHECKED_FILES:
+            member = files.get(f"{root}{unchecked}")
+            if member is not None and member.size > MAX_MANIFEST_BYTES:
+                raise ArtifactError(f"archive {archive.name}: {member.name} is larger than any {unchecked}")
+            covered.add(f"{root}{unchecked}")
+        for listed in manifest["files"]:
+            member = files.get(f"{root}{listed}")
+            if member is not None and listed in sizes and member.size != sizes[listed]:
+                raise ArtifactError(f"archive {archive.name}: {member.name} has {member.size} bytes, its manifest "
+                                    f"says {sizes[listed]}")
+            covered.add(f"{root}{listed}")
+    unlisted = sorted(set(files) - covered)
+    if unlisted:
+        raise ArtifactError(f"archive {archive.name}: {unlisted[0]} is in no manifest; the archive was modified")
 
 
 @contextlib.contextmanager

@@ -16,8 +16,9 @@ from tokenizers import Tokenizer
 from converters.base import Runner
 from converters.registry import get_format
 from core.cpu import cpu_mismatch
-from core.errors import ArtifactError
+from core.errors import ArtifactError, ToolchainError
 from core.manifest import read_manifest
+from core.safe_io import MAX_JSON_BYTES, read_capped
 
 
 class ArtifactEncoder:
@@ -30,7 +31,7 @@ class ArtifactEncoder:
         self.cpu_mismatch = cpu_mismatch((self.manifest.get("isa") or {}).get("class"))
         if strict and self.cpu_mismatch:
             raise ArtifactError(f"{self.artifact_dir}: {self.cpu_mismatch}")
-        self.tokenizer = Tokenizer.from_file(str(self.artifact_dir / self.manifest["tokenizer"]["file"]))
+        self.tokenizer = _load_tokenizer(self.artifact_dir / self.manifest["tokenizer"]["file"])
         self.tokenizer.no_padding()  # we pad per batch or per bucket below
         self.input_names: list[str] = [spec["name"] for spec in self.manifest["inputs"]]
         self.pad_id = int(self.manifest["tokenizer"]["pad_token_id"])
@@ -39,10 +40,31 @@ class ArtifactEncoder:
         fmt = get_format(self.manifest["format"])
         self.sequence_multiple = fmt.sequence_multiple
         self.max_length = int(self.manifest["tokenizer"].get("max_length") or 0)
-        self.runner = runner or fmt.load_runner(self.artifact_dir, self.manifest, threads)
+        self.runner = runner or self._load_runner(fmt, threads)
         # A runner may stand in for a runtime that cannot run on this OS (Core ML off macOS): it says so.
         self.emulated: bool = getattr(self.runner, "emulated", False)
         self.runtime_name: str = getattr(self.runner, "description", self.manifest["runtime"])
+
+    def _load_runner(self, fmt, threads: int | None) -> Runner:
+        """The format's runtime on the artifact's file; whatever the runtime raises on a damaged file becomes one
+        ArtifactError line (it ran after the checksums, or on an artifact whose manifest was rewritten too)."""
+        try:
+            return fmt.load_runner(self.artifact_dir, self.manifest, threads)
+        except (ToolchainError, ImportError):
+            raise
+        except Exception as exc:
+            raise ArtifactError(f"{self.artifact_dir / self.manifest['file']} cannot be loaded by its runtime "
+                                f"({self.manifest['runtime']}): {_gist(exc)}") from None
+
+    def _run(self, inputs: dict[str, np.ndarray], shape) -> np.ndarray:
+        try:
+            output = np.asarray(self.runner.run(inputs, shape))
+        except Exception as exc:
+            raise ArtifactError(f"{self.manifest['file']} failed to run: {_gist(exc)}") from None
+        batch = len(next(iter(inputs.values())))
+        if output.ndim != 2 or output.shape[0] != batch:
+            raise ArtifactError(f"{self.manifest['file']} returned shape {output.shape}, not (batch, dims)")
+        return output
 
     def prompt(self, prompt_name: str | None = None) -> str:
         """The text put before each sentence: the named prompt, else the model's default one, else none."""
@@ -91,7 +113,7 @@ class ArtifactEncoder:
         length = max(len(r["input_ids"]) for r in rows)
         if self.runner.shapes is None:
             rounded = -(-length // self.sequence_multiple) * self.sequence_multiple
-            return self.runner.run(self.pad(rows, len(rows), max(length, min(rounded, self.max_length))), None)
+            return self._run(self.pad(rows, len(rows), max(length, min(rounded, self.max_length))), None)
         by_bucket: dict[int, list[int]] = {}
         for i, row in enumerate(rows):
             by_bucket.setdefault(self._sequence_bucket(len(row["input_ids"])), []).append(i)
@@ -99,7 +121,7 @@ class ArtifactEncoder:
         for sequence, indices in by_bucket.items():
             for shape, chunk in self._chunks_for_bucket(indices, sequence):
                 padded = self.pad([rows[i] for i in chunk], shape.batch, shape.sequence)
-                parts.append((chunk, self.runner.run(padded, shape)[: len(chunk)]))
+                parts.append((chunk, self._run(padded, shape)[: len(chunk)]))
         return _scatter(len(rows), parts)
 
     def encode(self, sentences: Sequence[str], batch_size: int = 32, prompt_name: str | None = None) -> np.ndarray:
@@ -113,6 +135,20 @@ class ArtifactEncoder:
             index = order[start : start + batch_size]
             parts.append((index, self.run_tokenized([rows[i] for i in index])))
         return _scatter(len(rows), parts)
+
+
+def _gist(exc: Exception) -> str:
+    """The line of an exception that says what went wrong (runtimes put it last, after their own context)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1].strip()[:300] if lines else ''}"
+
+
+def _load_tokenizer(path: Path) -> Tokenizer:
+    data = read_capped(path, MAX_JSON_BYTES, ArtifactError, "tokenizer")
+    try:
+        return Tokenizer.from_str(data.decode("utf-8"))
+    except Exception as exc:  # the tokenizers library raises plain Exception on a malformed file
+        raise ArtifactError(f"{path} is not a valid tokenizer.json ({_gist(exc)})") from None
 
 
 def _scatter(count: int, parts) -> np.ndarray:

@@ -13,6 +13,7 @@ from core.data import StsPairs, load_stsb
 from core.errors import ArtifactError
 from core.metrics import row_cosines, sts_spearman
 from core.reference import Reference
+from core.safe_io import field, read_json
 from pipelines.runtime import ArtifactEncoder
 from targets.base import Gate
 
@@ -117,10 +118,27 @@ def write_test_vectors(artifact_dir: Path, encoder: ArtifactEncoder, reference: 
     (artifact_dir / TEST_VECTORS).write_text(json.dumps(payload, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def read_test_vectors(path: Path) -> list[dict]:
+    """The test vectors, every field checked: a damaged file is one ArtifactError, never a KeyError."""
+    payload = read_json(path, ArtifactError, "test vectors")
+    vectors = field(payload, "vectors", list, ArtifactError, str(path))
+    for vector in vectors:
+        ok = (isinstance(vector, dict) and isinstance(vector.get("text"), str)
+              and _numbers(vector.get("input_ids"), int) and _numbers(vector.get("expected_embedding"), (int, float)))
+        if not ok or len(vector["expected_embedding"]) != len(vectors[0]["expected_embedding"]):
+            raise ArtifactError(f"{path}: a vector lacks text, input_ids or expected_embedding, or has a bad one")
+    if not vectors:
+        raise ArtifactError(f"{path} holds no vectors")
+    return vectors
+
+
+def _numbers(values: object, kind: type | tuple[type, ...]) -> bool:
+    return isinstance(values, list) and all(isinstance(v, kind) and not isinstance(v, bool) for v in values)
+
+
 def test_vector_min_cosine(artifact_dir: Path, encoder: ArtifactEncoder) -> float:
     """Run the artifact on its own test vectors: token ids must match, then the worst cosine is returned."""
-    payload = json.loads((artifact_dir / TEST_VECTORS).read_text(encoding="utf-8"))
-    vectors = payload["vectors"]
+    vectors = read_test_vectors(artifact_dir / TEST_VECTORS)
     texts = [v["text"] for v in vectors]
     for vector, row in zip(vectors, encoder.tokenize(texts), strict=True):
         if row["input_ids"] != vector["input_ids"]:

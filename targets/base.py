@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from converters.registry import get_format
-from core.errors import ConfigError
+from core.errors import ArtifactError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,18 @@ class Gate:
     min_cosine: float  # worst single sentence
     max_spearman_drop: float  # points (x100) below the fp32 source model
     pca_extra_drop: float = 0.5  # allowed on top when a PCA projection reduces the dims
+
+    @classmethod
+    def from_manifest(cls, data: dict, where: str) -> Gate:
+        """The gate recorded in a manifest; a damaged one is an ArtifactError, not a TypeError."""
+        names = {f.name for f in fields(cls)}
+        for key, value in data.items():
+            if key not in names or isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ArtifactError(f"{where}: the gate has a bad entry {key!r}")
+        missing = sorted(f.name for f in fields(cls) if f.name not in data and f.name != "pca_extra_drop")
+        if missing:
+            raise ArtifactError(f"{where}: the gate lacks {missing[0]!r}")
+        return cls(**{key: float(value) for key, value in data.items()})
 
 
 @dataclass(frozen=True)

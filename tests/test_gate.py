@@ -13,7 +13,7 @@ import pytest
 from onnx import helper
 
 from core.errors import ArtifactError
-from core.manifest import checksums, write_json_atomic
+from core.manifest import checksums, file_sizes, write_json_atomic
 from pipelines.gatekeeper import verify_path
 from pipelines.package import package_all, safe_extract
 
@@ -35,6 +35,7 @@ def _resign(folder):
     """Recompute the checksums, as a buggy converter would have written them."""
     manifest = _manifest(folder)
     manifest["files"] = checksums(folder)
+    manifest["file_bytes"] = file_sizes(folder)
     write_json_atomic(folder / "manifest.json", manifest)
 
 

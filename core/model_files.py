@@ -1,0 +1,277 @@
+"""Checks of a model directory's files before anything heavy reads them.
+
+A model directory may be damaged (a truncated download) or made to do harm (a module path that leaves
+the folder, a config that asks for terabytes). Everything here reads with a size cap and raises one
+ModelSourceError line naming the file; what passes is then handed to sentence-transformers.
+
+- modules.json: a list of modules, each type one of the sentence-transformers modules this toolchain
+  folds into its graph, named by full import path, each path inside the directory;
+- every JSON file a module reads (configs, tokenizer files): a JSON object, size-capped;
+- safetensors files: the header parsed by hand (size-capped), every tensor's bytes inside the file and
+  the file exactly as long as the header says, so a truncated file is caught before loading;
+- config.json: every size a positive integer below a sane bound, and the model it describes no larger
+  than its weights hold, so an absurd config is refused before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from core.errors import ModelSourceError
+from core.safe_io import MAX_JSON_BYTES, contained, read_capped, read_json
+
+# modules.json types, by full import path: the names sentence-transformers writes now and wrote before.
+_MODULE_HOMES = {
+    "Transformer": ("base.modules", "base.modules.transformer"),
+    "Pooling": ("sentence_transformer.modules", "sentence_transformer.modules.pooling"),
+    "Dense": ("base.modules", "base.modules.dense", "sentence_transformer.modules"),
+    "Normalize": ("base.modules", "base.modules.normalize", "sentence_transformer.modules"),
+}
+MODULE_TYPES: dict[str, str] = {
+    f"sentence_transformers.{home}.{kind}": kind
+    for kind, homes in _MODULE_HOMES.items()
+    for home in ("models", *homes)
+}
+JSON_FILES = ("config.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+              "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
+MAX_SAFETENSORS_HEADER = 100 << 20
+SAFETENSORS_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+                        "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+# config.json sizes under the names the supported families use; far above any sentence-embedding model.
+SIZE_LIMITS = {
+    "hidden_size": 1 << 15, "dim": 1 << 15, "num_hidden_layers": 512, "n_layers": 512,
+    "num_attention_heads": 1024, "n_heads": 1024, "num_key_value_heads": 1024,
+    "intermediate_size": 1 << 18, "hidden_dim": 1 << 18, "vocab_size": 1 << 22,
+    "max_position_embeddings": 1 << 21, "type_vocab_size": 1 << 10, "head_dim": 1 << 12,
+}
+
+
+def _dimension(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 1 << 16
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _flag(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+def _is(expected: object):
+    return lambda value: value == expected
+
+
+# Keys of each module's own config that decide what gets built or imported, with what they may hold. Dense's
+# activation is imported and instantiated by name: only torch's activation (and identity) modules may be named.
+ACTIVATION = re.compile(r"^torch\.nn\.modules\.(activation|linear)\.[A-Za-z0-9]+$")
+SPECIAL_TOKEN = lambda v: v is None or isinstance(v, (str, dict))  # noqa: E731
+MODULE_CONFIGS: dict[str, tuple[tuple[str, dict], ...]] = {
+    "Transformer": (
+        ("sentence_bert_config.json", {
+            "max_seq_length": lambda v: v is None or _positive(v),
+            "do_lower_case": _flag,
+            "module_output_name": _is("token_embeddings"),
+            "transformer_task": _is("feature-extraction"),
+            "modality_config": _is({"text": {"method": "forward", "method_output_name": "last_hidden_state"}}),
+        }),
+        ("tokenizer_config.json", {
+            "model_max_length": lambda v: _positive(v) or isinstance(v, float) and v >= 1,
+            "padding_side": lambda v: v in ("right", "left"), "truncation_side": lambda v: v in ("right", "left"),
+            "do_lower_case": _flag, "clean_up_tokenization_spaces": _flag,
+            **{f"{name}_token": SPECIAL_TOKEN for name in ("pad", "unk", "cls", "sep", "mask", "bos", "eos")},
+        }),
+    ),
+    "Pooling": (
+        ("config.json", {
+            "word_embedding_dimension": _dimension, "embedding_dimension": _dimension,
+            "pooling_mode": lambda v: isinstance(v, str) and v.isidentifier(), "include_prompt": _flag,
+            **{f"pooling_mode_{m}": _flag for m in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens",
+                                                     "weightedmean_tokens", "lasttoken")},
+        }),
+    ),
+    "Dense": (
+        ("config.json", {
+            "in_features": _dimension, "out_features": _dimension, "bias": _flag,
+            "activation_function": lambda v: isinstance(v, str) and bool(ACTIVATION.match(v)),
+            "module_input_name": _is("sentence_embedding"), "module_output_name": _is("sentence_embedding"),
+        }),
+    ),
+}
+
+
+def check_module_config(folder: Path, kind: str) -> None:
+    for name, rules in MODULE_CONFIGS.get(kind, ()):
+        if not (folder / name).exists():
+            continue
+        config = read_json(folder / name, ModelSourceError, f"{kind} module config")
+        for key, allowed in rules.items():
+            if key in config and not allowed(config[key]):
+                raise ModelSourceError(f"{folder / name}: {key} = {config[key]!r:.60} is not a value this toolchain "
+                                       f"accepts for a {kind} module; re-download the model")
+
+
+def check_modules(path: Path) -> list[dict]:
+    """modules.json, every entry checked; returns it."""
+    modules_file = path / "modules.json"
+    modules = read_json(modules_file, ModelSourceError, "module list", expect=list)
+    if not modules:
+        raise ModelSourceError(f"{modules_file} lists no modules")
+    for entry in modules:
+        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+            raise ModelSourceError(f"{modules_file}: every module needs a 'type' string, got {entry!r:.80}")
+        if entry["type"] not in MODULE_TYPES:
+            known = ", ".join(sorted(set(MODULE_TYPES.values())))
+            raise ModelSourceError(
+                f"{modules_file}: module type {entry['type']!r:.100} is not a sentence-transformers module this "
+                f"toolchain folds into one graph (supported: {known}, by their sentence_transformers import path)"
+            )
+        contained(path, entry.get("path", ""), ModelSourceError, f"{modules_file} module {entry.get('name')!r:.40}")
+    kinds = [MODULE_TYPES[entry["type"]] for entry in modules]
+    if kinds[0] != "Transformer":
+        raise ModelSourceError(f"{modules_file}: the first module must be a Transformer (it lists {kinds})")
+    return modules
+
+
+def link_root(path: Path) -> Path:
+    """The folder a model directory's symlinks may point into: the directory itself, or for a hub download
+    (``models--org--name/snapshots/REV``, whose files link to ``../../blobs``) the cached repository."""
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent
+    return path
+
+
+def check_links_stay_inside(path: Path) -> None:
+    root = link_root(path).resolve()
+    for entry in path.rglob("*"):
+        if entry.is_symlink() and not entry.resolve().is_relative_to(root):
+            raise ModelSourceError(f"{entry} is a symlink leading out of the model directory; copy the file in")
+
+
+def check_model_files(path: Path) -> None:
+    """Every file of every module that sentence-transformers will read, before it reads them."""
+    check_links_stay_inside(path)
+    for entry in check_modules(path):
+        folder = contained(path, entry.get("path", ""), ModelSourceError, f"{path / 'modules.json'}")
+        for name in JSON_FILES:
+            if (folder / name).exists():
+                read_json(folder / name, ModelSourceError, "model file", cap=MAX_JSON_BYTES)
+        check_module_config(folder, MODULE_TYPES[entry["type"]])
+        headers = [safetensors_header(p) for p in sorted(folder.glob("*.safetensors"))]
+        if MODULE_TYPES[entry["type"]] == "Transformer":
+            config = check_transformer_config(folder / "config.json", headers)
+            if (folder / "tokenizer.json").exists():
+                check_tokenizer(folder / "tokenizer.json", config)
+
+
+def check_tokenizer(path: Path, config: dict) -> None:
+    """tokenizer.json parses, and its ids fit the model's embedding table (a larger vocabulary belongs to another
+    model, and its extra ids would index past the table)."""
+    try:
+        tokenizer = Tokenizer.from_str(read_capped(path, MAX_JSON_BYTES, ModelSourceError, "tokenizer").decode())
+    except ModelSourceError:
+        raise
+    except Exception as exc:  # tokenizers raises plain Exception on a malformed file
+        gist = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ModelSourceError(f"{path} is not a valid tokenizer ({gist}); re-download it") from None
+    ids = tokenizer.get_vocab(with_added_tokens=True).values()
+    rows = config.get("vocab_size")
+    if ids and isinstance(rows, int) and max(ids) >= rows:
+        raise ModelSourceError(f"{path} has token ids up to {max(ids)} but the model's embedding table has {rows} "
+                               "rows: the tokenizer belongs to another model")
+
+
+def safetensors_header(path: Path) -> dict[str, tuple[str, list[int]]]:
+    """{tensor: (dtype, shape)} from a safetensors file, which must be complete and consistent."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ModelSourceError(f"{path} is truncated (shorter than a safetensors header); re-download it")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > min(MAX_SAFETENSORS_HEADER, size - 8):
+            raise ModelSourceError(f"{path} has a damaged header (it claims {length} bytes); re-download it")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise ModelSourceError(f"{path} has a damaged header (not JSON); re-download it") from None
+    if not isinstance(header, dict):
+        raise ModelSourceError(f"{path} has a damaged header; re-download it")
+    tensors, spans = {}, []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        spans.append(_tensor_span(path, name, entry))
+        tensors[name] = (entry["dtype"], entry["shape"])
+    spans.sort()
+    data_bytes = size - 8 - length
+    if any(a[1] > b[0] for a, b in zip(spans, spans[1:], strict=False)) or (spans and spans[-1][1] != data_bytes):
+        raise ModelSourceError(f"{path} is truncated or padded: its tensors do not fill the file as its header "
+                               "says; re-download it")
+    return tensors
+
+
+def _tensor_span(path: Path, name: str, entry: object) -> tuple[int, int]:
+    ok = isinstance(entry, dict) and entry.get("dtype") in SAFETENSORS_ITEMSIZE
+    shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if isinstance(entry, dict) else (None, None)
+    ok = ok and _ints(shape) and _ints(offsets) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1]
+    if not ok or math.prod(shape) * SAFETENSORS_ITEMSIZE[entry["dtype"]] != offsets[1] - offsets[0]:
+        raise ModelSourceError(f"{path}: tensor {name!r:.80} has a damaged entry in the header; re-download it")
+    return offsets[0], offsets[1]
+
+
+def _ints(values: object) -> bool:
+    return isinstance(values, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+
+
+def check_transformer_config(config_file: Path, headers: list[dict[str, tuple[str, list[int]]]]) -> dict:
+    """Sizes in config.json sane, and the model they describe no larger than the weights: refuse before
+    transformers allocates a model from them."""
+    config = read_json(config_file, ModelSourceError, "transformer config")
+    if not isinstance(config.get("model_type"), str):
+        raise ModelSourceError(f"{config_file} has no model_type; it is not a transformers config")
+    sizes = {}
+    for key, limit in SIZE_LIMITS.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+            raise ModelSourceError(f"{config_file}: {key} = {value!r:.40} is not a positive integer up to {limit}")
+        sizes[key] = value
+    hidden = sizes.get("hidden_size") or sizes.get("dim") or 0
+    layers = sizes.get("num_hidden_layers") or sizes.get("n_layers") or 0
+    inner = sizes.get("intermediate_size") or sizes.get("hidden_dim") or 0
+    # A lower bound for any supported family: embeddings, query and output projections, two MLP matrices.
+    described = sizes.get("vocab_size", 0) * hidden + layers * (2 * hidden * hidden + 2 * hidden * inner)
+    held = sum(math.prod(shape) for header in headers for _, shape in header.values())
+    if headers and described > 1.1 * held + 1_000_000:
+        raise ModelSourceError(
+            f"{config_file} describes a model of at least {described / 1e6:.0f} M parameters but its weights hold "
+            f"{held / 1e6:.0f} M: the config and the weights do not belong together"
+        )
+    return config
+
+
+def check_loaded_weights(folder: Path, parameter_names: list[str]) -> None:
+    """After loading: every parameter came from the weights file. transformers fills a missing tensor with random
+    values and carries on, which would ship a model that embeds noise (the pooler is not used by the graph)."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return
+    stored = {name for path in files for name in safetensors_header(path)}
+    missing = [
+        name for name in parameter_names
+        if not name.startswith("pooler.") and name not in stored and not any(s.endswith("." + name) for s in stored)
+    ]
+    if missing:
+        raise ModelSourceError(
+            f"{files[0]} lacks {len(missing)} of the model's tensors (first: {missing[0]!r}); it is damaged or "
+            "belongs to another model: re-download it"
+        )
