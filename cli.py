@@ -52,8 +52,17 @@ class ToolchainGroup(click.Group):
 
 
 @click.group(cls=ToolchainGroup)
-def main() -> None:
+@click.option("--verbose", "-v", is_flag=True, help="show converters' own output on the terminal instead of a log")
+def main(verbose: bool) -> None:
     """Ship a sentence-embedding model to x86, mobile, Apple and GPU targets, verified."""
+
+
+def _third_party_output(command: str):
+    """Converter chatter to ~/.cache/embedding-toolchain/logs/COMMAND.log, or, with --verbose, to the terminal."""
+    from pipelines.chatter import log_path, third_party_output_to
+
+    verbose = click.get_current_context().find_root().params.get("verbose", False)
+    return third_party_output_to(None if verbose else log_path(command))
 
 
 def _console(file=None):
@@ -71,7 +80,9 @@ def _console(file=None):
 @click.option("--fit-corpus", type=click.Path(path_type=Path), default=None, help="sentences (one per line) to fit PCA")
 @click.option("--out", default="dist", show_default=True, help="output folder")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-              help="rebuild from a manifest.json or build config (other options are ignored)")
+              help="rebuild from a manifest.json or build config into --out (other options are ignored) and report "
+                   "whether the bytes match the manifest's checksums")
+@click.option("--check", is_flag=True, help="with --config: exit 1 unless the rebuilt bytes match the manifest")
 @click.option("--quantization", type=click.Choice(["dynamic", "static"]), default=None,
               help="int8 ONNX: dynamic (default) or static QDQ calibrated on STS-B train sentences")
 @click.option("--isa", type=click.Choice(list(ISA_CLASSES)), default=None,
@@ -79,30 +90,42 @@ def _console(file=None):
 @click.option("--no-verify", is_flag=True, help="skip parity verification and the gate (not recommended)")
 @click.option("--allow-pickle", is_flag=True, help="allow pickle weight files (only for sources you trust)")
 @click.option("--trust-remote-code", is_flag=True, help="allow model code from the hub (only for sources you trust)")
-def export(target, model, dims, fit_corpus, out, config_file, quantization, isa, no_verify, allow_pickle,
+def export(target, model, dims, fit_corpus, out, config_file, check, quantization, isa, no_verify, allow_pickle,
            trust_remote_code) -> None:
     """Convert, verify and gate the model for one target (or all)."""
     from core.config import BuildConfig
-    from pipelines.chatter import log_path, third_party_output_to
-    from pipelines.export import count_artifacts
+    from pipelines.chatter import log_path
+    from pipelines.export import count_artifacts, rebuild_config, rebuild_differences
     from pipelines.isolated import export_isolated as run_export
     from pipelines.summary import RichProgress, print_summary
 
+    original = None
+    if check and config_file is None:
+        raise click.UsageError("--check compares a rebuild with its manifest: pass --config MANIFEST too")
     if config_file is not None:
-        config = BuildConfig.from_file(config_file)
+        config, original = rebuild_config(config_file, out)
     else:
         config = BuildConfig(
             model=model, target=target, dims=dims, fit_corpus=str(fit_corpus) if fit_corpus else None, out=out,
             quantization=quantization, isa=isa,
             verify=not no_verify, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
         )
-    log = log_path("export")
-    with third_party_output_to(log) as terminal, RichProgress(_console(terminal), count_artifacts(config)) as progress:
+    with _third_party_output("export") as terminal, \
+            RichProgress(_console(terminal), count_artifacts(config)) as progress:
         results = run_export(config, progress)
     console = _console()
     print_summary(console, results)
-    console.print(f"[dim]converter output: {log}[/dim]")
+    if terminal is not sys.stdout:
+        console.print(f"[dim]converter output: {log_path('export')}[/dim]")
+    differences = rebuild_differences(original, results) if original else None
+    if original:
+        verdict = ("[green]every file matches the manifest's checksums[/green]" if differences == [] else
+                   f"[yellow]{len(differences)} file(s) differ from the manifest: {', '.join(differences)}[/yellow]"
+                   if differences else "[red]no artifact of that kind was rebuilt[/red]")
+        console.print(f"rebuild of {config_file}: {verdict}")
     if not all(r.ok for r in results):  # a refusal is ok: the family cannot take that format, by design
+        sys.exit(1)
+    if check and differences != []:
         sys.exit(1)
 
 
@@ -125,10 +148,9 @@ def list_targets() -> None:
 def verify(path, min_cosine, max_spearman_drop, model, as_json, quick, strict) -> None:
     """Gate before deployment: checksums, test vectors, STS-B parity. Exits 1 on a failed gate, 2 on a damaged
     artifact."""
-    from pipelines.chatter import log_path, third_party_output_to
     from pipelines.gatekeeper import verify_path
 
-    with third_party_output_to(log_path("verify")):
+    with _third_party_output("verify"):
         results = verify_path(path, model=model, min_mean_cosine=min_cosine, max_spearman_drop=max_spearman_drop,
                               limit=200 if quick else None, strict=strict)
     if as_json:
@@ -163,7 +185,6 @@ def bench(path, threads, repeats, json_out, vs_peers, device, batch_size, strict
     from core.manifest import find_artifacts, read_manifest, write_json_atomic
     from pipelines.bench import BenchConfig, default_device, markdown_table
     from pipelines.bench import bench as run_bench
-    from pipelines.chatter import log_path, third_party_output_to
     from pipelines.report import write_artifact_report
 
     artifacts = find_artifacts(path)
@@ -171,7 +192,7 @@ def bench(path, threads, repeats, json_out, vs_peers, device, batch_size, strict
     config = BenchConfig(threads=threads or BenchConfig().threads, repeats=repeats, device=device,
                          batch_size=batch_size or (128 if device == "cuda" else 32))
     model = read_manifest(artifacts[0])["model"]["source"]
-    with third_party_output_to(log_path("bench")) as terminal:
+    with _third_party_output("bench") as terminal:
         progress = _console(terminal)
         result = run_bench(artifacts, model, config, progress=lambda msg: progress.print(f"[dim]• timing[/dim] {msg}"),
                            peers=vs_peers, strict=strict)

@@ -133,6 +133,9 @@ def check_modules(path: Path) -> list[dict]:
                 f"toolchain folds into one graph (supported: {known}, by their sentence_transformers import path)"
             )
         contained(path, entry.get("path", ""), ModelSourceError, f"{modules_file} module {entry.get('name')!r:.40}")
+    names = [entry.get("name") for entry in modules]
+    if not all(isinstance(name, str) for name in names) or len(set(names)) != len(names):
+        raise ModelSourceError(f"{modules_file}: every module needs its own 'name' string, got {names!r:.80}")
     kinds = [MODULE_TYPES[entry["type"]] for entry in modules]
     if kinds[0] != "Transformer":
         raise ModelSourceError(f"{modules_file}: the first module must be a Transformer (it lists {kinds})")
@@ -183,8 +186,8 @@ def check_tokenizer(path: Path, config: dict) -> None:
     ids = tokenizer.get_vocab(with_added_tokens=True).values()
     rows = config.get("vocab_size")
     if ids and isinstance(rows, int) and max(ids) >= rows:
-        raise ModelSourceError(f"{path} has token ids up to {max(ids)} but the model's embedding table has {rows} "
-                               "rows: the tokenizer belongs to another model")
+        raise ModelSourceError(f"{path} has token id {max(ids)} but the model's embedding table ends at id {rows - 1}: "
+                               "the tokenizer belongs to another model")
 
 
 def safetensors_header(path: Path) -> dict[str, tuple[str, list[int]]]:
@@ -259,19 +262,34 @@ def check_transformer_config(config_file: Path, headers: list[dict[str, tuple[st
     return config
 
 
-def check_loaded_weights(folder: Path, parameter_names: list[str]) -> None:
-    """After loading: every parameter came from the weights file. transformers fills a missing tensor with random
-    values and carries on, which would ship a model that embeds noise (the pooler is not used by the graph)."""
+def check_weights_match_config(folder: Path, trust_remote_code: bool = False) -> None:
+    """Every parameter of the model config.json describes is in the safetensors files, with the same shape.
+
+    The model is built on the meta device (shapes only, no memory). transformers itself would fill a missing
+    tensor with random values and carry on, shipping a model that embeds noise, and report a shape mismatch
+    in a table we do not show. The pooler is left out: the embedding graph does not use it."""
+    import torch
+    import transformers
+
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return
-    stored = {name for path in files for name in safetensors_header(path)}
-    missing = [
-        name for name in parameter_names
-        if not name.startswith("pooler.") and name not in stored and not any(s.endswith("." + name) for s in stored)
-    ]
-    if missing:
-        raise ModelSourceError(
-            f"{files[0]} lacks {len(missing)} of the model's tensors (first: {missing[0]!r}); it is damaged or "
-            "belongs to another model: re-download it"
-        )
+    stored = {name: shape for path in files for name, (_, shape) in safetensors_header(path).items()}
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            model = transformers.AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises many types for a config it cannot build
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise ModelSourceError(f"{folder / 'config.json'} does not describe a model transformers can build "
+                               f"({type(exc).__name__}: {lines[0][:200] if lines else ''})") from None
+    for name, parameter in model.named_parameters():
+        if name.startswith("pooler."):
+            continue
+        match = name if name in stored else next((s for s in stored if s.endswith("." + name)), None)
+        if match is None:
+            raise ModelSourceError(f"{files[0]} lacks the tensor {name!r} that {folder / 'config.json'} describes: "
+                                   "the weights are damaged or belong to another model")
+        if list(parameter.shape) != stored[match]:
+            raise ModelSourceError(f"{files[0]}: {match} is {stored[match]} but {folder / 'config.json'} makes it "
+                                   f"{list(parameter.shape)}: the config and the weights do not belong together")

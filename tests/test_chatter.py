@@ -28,3 +28,21 @@ def test_native_output_goes_to_the_log_and_ours_to_the_terminal(tmp_path):
     assert result.stderr == "after: back on stderr\n"
     logged = log.read_text()
     assert "[START] converter progress" in logged and "absl log line" in logged and "python print" in logged
+
+
+def test_verbose_keeps_native_output_on_the_terminal():
+    script = (
+        "import os\n"
+        "from pipelines.chatter import third_party_output_to\n"
+        "with third_party_output_to(None) as terminal:\n"
+        "    os.write(1, b'[START] converter progress\\n')\n"
+        "    terminal.write('ours: converting\\n')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout == "[START] converter progress\nours: converting\n"
+
+
+def test_verbose_is_an_option_of_every_command():
+    result = subprocess.run([sys.executable, "cli.py", "--verbose", "export", "--dims", "0"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.startswith("error: --dims"), result.stderr

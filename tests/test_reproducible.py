@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -13,15 +14,26 @@ from core.manifest import sha256_file
 from pipelines.export import export
 
 
-def test_rebuild_from_manifest_gives_identical_onnx(x86_artifact, tmp_path):
-    manifest = json.loads((Path(x86_artifact.folder) / "manifest.json").read_text())
-    config = {**manifest["build"], "out": str(tmp_path / "rebuilt"), "verify": False}
-    (tmp_path / "config.json").write_text(json.dumps({"build": config}))
-    result = CliRunner().invoke(main, ["export", "--config", str(tmp_path / "config.json")])
-    assert result.exit_code == 0, result.output
+def test_rebuild_from_manifest_goes_to_out_and_checks_every_byte(x86_artifact, tmp_path):
+    artifact = tmp_path / "shipped" / "x86"
+    shutil.copytree(x86_artifact.folder, artifact)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest["build"]["verify"] = False  # the bytes are the point here; the gate runs everywhere else
+    manifest["files"]["tokenizer.json"] = "0" * 64  # one checksum the rebuild cannot reproduce
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["export", "--config", str(artifact / "manifest.json"), "--out",
+                                       str(tmp_path / "rebuilt"), "--check"], terminal_width=240)
+    assert result.exit_code == 1, result.output
+    assert "1 file(s) differ from the manifest: tokenizer.json" in result.output
     rebuilt = tmp_path / "rebuilt" / "all-MiniLM-L6-v2" / "x86"
     assert sha256_file(rebuilt / "model.onnx") == manifest["files"]["model.onnx"]
-    assert sha256_file(rebuilt / "tokenizer.json") == manifest["files"]["tokenizer.json"]
+    assert (artifact / "manifest.json").read_text() == json.dumps(manifest)  # the original is untouched
+
+
+def test_a_rebuild_never_replaces_the_artifact_it_checks(x86_artifact):
+    manifest = Path(x86_artifact.folder) / "manifest.json"
+    result = CliRunner().invoke(main, ["export", "--config", str(manifest), "--out", str(manifest.parents[2])])
+    assert result.exit_code == 2 and "would replace the artifact" in result.stderr, result.output
 
 
 def test_core_ml_package_is_byte_identical_across_builds(tmp_path):

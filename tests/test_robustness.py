@@ -153,7 +153,7 @@ def test_a_second_export_into_the_same_folder_refuses(previous_artifact):
     from cli import main
 
     out, final, manifest_bytes = previous_artifact
-    first = _start_export(out)
+    first = _start_export(out, "--target", "all")  # holds the folder for minutes: no race on a loaded machine
     try:
         _wait_for(final.parent, None, first)
         second = CliRunner().invoke(main, ["export", "--target", "x86", "--out", str(out)])
