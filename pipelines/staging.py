@@ -18,7 +18,6 @@ from pathlib import Path
 
 from core.errors import OutputError
 
-LOCK_FILE = ".export.lock"
 # model_dir/.x86.tmp-PID, or model_dir/mobile/.tflite.tmp-PID for a target with several artifacts
 STAGED = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
 STAGING_DEPTHS = ("*/.*.*-*", "*/*/.*.*-*")
@@ -71,26 +70,21 @@ def recover(out: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def output_lock(out: Path) -> Iterator[None]:
-    """Hold ``out/.export.lock`` for the duration, or refuse at once: a second export into the same folder would
-    mix artifacts. The kernel drops the lock when the holder dies, however it dies."""
+    """Hold a lock on the ``out`` folder itself for the duration, or refuse at once: a second export into the same
+    folder would mix artifacts. The kernel drops the lock when the holder dies, however it dies, and no lock
+    file is left behind."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK_FILE, "a+", encoding="utf-8") as handle:
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
             raise OutputError(
-                f"another export (pid {holder}) is writing to {str(out)!r}; wait for it to finish or pass another --out"
+                f"another export is writing to {str(out)!r}; wait for it to finish or pass another --out"
             ) from None
-        handle.truncate(0)
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def recover_if_free(out: Path) -> None:
