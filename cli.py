@@ -233,6 +233,51 @@ def report(path) -> None:
     click.echo(f"wrote {md} and {page}")
 
 
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--input", "input_path", type=click.Path(path_type=Path), required=True,
+              help="texts: .txt (one per line), .jsonl, .parquet, or a folder of them")
+@click.option("--output", type=click.Path(path_type=Path), required=True,
+              help="folder for the parquet chunks, ledger.json and job.json; rerun the same command to resume")
+@click.option("--text-field", default="text", show_default=True, help="jsonl/parquet: the field holding the text")
+@click.option("--id-field", default=None, help="jsonl/parquet: the field holding a unique id [default: row number]")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--ray-address", default=None, help="a Ray cluster to run on [default: start a local Ray]")
+@click.option("--actors", type=click.IntRange(min=1), default=1, show_default=True,
+              help="ray: actors, each with one loaded artifact")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="rows per parquet file: the unit a killed job resumes from")
+def embed(artifact, input_path, output, text_field, id_field, engine, ray_address, actors, batch_size,
+          chunk_rows) -> None:
+    """Embed a corpus with the artifact that ships (the vectors an index stores match the app's)."""
+    from pipelines.corpus import read_corpus_input
+    from pipelines.embed import embed_corpus, local_engine, open_artifact
+    from pipelines.runtime import ArtifactEncoder
+    from pipelines.summary import RateProgress
+
+    manifest = open_artifact(artifact)
+    corpus = read_corpus_input(input_path, text_field, id_field)
+    encoder = ArtifactEncoder(artifact, threads=os.cpu_count())
+    with _third_party_output("embed") as terminal, RateProgress(_console(terminal), len(corpus)) as progress:
+        if engine == "ray":
+            from pipelines.embed_ray import ray_engine, shutdown
+
+            try:
+                result = embed_corpus(artifact, corpus, output, ray_engine(artifact, ray_address, actors), encoder,
+                                      chunk_rows, batch_size, progress.advance)
+            finally:
+                shutdown()
+        else:
+            result = embed_corpus(artifact, corpus, output, local_engine(encoder), encoder, chunk_rows, batch_size,
+                                  progress.advance)
+    speed = manifest.get("speed") or {}
+    versus = (f"; bench measured {speed['throughput_sps']:,.0f} sent/s at batch {speed['config']['batch_size']}"
+              if speed.get("throughput_sps") and isinstance(speed.get("config"), dict) else "")
+    click.echo(f"{result.rows} vectors in {output} ({result.embedded} embedded by this run in {result.seconds:.1f} s: "
+               f"{result.sentences_per_second:,.0f} sent/s with the {engine} engine{versus})")
+
+
 @main.command(name="import-weights")
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="new model folder (safetensors only)")

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.progress import Progress as _RichBar
 from rich.table import Table
 
@@ -35,6 +43,30 @@ class RichProgress:
             mark = "[green]✓[/green]" if result.ok else "[red]✗[/red]"
             self._bar.console.print(f"{mark} {result.target} {result.format} ({result.seconds:.0f} s)")
         self._bar.advance(self._task)
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task):
+        return f"{task.speed:,.0f} sent/s" if task.speed else "– sent/s"
+
+
+class RateProgress:
+    """A bar over sentences: done / total, sentences per second, time left."""
+
+    def __init__(self, console, total: int) -> None:
+        self._bar = _RichBar(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+                             TimeRemainingColumn(), console=console, transient=False)
+        self._task = self._bar.add_task("embedding", total=total)
+
+    def __enter__(self) -> RateProgress:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bar.__exit__(*exc)
+
+    def advance(self, rows: int) -> None:
+        self._bar.advance(self._task, rows)
 
 
 def _cell(value, fmt: str = "{:.4f}") -> str:

@@ -1,0 +1,200 @@
+"""`embed`: fill an index with the artifact that ships, so stored vectors and query vectors come from one graph.
+
+The corpus is cut into chunks of ``chunk_rows`` rows; each chunk becomes one parquet file (id, vector as a
+fixed-size list of float32) written atomically, then recorded in ``ledger.json``. A rerun of the same job
+skips the chunks the ledger holds (their bytes re-checked), so a killed job finishes with no row missing and
+none twice. ``job.json`` pins what a chunk depends on (artifact, input bytes, batching); another job into the
+same folder is refused.
+
+Batches are planned here, not by the engine: within a chunk, rows sorted by token count (stable) and cut
+into batches of ``batch_size``. A dynamic int8 artifact picks activation scales per batch, so the same batches
+on every engine are what makes the local and the Ray results identical row for row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import ArtifactError, OutputError, require
+from core.manifest import check_files, read_manifest, sha256_file, write_json_atomic
+from core.safe_io import read_json
+from pipelines.corpus import Corpus
+from pipelines.runtime import ArtifactEncoder
+
+LEDGER = "ledger.json"
+JOB = "job.json"
+METADATA_KEY = b"embedding_toolchain"
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    artifact_checksum: str  # sha256 over the manifest's file checksums: the graph, tokenizer and test vectors
+    input_fingerprint: str
+    rows: int
+    dims: int
+    chunk_rows: int = 4096
+    batch_size: int = 64
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.rows // self.chunk_rows)
+
+    def chunk_range(self, index: int) -> range:
+        return range(index * self.chunk_rows, min((index + 1) * self.chunk_rows, self.rows))
+
+
+def artifact_checksum(manifest: dict) -> str:
+    return hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
+
+
+def open_artifact(artifact_dir: Path) -> dict:
+    """The artifact's manifest, after its files passed their checksums: a damaged artifact never fills an index."""
+    manifest = read_manifest(artifact_dir)
+    check_files(artifact_dir, manifest)
+    return manifest
+
+
+def embed_batch(encoder: ArtifactEncoder, texts: Sequence[str]) -> np.ndarray:
+    """One planned batch, as every engine runs it."""
+    return encoder.run_tokenized(encoder.tokenize(list(texts)))
+
+
+def plan_batches(encoder: ArtifactEncoder, texts: Sequence[str], batch_size: int) -> list[np.ndarray]:
+    """Row positions of each batch: longest first (little padding), stable, ``batch_size`` rows each."""
+    lengths = [len(row["input_ids"]) for row in encoder.tokenize(list(texts))]
+    order = np.argsort([-n for n in lengths], kind="stable")
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+@dataclass(frozen=True)
+class ChunkWork:
+    index: int
+    texts: list[str]
+    batches: list[np.ndarray]  # row positions within the chunk, one array per batch
+
+
+# An engine embeds chunks and yields each as soon as all its rows are done: (index, (rows, dims) in row order).
+Engine = Callable[[Iterable[ChunkWork]], Iterator[tuple[int, np.ndarray]]]
+
+
+def local_engine(encoder: ArtifactEncoder) -> Engine:
+    def run(chunks: Iterable[ChunkWork]) -> Iterator[tuple[int, np.ndarray]]:
+        for chunk in chunks:
+            out = np.zeros((len(chunk.texts), int(encoder.manifest["embedding_dim"])), dtype=np.float32)
+            for batch in chunk.batches:
+                out[batch] = embed_batch(encoder, [chunk.texts[i] for i in batch])
+            yield chunk.index, out
+
+    return run
+
+
+def start_job(output: Path, job: EmbedJob) -> set[int]:
+    """Create or resume the job in ``output``; returns the chunk indices already done (and intact)."""
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"output path {str(output)!r} is a file; pass a folder to --output")
+    output.mkdir(parents=True, exist_ok=True)
+    if (output / JOB).exists():
+        recorded = read_json(output / JOB, OutputError, "embed job")
+        if recorded != asdict(job):
+            changed = sorted(k for k in asdict(job) if recorded.get(k) != asdict(job)[k])
+            raise OutputError(f"{output} holds another embed job (its {', '.join(changed)} differ); pass a new "
+                              "--output, or the same artifact, input and options to resume")
+    else:
+        write_json_atomic(output / JOB, asdict(job))
+    for stray in output.glob(".part-*.tmp"):
+        stray.unlink()
+    ledger = read_json(output / LEDGER, OutputError, "embed ledger") if (output / LEDGER).exists() else {}
+    done = set()
+    for key, entry in ledger.items():
+        path = output / chunk_name(int(key)) if key.isdigit() else None
+        if path is not None and path.is_file() and isinstance(entry, dict) and sha256_file(path) == entry.get("sha256"):
+            done.add(int(key))
+    return done
+
+
+def chunk_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def write_chunk(output: Path, index: int, ids: list[str], vectors: np.ndarray, metadata: dict) -> None:
+    """One parquet file, written beside its place and renamed in, then recorded in the ledger."""
+    pa = require("pyarrow", "embed")
+    parquet = require("pyarrow.parquet", "embed")
+    dims = vectors.shape[1]
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), dims)
+    table = pa.table({"id": pa.array(ids, type=pa.string()), "vector": column})
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()})
+    final = output / chunk_name(index)
+    tmp = output / f".{final.name}.{os.getpid()}.tmp"
+    try:
+        parquet.write_table(table, tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    ledger_path = output / LEDGER
+    ledger = read_json(ledger_path, OutputError, "embed ledger") if ledger_path.exists() else {}
+    ledger[str(index)] = {"rows": len(ids), "sha256": sha256_file(final)}
+    write_json_atomic(ledger_path, ledger)
+
+
+def read_vectors(output: Path) -> tuple[list[str], np.ndarray, dict]:
+    """Every chunk of a finished job, in order: ids, (rows, dims) float32, and the files' metadata."""
+    parquet = require("pyarrow.parquet", "embed")
+    job = EmbedJob(**read_json(output / JOB, ArtifactError, "embed job"))
+    ids, parts, metadata = [], [], {}
+    for index in range(job.chunks):
+        table = parquet.read_table(output / chunk_name(index))
+        metadata = json.loads(table.schema.metadata[METADATA_KEY])
+        ids += table.column("id").to_pylist()
+        parts.append(np.asarray(table.column("vector").combine_chunks().flatten()).reshape(-1, job.dims))
+    return ids, np.concatenate(parts), metadata
+
+
+@dataclass
+class EmbedResult:
+    rows: int
+    embedded: int  # rows this run computed (the rest were done before)
+    seconds: float
+    output: str
+
+    @property
+    def sentences_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds else 0.0
+
+
+def embed_corpus(artifact_dir: Path, corpus: Corpus, output: Path, engine: Engine, encoder: ArtifactEncoder,
+                 chunk_rows: int = 4096, batch_size: int = 64,
+                 progress: Callable[[int], None] | None = None) -> EmbedResult:
+    """Embed every chunk the ledger does not hold yet; ``progress`` gets the rows done after each chunk."""
+    manifest = encoder.manifest
+    job = EmbedJob(artifact_checksum(manifest), corpus.fingerprint, len(corpus), int(manifest["embedding_dim"]),
+                   chunk_rows, batch_size)
+    done = start_job(output, job)
+    metadata = {"artifact_checksum": job.artifact_checksum, "dims": job.dims, "dtype": "float32",
+                "model": manifest["model"]["name"], "target": manifest["target"], "artifact": manifest["artifact"],
+                "normalized": manifest.get("normalized"), "input_fingerprint": corpus.fingerprint}
+    started, embedded = time.perf_counter(), 0
+    if progress:
+        progress(sum(len(job.chunk_range(i)) for i in done))
+
+    def pending() -> Iterator[ChunkWork]:
+        for index in (i for i in range(job.chunks) if i not in done):
+            rows = job.chunk_range(index)
+            texts = corpus.texts[rows.start : rows.stop]
+            yield ChunkWork(index, texts, plan_batches(encoder, texts, batch_size))
+
+    for index, vectors in engine(pending()):
+        rows = job.chunk_range(index)
+        write_chunk(output, index, corpus.ids[rows.start : rows.stop], vectors, metadata)
+        embedded += len(rows)
+        if progress:
+            progress(len(rows))
+    return EmbedResult(len(corpus), embedded, time.perf_counter() - started, str(output))

@@ -1,0 +1,145 @@
+"""`embed`: a corpus embedded with the shipped artifact, locally and on a local Ray, killed and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from core.metrics import row_cosines
+from pipelines.embed import LEDGER, artifact_checksum, embed_batch, plan_batches, read_vectors
+from pipelines.runtime import ArtifactEncoder
+
+ROOT = Path(__file__).resolve().parent.parent
+CHUNK = "300"
+
+
+@pytest.fixture(scope="module")
+def corpus(dev_sentences, tmp_path_factory) -> tuple[Path, list[str]]:
+    texts = [*dev_sentences[:2400], "", "🙂🚀 emoji only", "word " * 5000]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    return path, texts
+
+
+def _embed(artifact, corpus_path: Path, output: Path, *extra: str):
+    return CliRunner().invoke(main, ["embed", str(artifact), "--input", str(corpus_path), "--output", str(output),
+                                     "--chunk-rows", CHUNK, *extra])
+
+
+@pytest.fixture(scope="module")
+def local_run(x86_artifact, corpus, tmp_path_factory):
+    output = tmp_path_factory.mktemp("embedded") / "local"
+    result = _embed(x86_artifact.folder, corpus[0], output)
+    assert result.exit_code == 0, result.output
+    return output, result.output
+
+
+def test_local_embedding_is_the_artifacts_own_row_for_row(local_run, x86_artifact, corpus):
+    output, printed = local_run
+    ids, vectors, metadata = read_vectors(output)
+    texts = corpus[1]
+    assert ids == [str(i) for i in range(len(texts))] and vectors.shape == (len(texts), 384)
+    encoder = ArtifactEncoder(Path(x86_artifact.folder))
+    expected = np.zeros_like(vectors)
+    for start in range(0, len(texts), int(CHUNK)):
+        chunk = texts[start : start + int(CHUNK)]
+        for batch in plan_batches(encoder, chunk, 64):
+            expected[start + batch] = embed_batch(encoder, [chunk[i] for i in batch])
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)  # the encoder's own vectors, row for row
+    # Dynamic int8 picks activation scales per batch: encode()'s other batching moves a vector a little, no more.
+    assert row_cosines(vectors, encoder.encode(texts)).min() >= 0.99
+    assert metadata["dims"] == 384 and metadata["artifact_checksum"] == artifact_checksum(encoder.manifest)
+    assert f"{len(texts)} vectors" in printed and "sent/s" in printed
+
+
+def test_a_killed_run_resumes_with_no_row_missing_or_twice(local_run, x86_artifact, corpus, tmp_path):
+    output = tmp_path / "resumed"
+    cmd = [sys.executable, str(ROOT / "cli.py"), "embed", str(x86_artifact.folder), "--input", str(corpus[0]),
+           "--output", str(output), "--chunk-rows", CHUNK]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (output / LEDGER).exists():
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    done_before = len(json.loads((output / LEDGER).read_text()))
+    assert 1 <= done_before < 9, "the run was not killed mid-job"
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    ids, vectors, _ = read_vectors(output)
+    expected_ids, expected, _ = read_vectors(local_run[0])
+    assert ids == expected_ids
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)  # the same batches give the same vectors
+
+
+def test_jsonl_and_parquet_with_ids(x86_artifact, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"doc": f"d{i}", "body": f"sentence number {i}"} for i in range(50)]
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    outputs = []
+    for name in ("in.jsonl", "in.parquet"):
+        result = _embed(x86_artifact.folder, tmp_path / name, tmp_path / name.replace(".", "-"), "--text-field",
+                        "body", "--id-field", "doc")
+        assert result.exit_code == 0, result.output
+        outputs.append(read_vectors(tmp_path / name.replace(".", "-")))
+    assert outputs[0][0] == [r["doc"] for r in rows] == outputs[1][0]
+    np.testing.assert_allclose(outputs[0][1], outputs[1][1], atol=1e-6)
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("empty", "is empty"),
+    ("missing field", "has no text field 'body'"),
+    ("not utf-8", "not UTF-8"),
+    ("tampered artifact", "the file was altered or truncated"),
+    ("other job", "holds another embed job"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(x86_artifact, local_run, tmp_path, case, needle):
+    import shutil
+
+    artifact, corpus_file, output = Path(x86_artifact.folder), tmp_path / "in.jsonl", tmp_path / "out"
+    corpus_file.write_text('{"body": "a"}\n{"text": "b"}\n')
+    extra = ["--text-field", "body"]
+    if case == "empty":
+        corpus_file = tmp_path / "empty.txt"
+        corpus_file.write_text("")
+    elif case == "not utf-8":
+        corpus_file = tmp_path / "latin.txt"
+        corpus_file.write_bytes("ok\ncaf\xe9\n".encode("latin-1"))
+    elif case == "tampered artifact":
+        artifact = tmp_path / "x86"
+        shutil.copytree(x86_artifact.folder, artifact)
+        (artifact / "tokenizer.json").write_text("{}")
+    elif case == "other job":
+        corpus_file.write_text('{"body": "a"}\n')
+        output = local_run[0]
+    before = sorted(output.rglob("*")) if output.exists() else None
+    result = _embed(artifact, corpus_file, output, *extra)
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and needle in result.stderr, result.stderr
+    assert (sorted(output.rglob("*")) if output.exists() else None) == before
+
+
+def test_ray_gives_the_local_vectors_row_for_row(local_run, x86_artifact, corpus, tmp_path):
+    pytest.importorskip("ray")
+    output = tmp_path / "ray"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [sys.executable, str(ROOT / "cli.py"), "embed", str(x86_artifact.folder), "--input", str(corpus[0]),
+           "--output", str(output), "--chunk-rows", CHUNK, "--engine", "ray", "--actors", "2"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ids, vectors, _ = read_vectors(output)
+    expected_ids, expected, _ = read_vectors(local_run[0])
+    assert ids == expected_ids
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
