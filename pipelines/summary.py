@@ -17,21 +17,31 @@ from rich.table import Table
 from targets.base import TARGETS
 
 
-class RichProgress:
-    """A bar over the artifacts of an export, with the current step and elapsed time."""
+class _Bar:
+    """One rich progress bar with one task, used as a context manager."""
 
-    def __init__(self, console, total: int) -> None:
-        self._bar = _RichBar(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), console=console, transient=False)
-        self._task = self._bar.add_task("starting", total=total)
+    def __init__(self, console, total: int, description: str, *columns) -> None:
+        self._bar = _RichBar(*columns, console=console, transient=False)
+        self._task = self._bar.add_task(description, total=total)
 
-    def __enter__(self) -> RichProgress:
+    def __enter__(self):
         self._bar.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._bar.update(self._task, description="finished")
         self._bar.__exit__(*exc)
+
+
+class RichProgress(_Bar):
+    """A bar over the artifacts of an export, with the current step and elapsed time."""
+
+    def __init__(self, console, total: int) -> None:
+        super().__init__(console, total, "starting", SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                         MofNCompleteColumn(), TimeElapsedColumn())
+
+    def __exit__(self, *exc) -> None:
+        self._bar.update(self._task, description="finished")
+        super().__exit__(*exc)
 
     def step(self, message: str) -> None:
         self._bar.update(self._task, description=message)
@@ -50,20 +60,12 @@ class _RateColumn(ProgressColumn):
         return f"{task.speed:,.0f} sent/s" if task.speed else "– sent/s"
 
 
-class RateProgress:
+class RateProgress(_Bar):
     """A bar over sentences: done / total, sentences per second, time left."""
 
     def __init__(self, console, total: int) -> None:
-        self._bar = _RichBar(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-                             TimeRemainingColumn(), console=console, transient=False)
-        self._task = self._bar.add_task("embedding", total=total)
-
-    def __enter__(self) -> RateProgress:
-        self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._bar.__exit__(*exc)
+        super().__init__(console, total, "embedding", TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
+                         _RateColumn(), TimeRemainingColumn())
 
     def advance(self, rows: int) -> None:
         self._bar.advance(self._task, rows)
