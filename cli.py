@@ -278,6 +278,40 @@ def embed(artifact, input_path, output, text_field, id_field, engine, ray_addres
                f"{result.sentences_per_second:,.0f} sent/s with the {engine} engine{versus})")
 
 
+@main.command()
+@click.option("--teacher", default=None, help="model dir, pip package or hub id [default: bundled all-MiniLM-L6-v2]")
+@click.option("--layers", type=click.IntRange(min=1), default=None, help="keep this many layers, evenly spaced")
+@click.option("--keep", default=None, help="keep exactly these layer indices, e.g. 0,2,5")
+@click.option("--corpus", type=click.Path(path_type=Path), default=None,
+              help="training sentences, one per line [default: STS-B train]")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="passes over the corpus [default: 6]")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="the student's new folder")
+def distill(teacher, layers, keep, corpus, epochs, out) -> None:
+    """A smaller student (a subset of the teacher's layers) trained to reproduce the teacher's embeddings."""
+    from core.model_source import load_sentence_transformer, resolve_model
+    from pipelines.distill import DistillConfig, training_sentences
+    from pipelines.distill import distill as run_distill
+    from pipelines.summary import RateProgress
+
+    if layers is None and keep is None:
+        raise click.UsageError("pass --layers N or --keep I,J,...")
+    try:
+        indices = tuple(int(i) for i in keep.split(",")) if keep else None
+    except ValueError:
+        raise click.UsageError(f"--keep takes layer indices separated by commas, got {keep!r}") from None
+    config = DistillConfig(teacher, layers, indices, str(corpus) if corpus else None,
+                           **({"epochs": epochs} if epochs else {}))
+    sentences = training_sentences(config.corpus)
+    model = load_sentence_transformer(resolve_model(teacher))
+    steps = config.epochs * -(-len(sentences) // config.batch_size)
+    with _third_party_output("distill") as terminal, \
+            RateProgress(_console(terminal), steps, "training", "batches/s") as bar:
+        result = run_distill(model, config, sentences, out, progress=lambda batches, loss: bar.advance(batches))
+    click.echo(f"student: layers {result.kept_layers} of {result.teacher_layers}; STS-B dev Spearman "
+               f"{result.spearman_student:.2f} vs teacher {result.spearman_teacher:.2f} (drop {result.drop:.2f}); "
+               f"{result.seconds / 60:.1f} min; saved to {out}")
+
+
 @main.command(name="import-weights")
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="new model folder (safetensors only)")

@@ -56,16 +56,20 @@ class RichProgress(_Bar):
 
 
 class _RateColumn(ProgressColumn):
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
     def render(self, task):
-        return f"{task.speed:,.0f} sent/s" if task.speed else "– sent/s"
+        return f"{task.speed:,.1f} {self.unit}" if task.speed else f"– {self.unit}"
 
 
 class RateProgress(_Bar):
-    """A bar over sentences: done / total, sentences per second, time left."""
+    """A bar over items (sentences, training batches): done / total, items per second, time left."""
 
-    def __init__(self, console, total: int) -> None:
-        super().__init__(console, total, "embedding", TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
-                         _RateColumn(), TimeRemainingColumn())
+    def __init__(self, console, total: int, label: str = "embedding", unit: str = "sent/s") -> None:
+        super().__init__(console, total, label, TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                         _RateColumn(unit), TimeRemainingColumn())
 
     def advance(self, rows: int) -> None:
         self._bar.advance(self._task, rows)

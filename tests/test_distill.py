@@ -1,0 +1,63 @@
+"""`distill`: layer selection, a student trained on the teacher's embeddings, loading back and exporting."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from core.config import BuildConfig
+from core.errors import ConfigError
+from core.model_source import load_sentence_transformer, resolve_model
+from pipelines.distill import DISTILL_RECORD, layer_stack, layers_to_keep
+from pipelines.export import export
+from tests.tiny_models import FAMILIES, build_tiny_model
+
+
+@pytest.mark.parametrize("total, layers, keep, expected", [
+    (6, 3, None, [0, 2, 5]),  # evenly spaced, first and last kept
+    (6, 2, None, [0, 5]),
+    (6, 1, None, [5]),
+    (12, 4, None, [0, 4, 7, 11]),
+    (6, None, (4, 0, 2, 2), [0, 2, 4]),
+    (6, 6, None, [0, 1, 2, 3, 4, 5]),
+])
+def test_layers_to_keep(total, layers, keep, expected):
+    assert layers_to_keep(total, layers, keep) == expected
+
+
+@pytest.mark.parametrize("layers, keep, needle", [(7, None, "between 1 and"), (None, (0, 6), "layers 0 to 5")])
+def test_impossible_layer_choices_are_refused(layers, keep, needle):
+    with pytest.raises(ConfigError, match=needle):
+        layers_to_keep(6, layers, keep)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    return build_tiny_model(FAMILIES["roberta"], tmp_path_factory.mktemp("teacher") / "tiny-roberta")
+
+
+def test_a_distilled_student_loads_back_learns_and_exports(tiny_teacher, tmp_path, dev_sentences):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(dev_sentences[:256]) + "\n")
+    out = tmp_path / "student"
+    result = CliRunner().invoke(main, ["distill", "--teacher", str(tiny_teacher), "--keep", "1", "--corpus",
+                                       str(corpus), "--epochs", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / DISTILL_RECORD).read_text())
+    assert record["kept_layers"] == [1] and record["teacher_layers"] == 2
+    assert record["epoch_losses"][-1] < record["epoch_losses"][0]  # it learned the teacher's embeddings
+    student = load_sentence_transformer(resolve_model(str(out)))
+    assert len(layer_stack(student[0].auto_model)[2]) == 1
+    (artifact,) = export(BuildConfig(model=str(out), target="x86", out=str(tmp_path / "dist")))
+    assert artifact.ok, artifact.error
+
+
+def test_distill_refuses_a_folder_in_use(tiny_teacher, tmp_path):
+    (tmp_path / "student").mkdir()
+    (tmp_path / "student" / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["distill", "--teacher", str(tiny_teacher), "--layers", "1", "--out",
+                                       str(tmp_path / "student")])
+    assert result.exit_code == 2 and "not empty" in result.stderr, result.output
