@@ -52,6 +52,13 @@ class GateError(ToolchainError):
     exit_code = 1
 
 
+def gist(exc: BaseException, last: bool = False, limit: int = 300) -> str:
+    """``Type: line`` from a library's exception, for a one-line error: its first non-empty line, or its last where the
+    library puts its own context first (ONNX Runtime)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {(lines[-1] if last else lines[0])[:limit]}" if lines else type(exc).__name__
+
+
 def require(module: str, extra: str) -> ModuleType:
     """Import an optional dependency or raise an actionable MissingDependencyError."""
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from core.errors import ModelSourceError
+from core.errors import ModelSourceError, gist
 from core.safe_io import MAX_JSON_BYTES, contained, read_capped, read_json
 
 # modules.json types, by full import path: the names sentence-transformers writes now and wrote before.
@@ -181,8 +181,7 @@ def check_tokenizer(path: Path, config: dict) -> None:
     except ModelSourceError:
         raise
     except Exception as exc:  # tokenizers raises plain Exception on a malformed file
-        gist = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise ModelSourceError(f"{path} is not a valid tokenizer ({gist}); re-download it") from None
+        raise ModelSourceError(f"{path} is not a valid tokenizer ({gist(exc)}); re-download it") from None
     ids = tokenizer.get_vocab(with_added_tokens=True).values()
     rows = config.get("vocab_size")
     if ids and isinstance(rows, int) and max(ids) >= rows:
@@ -280,9 +279,8 @@ def check_weights_match_config(folder: Path, trust_remote_code: bool = False) ->
         with torch.device("meta"):
             model = transformers.AutoModel.from_config(config, trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises many types for a config it cannot build
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise ModelSourceError(f"{folder / 'config.json'} does not describe a model transformers can build "
-                               f"({type(exc).__name__}: {lines[0][:200] if lines else ''})") from None
+                               f"({gist(exc)})") from None
     for name, parameter in model.named_parameters():
         if name.startswith("pooler."):
             continue

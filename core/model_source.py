@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import ModelSourceError
+from core.errors import ModelSourceError, gist
 from core.model_files import check_links_stay_inside, check_modules, check_weights_match_config
 from core.safe_io import contained, read_json
 
@@ -170,9 +170,7 @@ def load_sentence_transformer(source: ModelSource, *, allow_pickle: bool = False
             model_kwargs={"attn_implementation": "eager", "use_safetensors": not allow_pickle},
         )
     except Exception as exc:  # every loader below raises its own types; the user needs the gist and the folder
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        gist = f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
-        raise ModelSourceError(f"model at {source.path} could not be loaded ({gist}); it is damaged or "
+        raise ModelSourceError(f"model at {source.path} could not be loaded ({gist(exc)}); it is damaged or "
                                "incomplete: re-download it") from None
     model.eval()
     return model

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import ToolchainError, require
+from core.errors import ToolchainError, gist, require
 from pipelines.embed import ChunkWork, Engine, embed_batch
 from pipelines.package import safe_extract
 from pipelines.runtime import ArtifactEncoder
@@ -97,7 +97,7 @@ def ray_engine(artifact_dir: Path, address: str | None, actors: int) -> Engine:
                     if left[index] == 0:
                         yield int(index), vectors.pop(index)
         except ray.exceptions.RayError as exc:
-            raise ToolchainError(f"the Ray job failed: {str(exc).splitlines()[0][:300]}") from None
+            raise ToolchainError(f"the Ray job failed ({gist(exc)})") from None
 
     return run
 

@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 
 from core.config import BuildConfig
-from core.errors import ToolchainError
+from core.errors import ToolchainError, gist
 from pipelines.export import ArtifactResult, PrintProgress, Progress, export, preflight, sigterm_as_interrupt
 from pipelines.staging import recover_if_free
 
@@ -59,8 +59,7 @@ def _child(config: BuildConfig, events: multiprocessing.Queue, parent: int) -> N
         events.put(("error", (str(exc), exc.exit_code)))
     except BaseException as exc:  # a bug: the full trace goes to the log, one line to the user
         traceback.print_exc()
-        events.put(("error", (f"internal error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                              " (trace in the converter log)", 1)))
+        events.put(("error", (f"internal error {gist(exc)} (trace in the converter log)", 1)))
 
 
 def export_isolated(config: BuildConfig, progress: Progress | None = None) -> list[ArtifactResult]:

@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from core.errors import ArtifactError
+from core.errors import ArtifactError, gist
 from core.manifest import MANIFEST, MAX_MANIFEST_BYTES, UNCHECKED_FILES, check_files, find_artifacts, read_manifest
 
 MAX_MEMBERS = 10_000
@@ -29,8 +29,7 @@ def safe_extract(archive: Path, destination: Path) -> None:
             members = _checked_members(archive, tar, destination)
             tar.extractall(destination, members=members, filter="data")
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise ArtifactError(f"{archive} is not a readable release archive ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise ArtifactError(f"{archive} is not a readable release archive ({gist(exc)})") from None
 
 
 def _checked_members(archive: Path, tar: tarfile.TarFile, destination: Path) -> list[tarfile.TarInfo]:

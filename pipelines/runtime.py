@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 from converters.base import Runner
 from converters.registry import get_format
 from core.cpu import cpu_mismatch
-from core.errors import ArtifactError, ToolchainError
+from core.errors import ArtifactError, ToolchainError, gist
 from core.manifest import read_manifest
 from core.safe_io import MAX_JSON_BYTES, read_capped
 
@@ -54,13 +54,13 @@ class ArtifactEncoder:
             raise
         except Exception as exc:
             raise ArtifactError(f"{self.artifact_dir / self.manifest['file']} cannot be loaded by its runtime "
-                                f"({self.manifest['runtime']}): {_gist(exc)}") from None
+                                f"({self.manifest['runtime']}): {gist(exc, last=True)}") from None
 
     def _run(self, inputs: dict[str, np.ndarray], shape) -> np.ndarray:
         try:
             output = np.asarray(self.runner.run(inputs, shape))
         except Exception as exc:
-            raise ArtifactError(f"{self.manifest['file']} failed to run: {_gist(exc)}") from None
+            raise ArtifactError(f"{self.manifest['file']} failed to run: {gist(exc, last=True)}") from None
         batch = len(next(iter(inputs.values())))
         if output.ndim != 2 or output.shape[0] != batch:
             raise ArtifactError(f"{self.manifest['file']} returned shape {output.shape}, not (batch, dims)")
@@ -137,18 +137,12 @@ class ArtifactEncoder:
         return _scatter(len(rows), parts)
 
 
-def _gist(exc: Exception) -> str:
-    """The line of an exception that says what went wrong (runtimes put it last, after their own context)."""
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[-1].strip()[:300] if lines else ''}"
-
-
 def _load_tokenizer(path: Path) -> Tokenizer:
     data = read_capped(path, MAX_JSON_BYTES, ArtifactError, "tokenizer")
     try:
         return Tokenizer.from_str(data.decode("utf-8"))
     except Exception as exc:  # the tokenizers library raises plain Exception on a malformed file
-        raise ArtifactError(f"{path} is not a valid tokenizer.json ({_gist(exc)})") from None
+        raise ArtifactError(f"{path} is not a valid tokenizer.json ({gist(exc, last=True)})") from None
 
 
 def _scatter(count: int, parts) -> np.ndarray:
