@@ -67,9 +67,10 @@ def embed_batch(encoder: ArtifactEncoder, texts: Sequence[str]) -> np.ndarray:
     return encoder.run_tokenized(encoder.tokenize(list(texts)))
 
 
-def plan_batches(encoder: ArtifactEncoder, texts: Sequence[str], batch_size: int) -> list[np.ndarray]:
+def plan_batches(encoder: ArtifactEncoder, texts: Sequence[str], batch_size: int,
+                 tokens: list[dict] | None = None) -> list[np.ndarray]:
     """Row positions of each batch: longest first (little padding), stable, ``batch_size`` rows each."""
-    lengths = [len(row["input_ids"]) for row in encoder.tokenize(list(texts))]
+    lengths = [len(row["input_ids"]) for row in (tokens or encoder.tokenize(list(texts)))]
     order = np.argsort([-n for n in lengths], kind="stable")
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
@@ -78,6 +79,7 @@ def plan_batches(encoder: ArtifactEncoder, texts: Sequence[str], batch_size: int
 class ChunkWork:
     index: int
     texts: list[str]
+    tokens: list[dict]  # the texts tokenized once: planning and the local engine share them
     batches: list[np.ndarray]  # row positions within the chunk, one array per batch
 
 
@@ -90,7 +92,7 @@ def local_engine(encoder: ArtifactEncoder) -> Engine:
         for chunk in chunks:
             out = np.zeros((len(chunk.texts), int(encoder.manifest["embedding_dim"])), dtype=np.float32)
             for batch in chunk.batches:
-                out[batch] = embed_batch(encoder, [chunk.texts[i] for i in batch])
+                out[batch] = encoder.run_tokenized([chunk.tokens[i] for i in batch])
             yield chunk.index, out
 
     return run
@@ -189,7 +191,8 @@ def embed_corpus(artifact_dir: Path, corpus: Corpus, output: Path, engine: Engin
         for index in (i for i in range(job.chunks) if i not in done):
             rows = job.chunk_range(index)
             texts = corpus.texts[rows.start : rows.stop]
-            yield ChunkWork(index, texts, plan_batches(encoder, texts, batch_size))
+            tokens = encoder.tokenize(texts)
+            yield ChunkWork(index, texts, tokens, plan_batches(encoder, texts, batch_size, tokens))
 
     for index, vectors in engine(pending()):
         rows = job.chunk_range(index)
