@@ -83,22 +83,51 @@ def test_fuzz_texts(encoder, st_model, min_cosine, texts):
 
 
 def _start_export(out: Path, *extra: str) -> subprocess.Popen:
+    """The CLI in its own process group, so a test can freeze it together with its build process."""
     cmd = [sys.executable, str(ROOT / "cli.py"), "export", "--target", "x86", "--out", str(out), *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _wait_for(model_dir: Path, inside_staging: str | None, proc: subprocess.Popen,
+def _group_states(group: int) -> list[str]:
+    """The scheduler state (R, S, D, T, ...) of every thread of every live process in the process group."""
+    states = []
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            if int((process / "stat").read_text().rsplit(")", 1)[1].split()[2]) != group:
+                continue
+            states += [(task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in process.glob("task/*")]
+        except (OSError, IndexError):  # the process or thread just ended
+            continue
+    return states
+
+
+def _freeze(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGSTOP)
+    # SIGSTOP lands asynchronously. A thread in D (e.g. a parent in vfork, waiting for a child the same signal
+    # stopped before its exec) runs no user code again before it stops, so it counts as frozen.
+    while not all(state in "TtDZX" for state in _group_states(proc.pid)):
+        time.sleep(0.01)
+
+
+def _pause_at(model_dir: Path, inside_staging: str | None, proc: subprocess.Popen,
               stale: set[Path] = frozenset()) -> None:
-    """Until the export's own staging folder exists (and holds ``inside_staging``, if given). Generous: a loaded
-    2-core machine converts slowly."""
+    """Freeze the export at the first check that finds its own staging folder (holding ``inside_staging``, if
+    given). Each check runs while the export is frozen, so however loaded the machine, the build cannot move past
+    the point between the check and what the test does next; the caller resumes it with ``_resume``."""
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
+        _freeze(proc)
         staged = [p for p in model_dir.glob(".x86.tmp-*") if p not in stale]
         if staged and (inside_staging is None or (staged[0] / inside_staging).exists()):
             return
+        _resume(proc)
         time.sleep(0.05)
     pytest.fail(f"export never reached {inside_staging or 'its staging folder'} (exit {proc.poll()})")
+
+
+def _resume(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGCONT)
 
 
 @pytest.fixture
@@ -119,9 +148,10 @@ def _assert_intact(final: Path, manifest_bytes: bytes) -> None:
 def test_interrupt_stops_export_within_seconds(previous_artifact, sig):
     out, final, manifest_bytes = previous_artifact
     proc = _start_export(out)
-    _wait_for(final.parent, "model.onnx", proc)  # mid-conversion: the converter is busy in C++
+    _pause_at(final.parent, "model.onnx", proc)  # mid-build: the converter is busy in C++
     proc.send_signal(sig)
     started = time.time()
+    _resume(proc)
     proc.wait(timeout=30)
     assert time.time() - started < 10, "export took more than 10 s to stop"
     assert proc.returncode == 130, proc.stdout.read()
@@ -136,8 +166,8 @@ def test_sigkill_at_any_point_keeps_the_old_artifact_and_the_next_run_sweeps(pre
         left_behind = set(final.parent.glob(".x86.tmp-*"))  # SIGKILL cannot be handled: the next run sweeps
         assert len(left_behind) == (0 if point is None else 1)
         proc = _start_export(out)
-        _wait_for(final.parent, point, proc, stale=left_behind)
-        proc.kill()
+        _pause_at(final.parent, point, proc, stale=left_behind)
+        proc.kill()  # the build process dies with it (PR_SET_PDEATHSIG), frozen or not
         proc.wait(timeout=30)
         assert not left_behind & set(final.parent.glob(".x86.tmp-*"))
         _assert_intact(final, manifest_bytes)
@@ -153,15 +183,16 @@ def test_a_second_export_into_the_same_folder_refuses(previous_artifact):
     from cli import main
 
     out, final, manifest_bytes = previous_artifact
-    first = _start_export(out, "--target", "all")  # holds the folder for minutes: no race on a loaded machine
+    first = _start_export(out)
     try:
-        _wait_for(final.parent, None, first)
+        _pause_at(final.parent, None, first)  # frozen while it holds the folder's lock
         second = CliRunner().invoke(main, ["export", "--target", "x86", "--out", str(out)])
         assert second.exit_code == 2, second.output
         assert "another export" in second.stderr and "--out" in second.stderr
         assert len(list(final.parent.glob(".x86.tmp-*"))) == 1  # the second wrote nothing
     finally:
         first.send_signal(signal.SIGINT)
+        _resume(first)
         first.wait(timeout=30)
     _assert_intact(final, manifest_bytes)
 
