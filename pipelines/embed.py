@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import ArtifactError, OutputError, require
+from core.errors import ArtifactError, ConfigError, OutputError, require
 from core.manifest import check_files, read_manifest, sha256_file, write_json_atomic
 from core.safe_io import read_json
+from core.vectors import PRECISIONS, VectorCodec
 from pipelines.corpus import Corpus
 from pipelines.runtime import ArtifactEncoder
 
@@ -42,6 +43,7 @@ class EmbedJob:
     dims: int
     chunk_rows: int = 4096
     batch_size: int = 64
+    precision: str = "float32"  # or int8 / binary, with the artifact's calibrated ranges (core.vectors)
 
     @property
     def chunks(self) -> int:
@@ -60,6 +62,18 @@ def open_artifact(artifact_dir: Path) -> dict:
     manifest = read_manifest(artifact_dir)
     check_files(artifact_dir, manifest)
     return manifest
+
+
+def vector_codec(manifest: dict, precision: str) -> VectorCodec | None:
+    """The artifact's calibrated ranges for int8 / binary vectors; None for float32."""
+    if precision == "float32":
+        return None
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not manifest.get("vectors"):
+        raise ArtifactError(f"the artifact declares no ranges for {precision} vectors (built before they existed); "
+                            "re-export it, or embed with --precision float32")
+    return VectorCodec.from_dict(manifest["vectors"], int(manifest["embedding_dim"]))
 
 
 def embed_batch(encoder: ArtifactEncoder, texts: Sequence[str]) -> np.ndarray:
@@ -130,8 +144,8 @@ def write_chunk(output: Path, index: int, ids: list[str], vectors: np.ndarray, m
     """One parquet file, written beside its place and renamed in, then recorded in the ledger."""
     pa = require("pyarrow", "embed")
     parquet = require("pyarrow.parquet", "embed")
-    dims = vectors.shape[1]
-    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), dims)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.from_numpy_dtype(vectors.dtype)),
+                                               vectors.shape[1])
     table = pa.table({"id": pa.array(ids, type=pa.string()), "vector": column})
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()})
     final = output / chunk_name(index)
@@ -148,7 +162,8 @@ def write_chunk(output: Path, index: int, ids: list[str], vectors: np.ndarray, m
 
 
 def read_vectors(output: Path) -> tuple[list[str], np.ndarray, dict]:
-    """Every chunk of a finished job, in order: ids, (rows, dims) float32, and the files' metadata."""
+    """Every chunk of a finished job, in order: ids, the stored vectors (float32 (rows, dims), int8 (rows, dims) or
+    packed binary uint8 (rows, dims / 8)), and the files' metadata."""
     parquet = require("pyarrow.parquet", "embed")
     job = EmbedJob(**read_json(output / JOB, ArtifactError, "embed job"))
     ids, parts, metadata = [], [], {}
@@ -156,7 +171,8 @@ def read_vectors(output: Path) -> tuple[list[str], np.ndarray, dict]:
         table = parquet.read_table(output / chunk_name(index))
         metadata = json.loads(table.schema.metadata[METADATA_KEY])
         ids += table.column("id").to_pylist()
-        parts.append(np.asarray(table.column("vector").combine_chunks().flatten()).reshape(-1, job.dims))
+        vectors = table.column("vector").combine_chunks()
+        parts.append(np.asarray(vectors.flatten()).reshape(-1, vectors.type.list_size))
     return ids, np.concatenate(parts), metadata
 
 
@@ -173,14 +189,15 @@ class EmbedResult:
 
 
 def embed_corpus(artifact_dir: Path, corpus: Corpus, output: Path, engine: Engine, encoder: ArtifactEncoder,
-                 chunk_rows: int = 4096, batch_size: int = 64,
+                 chunk_rows: int = 4096, batch_size: int = 64, precision: str = "float32",
                  progress: Callable[[int], None] | None = None) -> EmbedResult:
     """Embed every chunk the ledger does not hold yet; ``progress`` gets the rows done after each chunk."""
     manifest = encoder.manifest
     job = EmbedJob(artifact_checksum(manifest), corpus.fingerprint, len(corpus), int(manifest["embedding_dim"]),
-                   chunk_rows, batch_size)
+                   chunk_rows, batch_size, precision)
+    codec = vector_codec(manifest, precision)
     done = start_job(output, job)
-    metadata = {"artifact_checksum": job.artifact_checksum, "dims": job.dims, "dtype": "float32",
+    metadata = {"artifact_checksum": job.artifact_checksum, "dims": job.dims, "dtype": precision,
                 "model": manifest["model"]["name"], "target": manifest["target"], "artifact": manifest["artifact"],
                 "normalized": manifest.get("normalized"), "input_fingerprint": corpus.fingerprint}
     started, embedded = time.perf_counter(), 0
@@ -196,7 +213,8 @@ def embed_corpus(artifact_dir: Path, corpus: Corpus, output: Path, engine: Engin
 
     for index, vectors in engine(pending()):
         rows = job.chunk_range(index)
-        write_chunk(output, index, corpus.ids[rows.start : rows.stop], vectors, metadata)
+        stored = vectors if codec is None else codec.encode(vectors, precision)
+        write_chunk(output, index, corpus.ids[rows.start : rows.stop], stored, metadata)
         embedded += len(rows)
         if progress:
             progress(len(rows))

@@ -49,6 +49,9 @@ from core.model_source import (
 )
 from core.pca import Projection, fit_pca
 from core.reference import Reference
+from core.vectors import VectorCodec
+from pipelines.dims import DimsSweep, sweep
+from pipelines.distill import read_distillation
 from pipelines.report import model_card, write_artifact_report
 from pipelines.runtime import ArtifactEncoder
 from pipelines.staging import output_lock, recover, staging_dir, swap_into_place
@@ -88,6 +91,8 @@ class Session:
     spec: GraphSpec
     reference: Reference
     calibration: Calibration  # one per export: converters share what they measure about the model
+    vector_codec: VectorCodec  # int8 / binary storage ranges of the artifact's output, on the fit corpus
+    dims_sweep: DimsSweep  # PCA sizes x stored precisions on STS-B dev; with --dims auto, what it chose
 
     @property
     def projection(self) -> Projection | None:
@@ -102,11 +107,15 @@ def _options_dict(options) -> dict:
     return asdict(options) if is_dataclass(options) else dict(options or {})
 
 
+def fit_sentences(fit_corpus: str | None) -> list[str]:
+    return read_corpus(Path(fit_corpus)) if fit_corpus else load_stsb("train").unique_sentences()
+
+
 def fit_projection(reference: Reference, dims: int, fit_corpus: str | None) -> Projection:
     source_dim = reference.st_model.get_embedding_dimension()
     if not 1 <= dims <= source_dim:
         raise ConfigError(f"--dims must be between 1 and the model's dimension {source_dim}, got {dims}")
-    sentences = read_corpus(Path(fit_corpus)) if fit_corpus else load_stsb("train").unique_sentences()
+    sentences = fit_sentences(fit_corpus)
     if len(sentences) < dims:
         raise ConfigError(f"PCA to {dims} dims needs at least {dims} corpus sentences, the corpus has {len(sentences)}")
     return fit_pca(reference.source_embeddings(sentences), dims)
@@ -114,8 +123,11 @@ def fit_projection(reference: Reference, dims: int, fit_corpus: str | None) -> P
 
 def check_build(config: BuildConfig) -> tuple[ModelSource, Family]:
     """Every check that needs no model loaded: options, corpus, output folder, model directory and family."""
-    if config.dims is not None and config.dims <= 0:
-        raise ConfigError(f"--dims must be a positive number of dimensions, got {config.dims}")
+    if isinstance(config.dims, str) and config.dims != "auto" or isinstance(config.dims, int) and config.dims <= 0:
+        raise ConfigError(f"--dims must be a positive number of dimensions or 'auto', got {config.dims}")
+    if config.max_drop is not None and (config.dims != "auto" or config.max_drop < 0):
+        raise ConfigError(f"--max-drop (STS-B points, >= 0) goes with --dims auto, got {config.max_drop} with "
+                          f"--dims {config.dims}")
     if config.fit_corpus and config.dims is None:
         raise ConfigError("--fit-corpus is only used with --dims (it fits the PCA projection)")
     if config.isa is not None:
@@ -147,10 +159,15 @@ def open_session(config: BuildConfig, source: ModelSource) -> Session:
         source, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code
     )
     reference = Reference(st_model, source)
-    if config.dims is not None:
-        reference.projection = fit_projection(reference, config.dims, config.fit_corpus)
+    fit = reference.source_embeddings(fit_sentences(config.fit_corpus))
+    # The sweep costs seconds once the embeddings are in: every manifest shows the dims / precision trade-off.
+    dims_sweep = sweep(fit, reference.source_embeddings(load_stsb("dev").unique_sentences()), config.max_drop)
+    dims = dims_sweep.chosen if config.dims == "auto" else config.dims
+    if dims is not None and dims < st_model.get_embedding_dimension():
+        reference.projection = fit_projection(reference, dims, config.fit_corpus)
     spec = graph_spec(st_model, reference.projection)
-    return Session(config, source, st_model, spec, reference, calibration(st_model, spec))
+    codec = VectorCodec.fit(reference.project(fit), config.fit_corpus or "STS-B train")
+    return Session(config, source, st_model, spec, reference, calibration(st_model, spec), codec, dims_sweep)
 
 
 def check_output_dir(out: Path) -> None:
@@ -231,11 +248,14 @@ def build_manifest(session: Session, target: Target, plan: ArtifactPlan, convers
             "fit_corpus": session.config.fit_corpus or "STS-B train",
             "file": PCA_FILE,
         },
+        "vectors": session.vector_codec.to_dict(),
+        "dims_sweep": session.dims_sweep.to_dict(),
         "tokenizer": tokenizer,
         "model": {
             "name": session.source.name,
             "source": session.source.spec,
             "sha256": session.reference.model_sha256,  # every file of the model directory (see ModelSource)
+            "distillation": read_distillation(session.source.path),
         },
         "graph": asdict(spec),
         "conversion": conversion.details,
@@ -371,7 +391,8 @@ def export(config: BuildConfig, progress: Progress | None = None) -> list[Artifa
     with sigterm_as_interrupt():
         for reason in refused.values():
             progress.step(f"refused: {reason}")
-        progress.step("loading the model" + (f" and fitting PCA to {config.dims} dims" if config.dims else ""))
+        progress.step("loading the model" + (" and sweeping the PCA sizes" if config.dims == "auto" else
+                                             f" and fitting PCA to {config.dims} dims" if config.dims else ""))
         session = open_session(config, source)  # the last check of the model: nothing is written before it
         with output_lock(out):
             recover(out)

@@ -6,6 +6,7 @@ import html
 from pathlib import Path
 
 import markdown_it
+import numpy as np
 
 from core.manifest import find_artifacts, read_manifest, write_text_atomic
 
@@ -58,6 +59,11 @@ def artifact_report(manifest: dict) -> str:
         ]
     if speed:
         lines += ["", "## Speed", "", speed.get("table_md", "")]
+    if manifest.get("dims_sweep"):
+        lines += ["", "## Output size and stored precision (PCA fitted on the fit corpus, scored on STS-B dev)", "",
+                  sweep_table_md(manifest["dims_sweep"]), "",
+                  "int8 and binary vectors use the ranges in the manifest's `vectors` entry (core/vectors.py; "
+                  "`cli.py embed --precision`)."]
     lines += ["", "## Files", "", "| file | sha256 |", "|---|---|"]
     lines += [f"| {name} | `{digest[:16]}…` |" for name, digest in manifest["files"].items()]
     return "\n".join(lines) + "\n"
@@ -92,8 +98,22 @@ def _rows(root: Path) -> list[dict]:
             "throughput_sps": speed.get("throughput_sps"),
             "latency_p50_ms": speed.get("latency_p50_ms"),
             "verdict": manifest.get("verdict", "not verified"),
+            "model": manifest["model"]["name"],
+            "distillation": manifest["model"].get("distillation"),
+            "dims_sweep": manifest.get("dims_sweep"),
         })
     return rows
+
+
+def _svg_frame(width: int, height: int, pad: int, right: int, x_label: str, y_label: str) -> list[str]:
+    """An SVG's opening, white background, two axes and their labels; plots add ticks and marks."""
+    return [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+            f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
+            f'<line x1="{pad}" y1="{height - pad}" x2="{width - right}" y2="{height - pad}" stroke="black"/>',
+            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>',
+            f'<text x="{(width - right + pad) / 2}" y="{height - 15}" text-anchor="middle">{x_label}</text>',
+            f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" text-anchor="middle">'
+            f"{y_label}</text>"]
 
 
 def _svg_plot(rows: list[dict]) -> str:
@@ -118,13 +138,7 @@ def _svg_plot(rows: list[dict]) -> str:
         return height - pad - (v - y0) / (y1 - y0) * (height - 2 * pad)
 
     palette = {"x86": "#1f77b4", "gpu": "#2ca02c", "mobile": "#ff7f0e", "apple": "#9467bd", "": "#222"}
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-             f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
-             f'<line x1="{pad}" y1="{height - pad}" x2="{width - right}" y2="{height - pad}" stroke="black"/>',
-             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>',
-             f'<text x="{width / 2}" y="{height - 15}" text-anchor="middle">batch-32 throughput, × fp32 PyTorch</text>',
-             f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" text-anchor="middle">'
-             f"STS-B dev Spearman ×100</text>"]
+    parts = _svg_frame(width, height, pad, right, "batch-32 throughput, × fp32 PyTorch", "STS-B dev Spearman ×100")
     for i in range(5):
         xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
         parts.append(f'<text x="{sx(xv)}" y="{height - pad + 16}" text-anchor="middle">{xv:.1f}</text>')
@@ -149,6 +163,90 @@ def _svg_plot(rows: list[dict]) -> str:
         parts.append(f'<text x="{width - right + 12}" y="{ly:.1f}" fill="{color}">{label}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def sweep_table_md(dims_sweep: dict) -> str:
+    """The dims x precision sweep of a manifest: quality against bytes per stored vector."""
+    lines = ["| dims | vector | bytes | STS-B | drop | recall@10 | MRR | MRR drop |",
+             "|---|---|---|---|---|---|---|---|"]
+    chosen = dims_sweep["smallest_within_max_drop"]
+    for r in sorted(dims_sweep["rows"], key=lambda r: (-r["bytes_per_vector"], r["precision"])):
+        mark = " ←" if r["dims"] == chosen and r["precision"] == "float32" else ""
+        lines.append(f"| {r['dims']}{mark} | {r['precision']} | {r['bytes_per_vector']} | {r['spearman']:.2f} | "
+                     f"{r['spearman_drop']:.2f} | {r['recall_at_10']:.1f} | {r['mrr']:.2f} | {r['mrr_drop']:.2f} |")
+    lines.append(f"\n← the smallest float32 size within {dims_sweep['max_drop']} points (`--dims auto`). Retrieval: "
+                 "each STS-B dev pair scored ≥ 4 as query → positive among all dev sentences.")
+    return "\n".join(lines)
+
+
+def _svg_sweep(dims_sweep: dict, title: str) -> str:
+    """STS-B Spearman against bytes per stored vector (log scale), one line per precision."""
+    rows = dims_sweep["rows"]
+    width, height, pad, right = 760, 360, 60, 110
+    xs = [np.log2(r["bytes_per_vector"]) for r in rows]
+    ys = [r["spearman"] for r in rows]
+    x0, x1, y0, y1 = min(xs) - 0.3, max(xs) + 0.3, min(ys) - 1, max(ys) + 1
+
+    def sx(v: float) -> float:
+        return pad + (v - x0) / (x1 - x0) * (width - pad - right)
+
+    def sy(v: float) -> float:
+        return height - pad - (v - y0) / (y1 - y0) * (height - 2 * pad)
+
+    colors = {"float32": "#1f77b4", "int8": "#ff7f0e", "binary": "#2ca02c"}
+    parts = _svg_frame(width, height, pad, right, "bytes per stored vector (log scale)", "STS-B dev Spearman ×100")
+    parts.append(f'<text x="{pad}" y="20">{html.escape(title)}</text>')
+    for exponent in range(int(np.ceil(x0)), int(np.floor(x1)) + 1):
+        parts.append(f'<text x="{sx(exponent):.1f}" y="{height - pad + 16}" text-anchor="middle">'
+                     f"{2 ** exponent}</text>")
+    for i in range(5):
+        yv = y0 + (y1 - y0) * i / 4
+        parts.append(f'<text x="{pad - 6}" y="{sy(yv) + 4:.1f}" text-anchor="end">{yv:.1f}</text>')
+    for precision, color in colors.items():
+        series = sorted((r for r in rows if r["precision"] == precision), key=lambda r: r["bytes_per_vector"])
+        if not series:
+            continue
+        points = " ".join(f"{sx(np.log2(r['bytes_per_vector'])):.1f},{sy(r['spearman']):.1f}" for r in series)
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>')
+        for r in series:
+            parts.append(f'<circle cx="{sx(np.log2(r["bytes_per_vector"])):.1f}" cy="{sy(r["spearman"]):.1f}" r="3" '
+                         f'fill="{color}"><title>{precision} {r["dims"]}d: {r["bytes_per_vector"]} B, '
+                         f'{r["spearman"]:.2f}</title></circle>')
+        last = series[-1]
+        parts.append(f'<text x="{sx(np.log2(last["bytes_per_vector"])) + 8:.1f}" y="{sy(last["spearman"]) + 4:.1f}" '
+                     f'fill="{color}">{precision}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _sweeps(rows: list[dict]) -> dict[str, dict]:
+    """One dims sweep per source model (every artifact of a model carries the same one)."""
+    found: dict[str, dict] = {}
+    for r in rows:
+        if r["dims_sweep"] and r["model"] not in found:
+            found[r["model"]] = r["dims_sweep"]
+    return found
+
+
+def _distillation_md(rows: list[dict]) -> str | None:
+    """Each distilled student's artifacts beside its teacher's of the same kind, when both are under the root."""
+    students = [r for r in rows if r["distillation"]]
+    if not students:
+        return None
+    lines = ["| artifact | layers | STS-B | teacher STS-B (fp32) | drop | sent/s | × teacher's artifact |",
+             "|---|---|---|---|---|---|---|"]
+    for r in students:
+        record = r["distillation"]
+        teacher = next((t for t in rows if t["model"] == record["teacher"] and t["target"] == r["target"]
+                        and t["artifact"] == r["artifact"]), None)
+        ratio = None if teacher is None or not r["throughput_sps"] or not teacher["throughput_sps"] else \
+            r["throughput_sps"] / teacher["throughput_sps"]
+        drop = None if r["spearman"] is None else record["spearman_teacher"] - r["spearman"]
+        lines.append(f"| {r['name']} | {len(record['kept_layers'])} of {record['teacher_layers']} "
+                     f"({','.join(map(str, record['kept_layers']))}) | {_fmt(r['spearman'], 2)} | "
+                     f"{record['spearman_teacher']:.2f} | {_fmt(drop, 2)} | {_fmt(r['throughput_sps'], 0)} | "
+                     f"{_fmt(ratio, 2)} |")
+    return "\n".join(lines)
 
 
 def _table_md(rows: list[dict]) -> str:
@@ -178,14 +276,25 @@ def write_model_report(root: Path) -> tuple[Path, Path]:
     svg = _svg_plot(rows)
     if svg.startswith("<svg"):
         write_text_atomic(root / "report.svg", svg)
-    write_text_atomic(root / "report.md", md)
+    sections = ""  # extra sections, markdown for report.md and rendered for report.html
+    plots = ""
+    distilled = _distillation_md(rows)
+    if distilled:
+        sections += ("\n## Distilled students\n\nSpeed: `cli.py bench` sentences/s of each artifact, and its ratio to "
+                     "the teacher's artifact of the same kind in the same run.\n\n" + distilled + "\n")
+    for model, dims_sweep in _sweeps(rows).items():
+        sections += (f"\n## {model}: output size and stored precision\n\nPCA fitted on the fit corpus, scored on "
+                     "STS-B dev; int8 and binary vectors with the manifest's calibrated ranges.\n\n"
+                     + sweep_table_md(dims_sweep) + "\n")
+        plots += f"<h2>{html.escape(model)}: quality against bytes per vector</h2>" + _svg_sweep(dims_sweep, model)
+    write_text_atomic(root / "report.md", md + sections)
     body = markdown_it.MarkdownIt("commonmark").enable("table").render(intro + "\n" + table)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(str(root))}</title><style>"
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
             "</style></head><body>" + body + "<h2>Accuracy vs speed vs size</h2>"
             "<p>Marker area grows with file size. The dashed line is the fp32 PyTorch speed.</p>" + svg +
-            "</body></html>")
+            markdown_it.MarkdownIt("commonmark").enable("table").render(sections) + plots + "</body></html>")
     write_text_atomic(root / "report.html", page)
     return root / "report.md", root / "report.html"
 
