@@ -302,22 +302,25 @@ def embed(artifact, input_path, output, text_field, id_field, engine, ray_addres
 @click.option("--corpus", type=click.Path(path_type=Path), default=None,
               help="training sentences, one per line [default: STS-B train]")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="passes over the corpus [default: 6]")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="AdamW learning rate, decaying linearly to 0 [default: 1e-4]")
+@click.option("--matryoshka", default=None,
+              help="also train these output sizes (e.g. 64,128) to keep the teacher's similarities, for --dims later")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="the student's new folder")
-def distill(teacher, layers, keep, corpus, epochs, out) -> None:
-    """A smaller student (a subset of the teacher's layers) trained to reproduce the teacher's embeddings."""
+def distill(teacher, layers, keep, corpus, epochs, learning_rate, matryoshka, out) -> None:
+    """A smaller student (a subset of the teacher's layers, or Matryoshka-trained output sizes) trained to reproduce
+    the teacher's embeddings."""
     from core.model_source import load_sentence_transformer, resolve_model
     from pipelines.distill import DistillConfig, training_sentences
     from pipelines.distill import distill as run_distill
     from pipelines.summary import RateProgress
 
-    if layers is None and keep is None:
-        raise click.UsageError("pass --layers N or --keep I,J,...")
-    try:
-        indices = tuple(int(i) for i in keep.split(",")) if keep else None
-    except ValueError:
-        raise click.UsageError(f"--keep takes layer indices separated by commas, got {keep!r}") from None
-    config = DistillConfig(teacher, layers, indices, str(corpus) if corpus else None,
-                           **({"epochs": epochs} if epochs else {}))
+    if layers is None and keep is None and matryoshka is None:
+        raise click.UsageError("pass --layers N, --keep I,J,... or --matryoshka D,D,...")
+    indices, sizes = (_integers(option, value) for option, value in (("--keep", keep), ("--matryoshka", matryoshka)))
+    overrides = {name: value for name, value in (("epochs", epochs), ("learning_rate", learning_rate)) if value}
+    config = DistillConfig(teacher, layers, indices, str(corpus) if corpus else None, matryoshka_dims=sizes,
+                           **overrides)
     sentences = training_sentences(config.corpus)
     with _third_party_output("distill") as terminal:  # loading torch models prints warnings of its own
         source = resolve_model(teacher)
@@ -329,6 +332,13 @@ def distill(teacher, layers, keep, corpus, epochs, out) -> None:
     click.echo(f"student: layers {result.kept_layers} of {result.teacher_layers}; STS-B dev Spearman "
                f"{result.spearman_student:.2f} vs teacher {result.spearman_teacher:.2f} (drop {result.drop:.2f}); "
                f"{result.seconds / 60:.1f} min; saved to {out}")
+
+
+def _integers(option: str, value: str | None) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(i) for i in value.split(",")) if value else None
+    except ValueError:
+        raise click.UsageError(f"{option} takes whole numbers separated by commas, got {value!r}") from None
 
 
 @main.command(name="import-weights")

@@ -100,8 +100,15 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "prompts": dict, "default_prompt_name": (str, type(None)), "isa": (dict, type(None)), "file_bytes": dict,
-    "graph": dict, "normalized": bool, "size_bytes": int, "precision": str,
+    "graph": dict, "normalized": bool, "size_bytes": int, "precision": str, "vectors": (dict, type(None)),
+    "dims_sweep": (dict, type(None)),
 }
+NUMBER = (int, float)
+# What the reports read of the dims sweep and of a distilled model's record (pipelines.dims, pipelines.distill).
+SWEEP_FIELDS = {"max_drop": NUMBER, "smallest_within_max_drop": int, "rows": list}
+SWEEP_ROW_FIELDS = {"dims": int, "precision": str, "bytes_per_vector": int, "spearman": NUMBER,
+                    "spearman_drop": NUMBER, "recall_at_10": NUMBER, "mrr": NUMBER, "mrr_drop": NUMBER}
+DISTILLATION_FIELDS = {"teacher": str, "kept_layers": list, "teacher_layers": int, "spearman_teacher": NUMBER}
 SHA256_HEX = frozenset("0123456789abcdef")
 
 
@@ -127,6 +134,11 @@ def validate_manifest(manifest: dict[str, Any], artifact_dir: Path, where: str) 
         field(spec if isinstance(spec, dict) else {}, "name", str, ArtifactError, f"{where} inputs")
     for key in ("name", "source", "sha256"):
         field(manifest["model"], key, str, ArtifactError, f"{where} model")
+    _check_fields(manifest["model"].get("distillation"), DISTILLATION_FIELDS, f"{where} model.distillation")
+    sweep = manifest.get("dims_sweep")
+    _check_fields(sweep, SWEEP_FIELDS, f"{where} dims_sweep")
+    for row in sweep["rows"] if sweep else []:
+        _check_fields(row if isinstance(row, dict) else {}, SWEEP_ROW_FIELDS, f"{where} dims_sweep row")
     for name, digest in manifest["files"].items():
         contained(artifact_dir, name, ArtifactError, f"{where} 'files'")
         if not isinstance(digest, str) or len(digest) != 64 or not SHA256_HEX.issuperset(digest):
@@ -134,6 +146,11 @@ def validate_manifest(manifest: dict[str, Any], artifact_dir: Path, where: str) 
     for name, size in manifest.get("file_bytes", {}).items():
         if name not in manifest["files"] or isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ArtifactError(f"{where}: 'file_bytes' has a bad entry for {name!r}")
+
+
+def _check_fields(entry: dict | None, kinds: dict, where: str) -> None:
+    for key, kind in kinds.items() if entry is not None else ():
+        field(entry, key, kind, ArtifactError, where)
 
 
 def read_manifest(artifact_dir: Path) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from core.data import load_stsb, read_corpus
 from core.errors import ConfigError, ModelSourceError, OutputError
 from core.manifest import write_json_atomic
 from core.metrics import sts_spearman
+from core.pca import fit_pca
 from core.safe_io import read_json
 
 DISTILL_RECORD = "distillation.json"
@@ -39,6 +40,7 @@ class DistillConfig:
     batch_size: int = 32
     learning_rate: float = 1e-4
     seed: int = 0
+    matryoshka_dims: tuple[int, ...] | None = None  # also keep the teacher's similarities in these leading PCA dims
 
 
 def layer_stack(auto_model: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.ModuleList]:
@@ -82,15 +84,41 @@ def _forward(model, sentences: Sequence[str]) -> torch.Tensor:
     return model(features)["sentence_embedding"]
 
 
+class MatryoshkaLoss:
+    """Matryoshka-style: the student's output, in the teacher's PCA frame, cut to each of ``dims`` leading
+    dimensions, should give the teacher's full cosine similarities within a batch. Export then fits PCA on the
+    student, so a smaller ``--dims`` loses less than PCA of the teacher alone."""
+
+    def __init__(self, targets: np.ndarray, dims: Sequence[int]) -> None:
+        if not all(0 < d < targets.shape[1] for d in dims):
+            raise ConfigError(f"--matryoshka sizes must be between 1 and {targets.shape[1] - 1}, got {list(dims)}")
+        frame = fit_pca(targets, max(dims))
+        self.components = torch.from_numpy(frame.components).float()
+        self.mean = torch.from_numpy(frame.mean).float()
+        self.dims = sorted(dims)
+
+    def __call__(self, embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        unit = torch.nn.functional.normalize(targets, dim=1)
+        similarities = unit @ unit.T
+        projected = (embeddings - self.mean) @ self.components.T
+        losses = []
+        for dims in self.dims:
+            cut = torch.nn.functional.normalize(projected[:, :dims], dim=1)
+            losses.append(((cut @ cut.T - similarities) ** 2).mean())
+        return torch.stack(losses).sum()
+
+
 def train_student(student, sentences: list[str], targets: np.ndarray, config: DistillConfig,
                   progress: Callable[[int, float], None] | None = None) -> list[float]:
-    """MSE to the teacher's embeddings; returns the mean loss of each epoch. ``progress`` gets (batches, loss)."""
+    """MSE to the teacher's embeddings (plus the Matryoshka term if asked); returns the mean loss of each epoch.
+    ``progress`` gets (batches, loss)."""
     torch.manual_seed(config.seed)
     generator = np.random.default_rng(config.seed)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate)
     steps = config.epochs * math.ceil(len(sentences) / config.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / steps))
     target = torch.from_numpy(targets)
+    matryoshka = MatryoshkaLoss(targets, config.matryoshka_dims) if config.matryoshka_dims else None
     student.train()
     losses = []
     for _ in range(config.epochs):
@@ -98,7 +126,10 @@ def train_student(student, sentences: list[str], targets: np.ndarray, config: Di
         total = 0.0
         for start in range(0, len(order), config.batch_size):
             index = order[start : start + config.batch_size]
-            loss = torch.nn.functional.mse_loss(_forward(student, [sentences[i] for i in index]), target[index])
+            embeddings = _forward(student, [sentences[i] for i in index])
+            loss = torch.nn.functional.mse_loss(embeddings, target[index])
+            if matryoshka is not None:
+                loss = loss + matryoshka(embeddings, target[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -140,7 +171,8 @@ def distill(teacher, teacher_name: str, config: DistillConfig, sentences: list[s
         raise OutputError(f"{out} is not empty; pass a new folder to --out")
     started = time.perf_counter()
     total = len(layer_stack(teacher[0].auto_model)[2])
-    keep = layers_to_keep(total, config.layers, config.keep)
+    everything = config.layers is None and not config.keep and config.matryoshka_dims  # Matryoshka training only
+    keep = list(range(total)) if everything else layers_to_keep(total, config.layers, config.keep)
     with torch.no_grad():
         targets = teacher.encode(sentences, batch_size=64, convert_to_numpy=True).astype(np.float32)
     student = make_student(teacher, keep)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cli import main
 from core.config import BuildConfig
 from core.errors import ConfigError
 from core.model_source import load_sentence_transformer, resolve_model
-from pipelines.distill import DISTILL_RECORD, layer_stack, layers_to_keep
+from pipelines.distill import DISTILL_RECORD, MatryoshkaLoss, layer_stack, layers_to_keep
 from pipelines.export import export
 from tests.tiny_models import FAMILIES, build_tiny_model
 
@@ -63,3 +65,27 @@ def test_distill_refuses_a_folder_in_use(tiny_teacher, tmp_path):
     result = CliRunner().invoke(main, ["distill", "--teacher", str(tiny_teacher), "--layers", "1", "--out",
                                        str(tmp_path / "student")])
     assert result.exit_code == 2 and "not empty" in result.stderr, result.output
+
+
+def test_matryoshka_loss_is_zero_when_the_leading_dims_hold_everything():
+    rng = np.random.default_rng(0)
+    targets = rng.normal(size=(256, 8)) @ rng.normal(size=(8, 32))  # rank 8 in 32 dims
+    targets = (targets - targets.mean(axis=0)).astype(np.float32)  # centred: PCA's centring changes no cosine
+    loss = MatryoshkaLoss(targets, (8, 16))
+    exact = torch.from_numpy(targets)
+    assert float(loss(exact, exact)) < 1e-8
+    assert float(loss(exact + torch.randn_like(exact), exact)) > 1e-3
+    with pytest.raises(ConfigError, match="--matryoshka"):
+        MatryoshkaLoss(targets, (32,))
+
+
+def test_matryoshka_training_keeps_every_layer(tiny_teacher, tmp_path, dev_sentences):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(dev_sentences[:128]) + "\n")
+    out = tmp_path / "student"
+    result = CliRunner().invoke(main, ["distill", "--teacher", str(tiny_teacher), "--matryoshka", "16,32",
+                                       "--corpus", str(corpus), "--epochs", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / DISTILL_RECORD).read_text())
+    assert record["kept_layers"] == [0, 1] and record["config"]["matryoshka_dims"] == [16, 32]
+    assert record["epoch_losses"][-1] < record["epoch_losses"][0]
