@@ -206,18 +206,16 @@ def bench(path, threads, repeats, json_out, vs_peers, device, batch_size, strict
     device = default_device() if device == "auto" else device
     config = BenchConfig(threads=threads or BenchConfig().threads, repeats=repeats, device=device,
                          batch_size=batch_size or (128 if device == "cuda" else 32))
-    model = read_manifest(artifacts[0])["model"]["source"]
     with _third_party_output("bench") as terminal:
         progress = _console(terminal)
-        result = run_bench(artifacts, model, config, progress=lambda msg: progress.print(f"[dim]• timing[/dim] {msg}"),
+        result = run_bench(artifacts, config, progress=lambda msg: progress.print(f"[dim]• timing[/dim] {msg}"),
                            peers=vs_peers, strict=strict)
     console = _console()
     table = markdown_table(result)
     console.print(table)
-    for row in (r for r in result["rows"][1:] if "path" in r):
+    for row in (r for r in result["rows"] if "path" in r):
         manifest = read_manifest(Path(row["path"]))
-        manifest["speed"] = {**row, "baseline": result["rows"][0], "config": result["config"], "cpu": result["cpu"],
-                             "table_md": table}
+        manifest["speed"] = {**row, "config": result["config"], "cpu": result["cpu"], "table_md": table}
         write_json_atomic(Path(row["path"]) / "manifest.json", manifest)
         write_artifact_report(Path(row["path"]), manifest)
     if json_out:

@@ -230,11 +230,38 @@ def cpu_notes(artifacts: list[Path], strict: bool = False) -> dict[str, str]:
     return notes
 
 
-def bench(artifacts: list[Path], model: str, config: BenchConfig, progress=lambda msg: None,
-          peers: bool = False, strict: bool = False) -> dict:
-    """Baseline first, then the peer (optional), then every artifact; rows carry ratios against the baseline."""
+def bench(artifacts: list[Path], config: BenchConfig, progress=lambda msg: None, peers: bool = False,
+          strict: bool = False) -> dict:
+    """Per source model: its fp32 PyTorch baseline, then the peers (optional), then its artifacts. Every row's
+    ratios are against its own model's baseline, measured in the same run; with several models (a student beside
+    its teacher) each label names its model."""
     notes = cpu_notes(artifacts, strict)
-    progress("fp32 PyTorch baseline")
+    groups: dict[str, list[Path]] = {}
+    for artifact in artifacts:
+        groups.setdefault(read_manifest(artifact)["model"]["source"], []).append(artifact)
+    rows, skipped, flops = [], [], {}
+    roofline = None
+    for model, group in groups.items():
+        name = read_manifest(group[0])["model"]["name"]
+        group_rows = _bench_model(model, group, config, progress, peers)
+        skipped += [row for row in group_rows if "skipped" in row]
+        group_rows = [row for row in group_rows if "skipped" not in row]
+        if peers:
+            roofline = _roofline(group_rows, group, config)
+            flops[name] = roofline["flops_per_sentence_mean"]
+        if len(groups) > 1:
+            for row in group_rows:
+                row["label"] = f"{name}: {row['label']}"
+        rows += group_rows
+    if roofline:
+        roofline["flops_per_sentence_mean"] = flops
+    return {"config": asdict(config), "cpu": f"{cpu_name()}, ISA class {cpu_isa()}", "rows": rows,
+            "skipped": skipped, "roofline": roofline, "cpu_notes": notes}
+
+
+def _bench_model(model: str, artifacts: list[Path], config: BenchConfig, progress, peers: bool) -> list[dict]:
+    """One source model's baseline, peers and artifacts; each timed row carries its ratios and its baseline."""
+    progress(f"fp32 PyTorch baseline of {model}")
     baseline = run_in_subprocess({"engine": "torch", "model": model, "config": asdict(config)})
     rows = [baseline]
     if peers:
@@ -245,17 +272,17 @@ def bench(artifacts: list[Path], model: str, config: BenchConfig, progress=lambd
         row["path"] = str(artifact)
         row["parity"] = read_manifest(artifact).get("parity")
         rows.append(row)
-    skipped = [row for row in rows if "skipped" in row]
-    rows = [row for row in rows if "skipped" not in row]
-    for row in rows:
-        row["throughput_ratio"] = row["throughput_sps"] / baseline["throughput_sps"]
-        row["latency_p50_ratio"] = row["latency_p50_ms"] / baseline["latency_p50_ms"]
-    sources = [r["parity"]["spearman_source"] for r in rows if (r.get("parity") or {}).get("spearman_source")]
+    timed = [row for row in rows if "skipped" not in row]
+    sources = [r["parity"]["spearman_source"] for r in timed if (r.get("parity") or {}).get("spearman_source")]
     if sources:  # the baseline is the reference itself
         baseline["parity"] = {"spearman": sources[0], "mean_cosine": 1.0, "min_cosine": 1.0}
-    roofline = _roofline(rows, artifacts, config) if peers else None
-    return {"config": asdict(config), "cpu": f"{cpu_name()}, ISA class {cpu_isa()}", "rows": rows,
-            "skipped": skipped, "roofline": roofline, "cpu_notes": notes}
+    summary = {key: baseline.get(key) for key in ("label", "throughput_sps", "latency_p50_ms", "size_bytes")}
+    for row in timed:
+        row["throughput_ratio"] = row["throughput_sps"] / baseline["throughput_sps"]
+        row["latency_p50_ratio"] = row["latency_p50_ms"] / baseline["latency_p50_ms"]
+        if row is not baseline:
+            row["baseline"] = summary
+    return rows
 
 
 def markdown_table(result: dict) -> str:
@@ -294,7 +321,8 @@ def markdown_table(result: dict) -> str:
     if roofline:
         peaks = ", ".join(f"{p} {g:.0f}" for p, g in roofline["peak_gops"].items())
         lines.append(f"\nPeaks: {peaks} GOP/s ({roofline['cores']} cores × {roofline['clock_ghz']} GHz × ops/cycle); "
-                     f"{roofline['flops_per_sentence_mean'] / 1e6:.0f} MFLOP per sentence on average. "
+                     + ", ".join(f"{flops / 1e6:.0f} MFLOP per sentence of {name}" for name, flops in
+                                 roofline["flops_per_sentence_mean"].items()) + " on average. "
                      f"{roofline['assumptions']}.")
     for path, note in result.get("cpu_notes", {}).items():
         lines.append(f"\nnote: {path}: {note}")

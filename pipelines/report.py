@@ -235,17 +235,22 @@ def _distillation_md(rows: list[dict]) -> str | None:
         return None
     lines = ["| artifact | layers | STS-B | teacher STS-B (fp32) | drop | sent/s | × teacher's artifact |",
              "|---|---|---|---|---|---|---|"]
+    shown: set[str] = set()
     for r in students:
         record = r["distillation"]
         teacher = next((t for t in rows if t["model"] == record["teacher"] and t["target"] == r["target"]
                         and t["artifact"] == r["artifact"]), None)
-        ratio = None if teacher is None or not r["throughput_sps"] or not teacher["throughput_sps"] else \
-            r["throughput_sps"] / teacher["throughput_sps"]
-        drop = None if r["spearman"] is None else record["spearman_teacher"] - r["spearman"]
-        lines.append(f"| {r['name']} | {len(record['kept_layers'])} of {record['teacher_layers']} "
-                     f"({','.join(map(str, record['kept_layers']))}) | {_fmt(r['spearman'], 2)} | "
-                     f"{record['spearman_teacher']:.2f} | {_fmt(drop, 2)} | {_fmt(r['throughput_sps'], 0)} | "
-                     f"{_fmt(ratio, 2)} |")
+        entries = [(r, f"{len(record['kept_layers'])} of {record['teacher_layers']} "
+                       f"({','.join(map(str, record['kept_layers']))})")]
+        if teacher is not None and teacher["name"] not in shown:
+            shown.add(teacher["name"])
+            entries.insert(0, (teacher, f"{record['teacher_layers']} (teacher)"))
+        for row, layers in entries:
+            ratio = None if teacher is None or not row["throughput_sps"] or not teacher["throughput_sps"] else \
+                row["throughput_sps"] / teacher["throughput_sps"]
+            drop = None if row["spearman"] is None else record["spearman_teacher"] - row["spearman"]
+            lines.append(f"| {row['name']} | {layers} | {_fmt(row['spearman'], 2)} | {record['spearman_teacher']:.2f} "
+                         f"| {_fmt(drop, 2)} | {_fmt(row['throughput_sps'], 0)} | {_fmt(ratio, 2)} |")
     return "\n".join(lines)
 
 
@@ -322,6 +327,10 @@ def model_card(manifest: dict) -> str:
         + (f"PCA to {manifest['pca']['dims']} dims, " if manifest.get("pca") else "")
         + "and normalisation are inside the model file.",
     ]
+    if manifest.get("vectors"):
+        lines.append("- Smaller stored vectors: int8 (1 byte per dimension) or binary (1 bit) with the calibrated "
+                     "ranges in the manifest's `vectors` entry, as `cli.py embed --precision` stores them; the "
+                     "manifest's `dims_sweep` shows what each costs in STS-B and retrieval.")
     if shapes:
         lines.append("- Fixed shapes: pad to the smallest that fits: "
                      + ", ".join(f"{s['batch']}×{s['sequence']} (`{s['name']}`)" for s in shapes) + ".")

