@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(PYTHON) cli.py export --target all
-	$(PYTHON) cli.py export --target x86 --dims auto
+	$(PYTHON) cli.py export --target x86 --dims 128
+	$(PYTHON) cli.py export --target x86 --dims auto --max-drop 0.5
 	$(PYTHON) cli.py bench dist --json dist/bench.json
 	$(PYTHON) cli.py package $(MODEL_DIR)
 	$(PYTHON) cli.py verify $(MODEL_DIR)/release/all-MiniLM-L6-v2-x86.tar.gz
