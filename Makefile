@@ -45,6 +45,7 @@ bench-embed: $(STAMP)
 
 # The bundled model distilled to 3 layers (evenly spaced) and exported to every target (each verified and gated);
 # its x86 artifact benched beside the teacher's in one run: dist/distill/speed/report.html sets them side by side.
+# Then a Matryoshka-trained copy (all layers) against plain PCA, both to 128 dims: dist/distill/dims/report.html.
 DISTILL := dist/distill
 bench-distill: $(STAMP)
 	rm -rf $(DISTILL) && mkdir -p $(DISTILL)
@@ -54,6 +55,10 @@ bench-distill: $(STAMP)
 	$(PYTHON) cli.py export --model $(DISTILL)/all-MiniLM-L3 --target x86 --out $(DISTILL)/speed
 	$(PYTHON) cli.py bench $(DISTILL)/speed --json $(DISTILL)/bench.json
 	$(PYTHON) cli.py report $(DISTILL)/speed
+	$(PYTHON) cli.py distill --matryoshka 64,128,192 --epochs 2 --learning-rate 2e-5 --out $(DISTILL)/all-MiniLM-L6-mrl
+	$(PYTHON) cli.py export --target x86 --dims 128 --out $(DISTILL)/dims
+	$(PYTHON) cli.py export --model $(DISTILL)/all-MiniLM-L6-mrl --target x86 --dims 128 --out $(DISTILL)/dims
+	$(PYTHON) cli.py report $(DISTILL)/dims
 
 # Our x86 artifacts (portable, built for this CPU's class, OpenVINO) against every peer a user would pick
 # on this machine (creates .venv-peer once).
