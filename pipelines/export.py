@@ -93,6 +93,7 @@ class Session:
     calibration: Calibration  # one per export: converters share what they measure about the model
     vector_codec: VectorCodec  # int8 / binary storage ranges of the artifact's output, on the fit corpus
     dims_sweep: DimsSweep  # PCA sizes x stored precisions on STS-B dev; with --dims auto, what it chose
+    distillation: dict | None  # the model's distillation record, if `distill` made it
 
     @property
     def projection(self) -> Projection | None:
@@ -158,6 +159,7 @@ def open_session(config: BuildConfig, source: ModelSource) -> Session:
     st_model = load_sentence_transformer(
         source, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code
     )
+    distillation = read_distillation(source.path)
     reference = Reference(st_model, source)
     fit = reference.source_embeddings(fit_sentences(config.fit_corpus))
     # The sweep costs seconds once the embeddings are in: every manifest shows the dims / precision trade-off.
@@ -167,7 +169,8 @@ def open_session(config: BuildConfig, source: ModelSource) -> Session:
         reference.projection = fit_projection(reference, dims, config.fit_corpus)
     spec = graph_spec(st_model, reference.projection)
     codec = VectorCodec.fit(reference.project(fit), config.fit_corpus or "STS-B train")
-    return Session(config, source, st_model, spec, reference, calibration(st_model, spec), codec, dims_sweep)
+    return Session(config, source, st_model, spec, reference, calibration(st_model, spec), codec, dims_sweep,
+                   distillation)
 
 
 def check_output_dir(out: Path) -> None:
@@ -255,7 +258,7 @@ def build_manifest(session: Session, target: Target, plan: ArtifactPlan, convers
             "name": session.source.name,
             "source": session.source.spec,
             "sha256": session.reference.model_sha256,  # every file of the model directory (see ModelSource)
-            "distillation": read_distillation(session.source.path),
+            "distillation": session.distillation,
         },
         "graph": asdict(spec),
         "conversion": conversion.details,

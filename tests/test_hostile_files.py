@@ -218,6 +218,7 @@ def test_a_damaged_model_directory_is_refused_cleanly_or_loads(tiny_model, works
     ("truncated weights", "truncated"),
     ("weights of another model", "lacks"),
     ("corrupt tokenizer", "tokenizer.json"),
+    ("damaged distillation record", "distillation.json"),
 ])
 def test_kept_aside_model_cases_are_one_line_exit_2(tiny_model, workspace, case, needle):
     model = _fresh_copy(tiny_model, workspace, "kept-aside")
@@ -236,6 +237,8 @@ def test_kept_aside_model_cases_are_one_line_exit_2(tiny_model, workspace, case,
         weights.write_bytes(weights.read_bytes()[:-100])
     elif case == "weights of another model":
         _rename_tensor(weights, "embeddings.word_embeddings.weight", "embeddings.word_embeddings.weighX")
+    elif case == "damaged distillation record":
+        (model / "distillation.json").write_text('{"teacher": "x", "kept_layers": "0,1", "teacher_layers": 2}')
     else:
         (model / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "Nope"}}')
     (model / "modules.json").write_text(json.dumps(modules))
