@@ -108,7 +108,8 @@ NUMBER = (int, float)
 SWEEP_FIELDS = {"max_drop": NUMBER, "smallest_within_max_drop": int, "rows": list}
 SWEEP_ROW_FIELDS = {"dims": int, "precision": str, "bytes_per_vector": int, "spearman": NUMBER,
                     "spearman_drop": NUMBER, "recall_at_10": NUMBER, "mrr": NUMBER, "mrr_drop": NUMBER}
-DISTILLATION_FIELDS = {"teacher": str, "kept_layers": list, "teacher_layers": int, "spearman_teacher": NUMBER}
+DISTILLATION_FIELDS = {"teacher": str, "kept_layers": list, "teacher_layers": int, "spearman_teacher": NUMBER,
+                       "matryoshka_dims": (list, type(None))}
 SHA256_HEX = frozenset("0123456789abcdef")
 
 

@@ -199,11 +199,16 @@ def read_distillation(model_dir: Path) -> dict | None:
     record = read_json(path, ModelSourceError, "distillation record")
     kinds = {"teacher": str, "kept_layers": list, "teacher_layers": int, "spearman_teacher": (int, float),
              "spearman_student": (int, float), "seconds": (int, float)}
+    matryoshka = record["config"].get("matryoshka_dims") if isinstance(record.get("config"), dict) else None
     wrong = [key for key, kind in kinds.items() if not isinstance(record.get(key), kind)]
-    if wrong or not all(isinstance(i, int) for i in record["kept_layers"]):
-        raise ModelSourceError(f"{path} is damaged ({', '.join(wrong) or 'kept_layers'} missing or of the wrong "
-                               f"type); delete it if the model was not distilled, or distill again")
-    return {key: record[key] for key in kinds}
+    if not all(isinstance(i, int) for i in record.get("kept_layers") or []):
+        wrong.append("kept_layers")
+    if matryoshka is not None and not (isinstance(matryoshka, list) and all(isinstance(d, int) for d in matryoshka)):
+        wrong.append("config.matryoshka_dims")
+    if wrong:
+        raise ModelSourceError(f"{path} is damaged ({', '.join(wrong)} missing or of the wrong type); delete it if "
+                               "the model was not distilled, or distill again")
+    return {**{key: record[key] for key in kinds}, "matryoshka_dims": matryoshka}
 
 
 def training_sentences(corpus: str | None) -> list[str]:

@@ -240,8 +240,10 @@ def _distillation_md(rows: list[dict]) -> str | None:
         record = r["distillation"]
         teacher = next((t for t in rows if t["model"] == record["teacher"] and t["target"] == r["target"]
                         and t["artifact"] == r["artifact"]), None)
+        matryoshka = record.get("matryoshka_dims")
         entries = [(r, f"{len(record['kept_layers'])} of {record['teacher_layers']} "
-                       f"({','.join(map(str, record['kept_layers']))})")]
+                       f"({','.join(map(str, record['kept_layers']))})"
+                       + (f", Matryoshka {','.join(map(str, matryoshka))}" if matryoshka else ""))]
         if teacher is not None and teacher["name"] not in shown:
             shown.add(teacher["name"])
             entries.insert(0, (teacher, f"{record['teacher_layers']} (teacher)"))

@@ -133,7 +133,7 @@ def test_report_shows_the_sweep_and_a_student_beside_its_teacher(x86_artifact, t
     student = root / "student" / "x86"
     for folder, distillation in ((teacher, None), (student, {
             "teacher": "all-MiniLM-L6-v2", "kept_layers": [0, 2, 5], "teacher_layers": 6, "spearman_teacher": 86.7,
-            "spearman_student": 85.0, "seconds": 60.0})):
+            "spearman_student": 85.0, "seconds": 60.0, "matryoshka_dims": None})):
         folder.mkdir(parents=True)
         for path in Path(x86_artifact.folder).iterdir():
             (folder / path.name).write_bytes(path.read_bytes())
