@@ -92,7 +92,8 @@ class DimsParam(click.ParamType):
               help="PCA output dimensions folded into the graph, or 'auto': the smallest within --max-drop")
 @click.option("--max-drop", type=float, default=None,
               help="with --dims auto: STS-B dev Spearman points the projection may lose [default: 0.5]")
-@click.option("--fit-corpus", type=click.Path(path_type=Path), default=None, help="sentences (one per line) to fit PCA")
+@click.option("--fit-corpus", type=click.Path(path_type=Path), default=None,
+              help="sentences (one per line): fit PCA, calibrate int8/binary vector ranges [default: STS-B train]")
 @click.option("--out", default="dist", show_default=True, help="output folder")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="rebuild from a manifest.json or build config into --out (other options are ignored) and report "

@@ -112,14 +112,14 @@ def fit_sentences(fit_corpus: str | None) -> list[str]:
     return read_corpus(Path(fit_corpus)) if fit_corpus else load_stsb("train").unique_sentences()
 
 
-def fit_projection(reference: Reference, dims: int, fit_corpus: str | None) -> Projection:
-    source_dim = reference.st_model.get_embedding_dimension()
+def fit_projection(fit: np.ndarray, dims: int) -> Projection:
+    """PCA to ``dims`` on the source model's embeddings of the fit corpus."""
+    count, source_dim = fit.shape
     if not 1 <= dims <= source_dim:
         raise ConfigError(f"--dims must be between 1 and the model's dimension {source_dim}, got {dims}")
-    sentences = fit_sentences(fit_corpus)
-    if len(sentences) < dims:
-        raise ConfigError(f"PCA to {dims} dims needs at least {dims} corpus sentences, the corpus has {len(sentences)}")
-    return fit_pca(reference.source_embeddings(sentences), dims)
+    if count < dims:
+        raise ConfigError(f"PCA to {dims} dims needs at least {dims} corpus sentences, the corpus has {count}")
+    return fit_pca(fit, dims)
 
 
 def check_build(config: BuildConfig) -> tuple[ModelSource, Family]:
@@ -129,8 +129,6 @@ def check_build(config: BuildConfig) -> tuple[ModelSource, Family]:
     if config.max_drop is not None and (config.dims != "auto" or config.max_drop < 0):
         raise ConfigError(f"--max-drop (STS-B points, >= 0) goes with --dims auto, got {config.max_drop} with "
                           f"--dims {config.dims}")
-    if config.fit_corpus and config.dims is None:
-        raise ConfigError("--fit-corpus is only used with --dims (it fits the PCA projection)")
     if config.isa is not None:
         isa_class(config.isa)
     if config.quantization not in (None, "dynamic", "static"):
@@ -164,9 +162,10 @@ def open_session(config: BuildConfig, source: ModelSource) -> Session:
     fit = reference.source_embeddings(fit_sentences(config.fit_corpus))
     # The sweep costs seconds once the embeddings are in: every manifest shows the dims / precision trade-off.
     dims_sweep = sweep(fit, reference.source_embeddings(load_stsb("dev").unique_sentences()), config.max_drop)
-    dims = dims_sweep.chosen if config.dims == "auto" else config.dims
-    if dims is not None and dims < st_model.get_embedding_dimension():
-        reference.projection = fit_projection(reference, dims, config.fit_corpus)
+    if config.dims == "auto" and dims_sweep.chosen < fit.shape[1]:
+        reference.projection = fit_pca(fit, dims_sweep.chosen)
+    elif isinstance(config.dims, int):
+        reference.projection = fit_projection(fit, config.dims)
     spec = graph_spec(st_model, reference.projection)
     codec = VectorCodec.fit(reference.project(fit), config.fit_corpus or "STS-B train")
     return Session(config, source, st_model, spec, reference, calibration(st_model, spec), codec, dims_sweep,

@@ -95,7 +95,7 @@ def test_targets_command_lists_every_registered_target():
 
 
 @pytest.mark.parametrize("args, needle", [
-    (("export", "--dims", "abc"), "'abc' is not a valid integer"),
+    (("export", "--dims", "abc"), "'abc' is neither a number of dimensions nor 'auto'"),
     (("export", "--isa", "sse2"), "'sse2' is not one of"),
     (("exprt",), "No such command 'exprt'"),
     (("verify",), "Missing argument 'PATH'"),

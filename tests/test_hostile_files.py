@@ -403,7 +403,7 @@ JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(all
                        | st.sampled_from(HOSTILE_VALUES[:12]),
                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
                                                                                      max_size=3), max_leaves=8)
-BUILD_KEYS = ["model", "target", "dims", "fit_corpus", "quantization", "isa", "out", "verify"]
+BUILD_KEYS = ["model", "target", "dims", "max_drop", "fit_corpus", "quantization", "isa", "out", "verify"]
 
 
 @FUZZ
