@@ -1,10 +1,10 @@
 """`embed`: fill an index with the artifact that ships, so stored vectors and query vectors come from one graph.
 
 The corpus is cut into chunks of ``chunk_rows`` rows; each chunk becomes one parquet file (id, vector as a
-fixed-size list of float32) written atomically, then recorded in ``ledger.json``. A rerun of the same job
-skips the chunks the ledger holds (their bytes re-checked), so a killed job finishes with no row missing and
-none twice. ``job.json`` pins what a chunk depends on (artifact, input bytes, batching); another job into the
-same folder is refused.
+fixed-size list: float32, or int8 / packed binary with ``precision``) written atomically, then recorded in
+``ledger.json``. A rerun of the same job skips the chunks the ledger holds (their bytes re-checked), so a killed
+job finishes with no row missing and none twice. ``job.json`` pins what a chunk depends on (artifact, input
+bytes, batching, precision); another job into the same folder is refused.
 
 Batches are planned here, not by the engine: within a chunk, rows sorted by token count (stable) and cut
 into batches of ``batch_size``. A dynamic int8 artifact picks activation scales per batch, so the same batches
