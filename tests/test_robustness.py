@@ -112,16 +112,22 @@ def _freeze(proc: subprocess.Popen) -> None:
 
 def _pause_at(model_dir: Path, inside_staging: str | None, proc: subprocess.Popen,
               stale: set[Path] = frozenset()) -> None:
-    """Freeze the export at the first check that finds its own staging folder (holding ``inside_staging``, if
-    given). Each check runs while the export is frozen, so however loaded the machine, the build cannot move past
-    the point between the check and what the test does next; the caller resumes it with ``_resume``."""
+    """Freeze the export once its own staging folder exists (holding ``inside_staging``, if given). The point is
+    checked again while the export is frozen, so however loaded the machine, the build cannot move past it before
+    what the test does next; the caller resumes it with ``_resume``. Generous deadline: a loaded 2-core machine
+    converts slowly."""
+
+    def at_point() -> bool:
+        staged = [p for p in model_dir.glob(".x86.tmp-*") if p not in stale]
+        return bool(staged) and (inside_staging is None or (staged[0] / inside_staging).exists())
+
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-        _freeze(proc)
-        staged = [p for p in model_dir.glob(".x86.tmp-*") if p not in stale]
-        if staged and (inside_staging is None or (staged[0] / inside_staging).exists()):
-            return
-        _resume(proc)
+        if at_point():
+            _freeze(proc)
+            if at_point():
+                return
+            _resume(proc)
         time.sleep(0.05)
     pytest.fail(f"export never reached {inside_staging or 'its staging folder'} (exit {proc.poll()})")
 
