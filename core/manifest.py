@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from core.errors import ArtifactError
+from core.errors import ArtifactError, ToolchainError
 from core.safe_io import contained, field, read_json
 
 MANIFEST = "manifest.json"
@@ -109,7 +109,7 @@ SWEEP_FIELDS = {"max_drop": NUMBER, "smallest_within_max_drop": int, "rows": lis
 SWEEP_ROW_FIELDS = {"dims": int, "precision": str, "bytes_per_vector": int, "spearman": NUMBER,
                     "spearman_drop": NUMBER, "recall_at_10": NUMBER, "mrr": NUMBER, "mrr_drop": NUMBER}
 DISTILLATION_FIELDS = {"teacher": str, "kept_layers": list, "teacher_layers": int, "spearman_teacher": NUMBER,
-                       "matryoshka_dims": (list, type(None))}
+                       "spearman_student": NUMBER, "seconds": NUMBER, "matryoshka_dims": (list, type(None))}
 SHA256_HEX = frozenset("0123456789abcdef")
 
 
@@ -135,11 +135,12 @@ def validate_manifest(manifest: dict[str, Any], artifact_dir: Path, where: str) 
         field(spec if isinstance(spec, dict) else {}, "name", str, ArtifactError, f"{where} inputs")
     for key in ("name", "source", "sha256"):
         field(manifest["model"], key, str, ArtifactError, f"{where} model")
-    _check_fields(manifest["model"].get("distillation"), DISTILLATION_FIELDS, f"{where} model.distillation")
+    check_fields(manifest["model"].get("distillation"), DISTILLATION_FIELDS, ArtifactError,
+                 f"{where} model.distillation")
     sweep = manifest.get("dims_sweep")
-    _check_fields(sweep, SWEEP_FIELDS, f"{where} dims_sweep")
+    check_fields(sweep, SWEEP_FIELDS, ArtifactError, f"{where} dims_sweep")
     for row in sweep["rows"] if sweep else []:
-        _check_fields(row if isinstance(row, dict) else {}, SWEEP_ROW_FIELDS, f"{where} dims_sweep row")
+        check_fields(row if isinstance(row, dict) else {}, SWEEP_ROW_FIELDS, ArtifactError, f"{where} dims_sweep row")
     for name, digest in manifest["files"].items():
         contained(artifact_dir, name, ArtifactError, f"{where} 'files'")
         if not isinstance(digest, str) or len(digest) != 64 or not SHA256_HEX.issuperset(digest):
@@ -149,9 +150,10 @@ def validate_manifest(manifest: dict[str, Any], artifact_dir: Path, where: str) 
             raise ArtifactError(f"{where}: 'file_bytes' has a bad entry for {name!r}")
 
 
-def _check_fields(entry: dict | None, kinds: dict, where: str) -> None:
+def check_fields(entry: dict | None, kinds: dict, error: type[ToolchainError], where: str) -> None:
+    """Every key of ``kinds`` present in ``entry`` with its type (nothing to check for None)."""
     for key, kind in kinds.items() if entry is not None else ():
-        field(entry, key, kind, ArtifactError, where)
+        field(entry, key, kind, error, where)
 
 
 def read_manifest(artifact_dir: Path) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import torch
 
 from core.data import load_stsb, read_corpus
 from core.errors import ConfigError, ModelSourceError, OutputError
-from core.manifest import write_json_atomic
+from core.manifest import DISTILLATION_FIELDS, check_fields, write_json_atomic
 from core.metrics import sts_spearman
 from core.pca import fit_pca
 from core.safe_io import read_json
@@ -197,18 +197,15 @@ def read_distillation(model_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     record = read_json(path, ModelSourceError, "distillation record")
-    kinds = {"teacher": str, "kept_layers": list, "teacher_layers": int, "spearman_teacher": (int, float),
-             "spearman_student": (int, float), "seconds": (int, float)}
-    matryoshka = record["config"].get("matryoshka_dims") if isinstance(record.get("config"), dict) else None
-    wrong = [key for key, kind in kinds.items() if not isinstance(record.get(key), kind)]
-    if not all(isinstance(i, int) for i in record.get("kept_layers") or []):
-        wrong.append("kept_layers")
-    if matryoshka is not None and not (isinstance(matryoshka, list) and all(isinstance(d, int) for d in matryoshka)):
-        wrong.append("config.matryoshka_dims")
-    if wrong:
-        raise ModelSourceError(f"{path} is damaged ({', '.join(wrong)} missing or of the wrong type); delete it if "
-                               "the model was not distilled, or distill again")
-    return {**{key: record[key] for key in kinds}, "matryoshka_dims": matryoshka}
+    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    # The manifest's entry, checked by the same schema the manifest reader uses (core.manifest).
+    entry = {**{key: record.get(key) for key in DISTILLATION_FIELDS if key != "matryoshka_dims"},
+             "matryoshka_dims": config.get("matryoshka_dims")}
+    where = f"{path} is damaged (delete it if the model was not distilled, or distill again)"
+    check_fields(entry, DISTILLATION_FIELDS, ModelSourceError, where)
+    if not all(isinstance(i, int) for i in entry["kept_layers"] + (entry["matryoshka_dims"] or [])):
+        raise ModelSourceError(f"{where}: layer indices and sizes must be whole numbers")
+    return entry
 
 
 def training_sentences(corpus: str | None) -> list[str]:
