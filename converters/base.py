@@ -71,6 +71,7 @@ class Conversion:
     isa: str | None = None  # the x86 CPU class the artifact is built for (core.cpu.ISA_CLASSES); None: any
     details: dict[str, Any] = field(default_factory=dict)
     weight_files: tuple[str, ...] = ()  # files the main file loads beside it (OpenVINO's .bin)
+    output_name: str | None = None  # where a format names the output for its consumers; None: the graph's own
 
 
 def manifest_shapes(manifest: dict) -> list[Shape] | None:

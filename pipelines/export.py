@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import signal
@@ -49,6 +50,7 @@ from core.model_source import (
 )
 from core.pca import Projection, fit_pca
 from core.reference import Reference
+from core.safe_io import read_json
 from core.vectors import VectorCodec
 from pipelines.dims import DimsSweep, sweep
 from pipelines.distill import read_distillation
@@ -190,6 +192,11 @@ def write_tokenizer(session: Session, out_dir: Path, max_length: int) -> dict:
     for name in TOKENIZER_FILES:
         if (session.source.path / name).is_file():
             shutil.copyfile(session.source.path / name, out_dir / name)
+    config_file = out_dir / "tokenizer_config.json"
+    if config_file.is_file():  # libraries that tokenize from it (transformers.js, fastembed) truncate as we do
+        tokenizer_config = read_json(config_file, ConfigError, "tokenizer_config.json")
+        tokenizer_config["model_max_length"] = max_length
+        config_file.write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     hf = session.st_model.tokenizer
     source_limit = session.spec.max_seq_length
     same = "as the source model" if max_length == source_limit else f"the source model truncates at {source_limit}"
@@ -234,7 +241,8 @@ def build_manifest(session: Session, target: Target, plan: ArtifactPlan, convers
             "class": conversion.isa, "description": isa_class(conversion.isa).description, "built_on": cpu_isa(),
         },
         "inputs": [{"name": n, "dtype": dtype, "shape": ["batch", sequence_dim]} for n in spec.input_names],
-        "output": {"name": spec.output_name, "dtype": "float32", "shape": ["batch", spec.embedding_dim]},
+        "output": {"name": conversion.output_name or spec.output_name, "dtype": "float32",
+                   "shape": ["batch", spec.embedding_dim]},
         "shapes": [asdict(s) for s in conversion.shapes] if conversion.shapes is not None else None,
         "embedding_dim": spec.embedding_dim,
         "max_seq_length": tokenizer["max_length"],

@@ -14,6 +14,7 @@ from targets import x86_openvino  # noqa: E402,F401
 from targets import mobile  # noqa: E402,F401
 from targets import apple  # noqa: E402,F401
 from targets import gpu  # noqa: E402,F401
+from targets import web  # noqa: E402,F401
 # isort: on
 
 __all__ = ["TARGETS", "ArtifactPlan", "Gate", "Target", "get_targets", "register"]

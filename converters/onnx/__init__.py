@@ -35,6 +35,8 @@ class QuantConfig:
     # The CPU class the artifact is for (core.cpu.ISA_CLASSES): full-range int8 weights where the class never
     # saturates u8 x s8 products (VNNI, AMX), weights within [-64, 64] (reduce_range) elsewhere.
     isa: str = PORTABLE_ISA
+    # Where the runtime is not an x86 CPU (WASM): True for full-range weights, False for [-64, 64]; None: by isa.
+    full_range: bool | None = None
     # Regular expressions over MatMul node names always kept out of per-tensor dynamic int8.
     keep_fp32: tuple[str, ...] = ()
     # Measured per model at export: which further MatMuls to keep (None: only keep_fp32).

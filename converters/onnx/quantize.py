@@ -122,6 +122,8 @@ def _digest(array: np.ndarray) -> str:
 
 def reduce_range_for(config: QuantConfig) -> bool:
     """Weights within [-64, 64] unless every CPU of the artifact's class accumulates u8 x s8 in int32."""
+    if config.full_range is not None:
+        return not config.full_range
     return not isa_class(config.isa).full_range_int8
 
 

@@ -1,0 +1,122 @@
+"""Runs a web artifact in headless Chromium with onnxruntime-web, and measures it there.
+
+``structural_checks`` adds what only the browser can say: whether the page was cross-origin isolated, batch-1
+latency inside the page against native ONNX Runtime on the same file and CPU, the gzip download, and WebGPU:
+the fp16 variant goes through the test vectors on the browser's WebGPU adapter where it offers one that runs
+fp16, and the facts say why not otherwise.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from converters.base import Shape, StructuralReport
+from converters.onnx.runner import OrtRunner
+from converters.web import WASM_FILE, WEBGPU_FILE
+from converters.web.browser import ORT_DIST, PAGE_DIR, StaticServer, browser, open_page, ort_web_version
+from core.data import load_stsb
+
+LATENCY_SENTENCES = 100  # STS-B dev sentences spread over the length range, as bench's latency set
+LATENCY_REPEATS = 3
+DOWNLOADED = ("tokenizer.json", "tokenizer_config.json", "config.json")  # what transformers.js fetches beside the model
+
+
+class BrowserRunner:
+    shapes: list[Shape] | None = None
+
+    def __init__(self, artifact_dir: Path, model_file: str, threads: int, backend: str = "wasm") -> None:
+        self.server = StaticServer({"/ort/": ORT_DIST, "/model/": Path(artifact_dir), "/": PAGE_DIR})
+        self.page = open_page(self.server)
+        self.info = self.page.evaluate("([url, threads, backend]) => harness.load(url, threads, backend)",
+                                       [f"/model/{model_file}", threads, backend])
+        self.backend = backend
+        self.description = (f"onnxruntime-web {ort_web_version()} {backend} in headless Chromium {browser().version}"
+                            f" ({self.info['threads']} threads)")
+
+    def run(self, inputs: dict[str, np.ndarray], shape: Shape | None = None) -> np.ndarray:
+        out = self.page.evaluate("batch => harness.run(batch)", {name: a.tolist() for name, a in inputs.items()})
+        return np.asarray(out["data"], dtype=np.float32).reshape(out["dims"])
+
+    def latency_ms(self, batches: list[dict[str, np.ndarray]], repeats: int = LATENCY_REPEATS) -> list[float]:
+        """Each batch's run time inside the page, ``repeats`` times over, after a warm-up."""
+        payload = [{name: a.tolist() for name, a in batch.items()} for batch in batches]
+        return list(self.page.evaluate("([b, r, w]) => harness.time(b, r, w)", [payload, repeats, 5]))
+
+    def close(self) -> None:
+        self.page.context.close()
+        self.server.close()
+
+
+def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> BrowserRunner:
+    wanted = int((manifest.get("options") or {}).get("threads") or 2)
+    return BrowserRunner(artifact_dir, manifest["file"], threads or wanted)
+
+
+def latency_batches(artifact_dir: Path, manifest: dict, input_names: list[str]) -> list[dict[str, np.ndarray]]:
+    """Batch-1 inputs of the latency sentences through the artifact's own tokenizer."""
+    tokenizer = Tokenizer.from_file(str(artifact_dir / manifest["tokenizer"]["file"]))
+    tokenizer.no_padding()
+    sentences = load_stsb("dev").unique_sentences()
+    chosen = sentences[:: max(1, len(sentences) // LATENCY_SENTENCES)][:LATENCY_SENTENCES]
+    batches = []
+    for encoding in tokenizer.encode_batch(chosen):
+        arrays = {"input_ids": encoding.ids, "attention_mask": encoding.attention_mask,
+                  "token_type_ids": encoding.type_ids}
+        batches.append({name: np.asarray([arrays[name]], dtype=np.int64) for name in input_names})
+    return batches
+
+
+def native_latency_ms(model: Path, batches: list[dict[str, np.ndarray]], threads: int) -> list[float]:
+    native = OrtRunner(model, threads, ["CPUExecutionProvider"])
+    for batch in batches[:5]:
+        native.run(batch)
+    times = []
+    for _ in range(LATENCY_REPEATS):
+        for batch in batches:
+            started = time.perf_counter()
+            native.run(batch)
+            times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def gzip_bytes(paths: list[Path]) -> int:
+    return sum(len(gzip.compress(path.read_bytes(), compresslevel=6)) for path in paths if path.is_file())
+
+
+def structural_checks(artifact_dir: Path, manifest: dict) -> StructuralReport:
+    artifact_dir = Path(artifact_dir)
+    runner = load_runner(artifact_dir, manifest, None)
+    try:
+        batches = latency_batches(artifact_dir, manifest, [spec["name"] for spec in manifest["inputs"]])
+        wasm_ms = float(np.median(runner.latency_ms(batches)))
+        native_ms = float(np.median(native_latency_ms(artifact_dir / WASM_FILE, batches, runner.info["threads"])))
+        webgpu = runner.page.evaluate("() => harness.webgpu()")
+    finally:
+        runner.close()
+    extras = [artifact_dir / name for name in DOWNLOADED]
+    facts: dict[str, Any] = {
+        "browser": f"Chromium {browser().version} (headless)",
+        "onnxruntime_web": ort_web_version(),
+        "cross_origin_isolated": bool(runner.info["isolated"]),
+        "wasm_threads": int(runner.info["threads"]),
+        "wasm_b1_p50_ms": round(wasm_ms, 3),
+        "native_b1_p50_ms": round(native_ms, 3),
+        "wasm_vs_native": round(wasm_ms / native_ms, 2),
+        "latency_sentences": len(batches),
+        "download_gzip_bytes": gzip_bytes([artifact_dir / WASM_FILE, *extras]),
+    }
+    program_runners = {}
+    if (artifact_dir / WEBGPU_FILE).is_file():
+        facts["webgpu_fp16_download_gzip_bytes"] = gzip_bytes([artifact_dir / WEBGPU_FILE, *extras])
+        if webgpu["available"]:
+            facts["webgpu"] = f"checked on {webgpu['adapter']}"
+            program_runners["webgpu_fp16"] = BrowserRunner(artifact_dir, WEBGPU_FILE, 1, backend="webgpu")
+        else:
+            facts["webgpu"] = f"fp16 variant not checked here: {webgpu['reason']}"
+    return StructuralReport(facts=facts, program_runners=program_runners)

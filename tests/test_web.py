@@ -1,0 +1,98 @@
+"""The web target in headless Chromium: the gate passes on the bundled model with the browser's own figures,
+a silently wrong int8 artifact fails it, and transformers.js loads the layout in the browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from converters.web import WASM_FILE, WEB_OUTPUT, WEBGPU_FILE
+from converters.web.browser import NODE_MODULES, StaticServer, open_page
+from core.manifest import checksums, file_sizes, write_json_atomic
+from core.metrics import row_cosines
+from pipelines.gatekeeper import verify_path
+
+QUICK = 60  # STS-B dev pairs per verify here; the export's own gate ran on all of them
+TRANSFORMERS_JS = NODE_MODULES / "@huggingface" / "transformers"
+
+
+@pytest.fixture(scope="module")
+def web_artifact(tmp_path_factory):
+    from core.config import BuildConfig
+    from pipelines.export import export
+
+    out = tmp_path_factory.mktemp("dist")
+    (result,) = export(BuildConfig(target="web", out=str(out)))
+    assert result.ok, result.error
+    return result
+
+
+def test_web_export_passes_its_gate_in_chromium(web_artifact):
+    manifest = web_artifact.manifest
+    folder = Path(web_artifact.folder)
+    parity = manifest["parity"]
+    assert manifest["verdict"] == "pass"
+    assert parity["sentences"] > 2000 and parity["mean_cosine"] >= 0.99 and parity["min_cosine"] >= 0.97
+    assert "onnxruntime-web" in parity["runtime"] and "Chromium" in parity["runtime"]
+    facts = manifest["structure"]
+    assert facts["cross_origin_isolated"] is True and facts["wasm_threads"] == 2
+    assert facts["wasm_b1_p50_ms"] > 0 and facts["native_b1_p50_ms"] > 0
+    assert facts["wasm_vs_native"] == pytest.approx(facts["wasm_b1_p50_ms"] / facts["native_b1_p50_ms"], rel=0.02)
+    assert 0 < facts["download_gzip_bytes"] < (folder / WASM_FILE).stat().st_size + (folder / "tokenizer.json").stat().st_size
+    assert facts["webgpu"].startswith(("checked on", "fp16 variant not checked here: "))
+    # transformers.js's layout, with the output its feature-extraction pipeline reads
+    for name in (WASM_FILE, WEBGPU_FILE, "tokenizer.json", "tokenizer_config.json", "config.json"):
+        assert (folder / name).is_file(), name
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "bert"
+    assert manifest["output"]["name"] == WEB_OUTPUT
+    for name in (WASM_FILE, WEBGPU_FILE):
+        assert [o.name for o in onnx.load(str(folder / name), load_external_data=False).graph.output] == [WEB_OUTPUT]
+    assert manifest["precision"] == "int8" and manifest["isa"] is None
+
+
+def test_silently_wrong_web_artifact_fails_the_gate(web_artifact, tmp_path):
+    """A quantized graph that runs without an error but computes the wrong thing (as web backends have done)."""
+    folder = tmp_path / "web"
+    shutil.copytree(web_artifact.folder, folder)
+    model = onnx.load(str(folder / WASM_FILE))
+    matmul = next(n for n in model.graph.node if n.op_type == "MatMulInteger" and "intermediate" in n.name)
+    weights = next(i for i in model.graph.initializer if i.name == matmul.input[1])
+    flipped = -numpy_helper.to_array(weights).astype(np.int16)
+    weights.CopyFrom(numpy_helper.from_array(np.clip(flipped, -127, 127).astype(np.int8), weights.name))
+    onnx.save(model, str(folder / WASM_FILE))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"], manifest["file_bytes"] = checksums(folder), file_sizes(folder)  # as a buggy converter would
+    write_json_atomic(folder / "manifest.json", manifest)
+    (row,) = verify_path(folder, limit=QUICK)
+    assert not row["ok"]
+    assert any("cosine" in failure for failure in row["failures"]), row["failures"]
+    assert row["parity"]["runtime"].startswith("onnxruntime-web")
+
+
+def test_transformers_js_loads_the_web_layout_in_chromium(web_artifact):
+    folder = Path(web_artifact.folder)
+    vectors = json.loads((folder / "test_vectors.json").read_text())["vectors"]
+    texts = [v["text"] for v in vectors]
+    server = StaticServer({
+        "/tjs/": TRANSFORMERS_JS / "dist",
+        "/tjs-ort/": TRANSFORMERS_JS / "node_modules" / "onnxruntime-web" / "dist",
+        "/models/": folder.parent,
+        "/": Path(__file__).parent / "web",
+    })
+    page = open_page(server, "/transformers_js.html")
+    try:
+        out = page.evaluate("([model, texts]) => embed(model, texts)", [folder.name, texts])
+    finally:
+        page.context.close()
+        server.close()
+    got = np.asarray(out["data"], dtype=np.float32).reshape(out["dims"])
+    expected = np.array([v["expected_embedding"] for v in vectors], dtype=np.float32)
+    assert got.shape == expected.shape
+    cosines = row_cosines(got, expected)
+    assert cosines.min() >= web_artifact.manifest["gate"]["min_cosine"], dict(zip(texts, cosines.round(4)))
