@@ -25,7 +25,7 @@ from pipelines.export import export
 from pipelines.runtime import ArtifactEncoder
 from tests.tiny_models import FAMILIES, build_tiny_model
 
-ARTIFACTS = ("x86", "x86-openvino", "mobile/tflite", "mobile/executorch", "apple", "gpu")
+ARTIFACTS = ("x86", "x86-openvino", "mobile/tflite", "mobile/executorch", "apple", "gpu", "web")
 # The registered family each tiny model's config.model_type resolves to.
 REGISTERED_NAME = {"bert": "bert", "distilbert": "distilbert", "mpnet": "mpnet", "roberta": "roberta",
                    "xlm-roberta": "xlm-roberta", "modernbert": "modernbert", "qwen3": "qwen"}
