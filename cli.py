@@ -106,14 +106,20 @@ class DimsParam(click.ParamType):
 @click.option("--no-verify", is_flag=True, help="skip parity verification and the gate (not recommended)")
 @click.option("--allow-pickle", is_flag=True, help="allow pickle weight files (only for sources you trust)")
 @click.option("--trust-remote-code", is_flag=True, help="allow model code from the hub (only for sources you trust)")
+@click.option("--layout", "layout_names", multiple=True,
+              help="also lay the artifacts out for a library: sentence-transformers, fastembed, transformers.js "
+                   "(into <model>/layouts/<layout>/; repeatable)")
 def export(target, model, dims, max_drop, fit_corpus, out, config_file, check, quantization, isa, no_verify,
-           allow_pickle, trust_remote_code) -> None:
+           allow_pickle, trust_remote_code, layout_names) -> None:
     """Convert, verify and gate the model for one target (or all)."""
     from core.config import BuildConfig
+    from core.errors import ConfigError
     from pipelines.chatter import log_path
     from pipelines.export import count_artifacts, rebuild_config, rebuild_differences
     from pipelines.isolated import export_isolated as run_export
+    from pipelines.layouts import get_layout, layout_folder, write_layout
     from pipelines.summary import RichProgress, print_summary
+    from targets import get_targets
 
     original = None
     if check and config_file is None:
@@ -126,11 +132,23 @@ def export(target, model, dims, max_drop, fit_corpus, out, config_file, check, q
             fit_corpus=str(fit_corpus) if fit_corpus else None, out=out, quantization=quantization, isa=isa,
             verify=not no_verify, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
         )
+    layouts = [get_layout(name) for name in layout_names]
+    formats = {plan.format for t in get_targets(config.target) for plan in t.plans}
+    for layout in layouts:
+        if not formats & set(layout.formats):
+            raise ConfigError(f"--layout {layout.name} takes {' or '.join(layout.formats)} artifacts; target "
+                              f"{config.target!r} makes none: pick a target that does (x86 or gpu; web)")
     with _third_party_output("export") as terminal, \
             RichProgress(_console(terminal), count_artifacts(config)) as progress:
         results = run_export(config, progress)
     console = _console()
     print_summary(console, results)
+    for layout in layouts:
+        for result in results:
+            if result.ok and result.manifest and result.format in layout.formats:
+                folder = Path(result.folder)
+                written = write_layout(layout, folder, layout_folder(folder, result.manifest, layout))
+                console.print(f"  {layout.name} layout: {written}")
     if terminal is not sys.stdout:
         console.print(f"[dim]converter output: {log_path('export')}[/dim]")
     differences = rebuild_differences(original, results) if original else None
@@ -227,11 +245,16 @@ def bench(path, threads, repeats, json_out, vs_peers, device, batch_size, strict
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="archive folder [default: PATH/release]")
-def package(path, out) -> None:
+@click.option("--layout", "layout_name", default=None,
+              help="archive each artifact in a library's layout instead: sentence-transformers, fastembed, "
+                   "transformers.js")
+def package(path, out, layout_name) -> None:
     """One release archive (.tar.gz) per artifact: model, tokenizer, manifest, model card, test vectors."""
+    from pipelines.layouts import get_layout
     from pipelines.package import package_all
 
-    for archive in package_all(path, out):
+    layout = get_layout(layout_name) if layout_name else None
+    for archive in package_all(path, out, layout):
         click.echo(f"{archive}  ({archive.stat().st_size / 1e6:.1f} MB)")
 
 

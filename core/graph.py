@@ -43,6 +43,20 @@ class GraphSpec:
     vocab_size: int
 
 
+
+def model_config(spec: GraphSpec, pad_token_id: int) -> dict:
+    """The config.json fields that libraries loading an exported graph read (transformers.js and optimum pick the
+    model class by model_type; fastembed pads with pad_token_id)."""
+    return {
+        "model_type": spec.model_type,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_attention_heads": spec.num_attention_heads,
+        "num_hidden_layers": spec.num_hidden_layers,
+        "vocab_size": spec.vocab_size,
+        "pad_token_id": pad_token_id,
+    }
+
 class Pool(nn.Module):
     """Pooling that ignores padded positions, so padding to a shape bucket never changes the result."""
 

@@ -29,7 +29,7 @@ from core.cpu import cpu_isa, isa_class
 from core.data import load_stsb, read_corpus
 from core.errors import ConfigError, GateError, OutputError, ToolchainError
 from core.families import Family, family_for
-from core.graph import GraphSpec, build_graph, graph_spec
+from core.graph import GraphSpec, build_graph, graph_spec, model_config
 from core.manifest import (
     MANIFEST,
     SCHEMA,
@@ -69,6 +69,7 @@ from targets.base import ArtifactPlan, Target, get_targets
 PCA_FILE = "pca.safetensors"
 MODEL_CARD = "MODEL_CARD.md"
 TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+CONFIG_FILE = "config.json"
 
 
 @dataclass
@@ -184,7 +185,8 @@ def check_output_dir(out: Path) -> None:
 
 def write_tokenizer(session: Session, out_dir: Path, max_length: int) -> dict:
     """tokenizer.json truncating on the right at max_length tokens: the source model's own limit, unless the
-    artifact takes fewer (converters.base.SEQUENCE_LIMIT), which the manifest then says."""
+    artifact takes fewer (converters.base.SEQUENCE_LIMIT), which the manifest then says; the source's other
+    tokenizer files, and the config.json that libraries loading the folder read."""
     tokenizer = Tokenizer.from_str(session.st_model.tokenizer.backend_tokenizer.to_str())
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=max_length)
@@ -198,11 +200,14 @@ def write_tokenizer(session: Session, out_dir: Path, max_length: int) -> dict:
         tokenizer_config["model_max_length"] = max_length
         config_file.write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     hf = session.st_model.tokenizer
+    pad_token_id = int(hf.pad_token_id if hf.pad_token_id is not None else 0)
+    config = model_config(session.spec, pad_token_id)  # for libraries that load the folder (layouts, transformers.js)
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     source_limit = session.spec.max_seq_length
     same = "as the source model" if max_length == source_limit else f"the source model truncates at {source_limit}"
     return {
         "file": "tokenizer.json",
-        "pad_token_id": int(hf.pad_token_id if hf.pad_token_id is not None else 0),
+        "pad_token_id": pad_token_id,
         "padding_side": "right",
         "truncation": f"right side, to {max_length} tokens including special tokens ({same})",
         "max_length": max_length,

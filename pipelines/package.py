@@ -1,4 +1,5 @@
-"""Release archives: one .tar.gz per artifact, and safe extraction for `verify ARCHIVE`."""
+"""Release archives: one .tar.gz per artifact (or per artifact in a library's layout), and safe extraction for
+`verify ARCHIVE`."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from core.errors import ArtifactError, gist
+from core.errors import ArtifactError, ConfigError, gist
 from core.manifest import MANIFEST, MAX_MANIFEST_BYTES, UNCHECKED_FILES, check_files, find_artifacts, read_manifest
+from pipelines.layouts import Layout, write_layout
 
 MAX_MEMBERS = 10_000
 MAX_ARCHIVE_BYTES = 8 << 30  # unpacked; larger than any artifact this toolchain writes
@@ -110,14 +112,19 @@ def _reset(info: tarfile.TarInfo) -> tarfile.TarInfo:
 def write_archive(artifact_dir: Path, archive: Path) -> Path:
     """A .tar.gz of one artifact folder (deterministic order and metadata), written atomically."""
     check_files(artifact_dir, read_manifest(artifact_dir))  # never package a tampered artifact
+    return archive_folder(artifact_dir, archive)
+
+
+def archive_folder(folder: Path, archive: Path) -> Path:
+    """A .tar.gz of ``folder`` (deterministic order and metadata), written atomically."""
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = archive.with_name(f".{archive.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, \
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
             root = archive.name.removesuffix(".tar.gz")
-            for path in sorted(artifact_dir.rglob("*")):
-                tar.add(path, arcname=f"{root}/{path.relative_to(artifact_dir).as_posix()}", recursive=False,
+            for path in sorted(folder.rglob("*")):
+                tar.add(path, arcname=f"{root}/{path.relative_to(folder).as_posix()}", recursive=False,
                         filter=_reset)
         os.replace(tmp, archive)
     finally:
@@ -125,16 +132,30 @@ def write_archive(artifact_dir: Path, archive: Path) -> Path:
     return archive
 
 
-def package_all(root: Path, out: Path | None = None) -> list[Path]:
-    """One archive per artifact under ``root`` into ``out`` (default: <root>/release)."""
+def archive_name(root: Path, artifact_dir: Path, manifest: dict) -> str:
+    parts = artifact_dir.relative_to(root).parts if artifact_dir != root else (manifest["target"],)
+    model = manifest["model"]["name"] + (f"-pca{manifest['embedding_dim']}" if manifest.get("pca") else "")
+    return "-".join((model, *parts))
+
+
+def package_all(root: Path, out: Path | None = None, layout: Layout | None = None) -> list[Path]:
+    """One archive per artifact under ``root`` into ``out`` (default: <root>/release); with a layout, one per
+    artifact the layout takes, holding that layout (pipelines.layouts) instead of the artifact."""
     out = out or root / "release"
     archives = []
     for artifact_dir in find_artifacts(root):
         if out in artifact_dir.parents:
             continue
         manifest = read_manifest(artifact_dir)
-        parts = artifact_dir.relative_to(root).parts if artifact_dir != root else (manifest["target"],)
-        model = manifest["model"]["name"] + (f"-pca{manifest['embedding_dim']}" if manifest.get("pca") else "")
-        name = "-".join((model, *parts))
-        archives.append(write_archive(artifact_dir, out / f"{name}.tar.gz"))
+        name = archive_name(root, artifact_dir, manifest)
+        if layout is None:
+            archives.append(write_archive(artifact_dir, out / f"{name}.tar.gz"))
+        elif manifest["format"] in layout.formats:
+            unpacked = f"{name}-{layout.name}"  # the folder the archive unpacks to, as its usage lines name it
+            with tempfile.TemporaryDirectory() as scratch:
+                folder = write_layout(layout, artifact_dir, Path(scratch) / unpacked, location=Path(unpacked))
+                archives.append(archive_folder(folder, out / f"{unpacked}.tar.gz"))
+    if layout is not None and not archives:
+        raise ConfigError(f"no artifact under {root} takes the {layout.name} layout "
+                          f"(it takes {' or '.join(layout.formats)} artifacts)")
     return archives

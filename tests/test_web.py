@@ -13,13 +13,12 @@ import pytest
 from onnx import numpy_helper
 
 from converters.web import WASM_FILE, WEB_OUTPUT, WEBGPU_FILE
-from converters.web.browser import NODE_MODULES, StaticServer, open_page
 from core.manifest import checksums, file_sizes, write_json_atomic
 from core.metrics import row_cosines
 from pipelines.gatekeeper import verify_path
+from tests.transformers_js import embed_with_transformers_js
 
 QUICK = 60  # STS-B dev pairs per verify here; the export's own gate ran on all of them
-TRANSFORMERS_JS = NODE_MODULES / "@huggingface" / "transformers"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,8 @@ def test_web_export_passes_its_gate_in_chromium(web_artifact):
     assert facts["cross_origin_isolated"] is True and facts["wasm_threads"] == 2
     assert facts["wasm_b1_p50_ms"] > 0 and facts["native_b1_p50_ms"] > 0
     assert facts["wasm_vs_native"] == pytest.approx(facts["wasm_b1_p50_ms"] / facts["native_b1_p50_ms"], rel=0.02)
-    assert 0 < facts["download_gzip_bytes"] < (folder / WASM_FILE).stat().st_size + (folder / "tokenizer.json").stat().st_size
+    raw = sum((folder / name).stat().st_size for name in (WASM_FILE, "tokenizer.json"))
+    assert 0 < facts["download_gzip_bytes"] < raw
     assert facts["webgpu"].startswith(("checked on", "fp16 variant not checked here: "))
     # transformers.js's layout, with the output its feature-extraction pipeline reads
     for name in (WASM_FILE, WEBGPU_FILE, "tokenizer.json", "tokenizer_config.json", "config.json"):
@@ -79,20 +79,8 @@ def test_transformers_js_loads_the_web_layout_in_chromium(web_artifact):
     folder = Path(web_artifact.folder)
     vectors = json.loads((folder / "test_vectors.json").read_text())["vectors"]
     texts = [v["text"] for v in vectors]
-    server = StaticServer({
-        "/tjs/": TRANSFORMERS_JS / "dist",
-        "/tjs-ort/": TRANSFORMERS_JS / "node_modules" / "onnxruntime-web" / "dist",
-        "/models/": folder.parent,
-        "/": Path(__file__).parent / "web",
-    })
-    page = open_page(server, "/transformers_js.html")
-    try:
-        out = page.evaluate("([model, texts]) => embed(model, texts)", [folder.name, texts])
-    finally:
-        page.context.close()
-        server.close()
-    got = np.asarray(out["data"], dtype=np.float32).reshape(out["dims"])
+    got = embed_with_transformers_js(folder, texts)
     expected = np.array([v["expected_embedding"] for v in vectors], dtype=np.float32)
     assert got.shape == expected.shape
     cosines = row_cosines(got, expected)
-    assert cosines.min() >= web_artifact.manifest["gate"]["min_cosine"], dict(zip(texts, cosines.round(4)))
+    assert cosines.min() >= web_artifact.manifest["gate"]["min_cosine"], dict(zip(texts, cosines.round(4), strict=True))

@@ -1,9 +1,9 @@
 """Web artifact: the ONNX converter's int8 graph for WASM and fp16 graph for WebGPU, under the names
-transformers.js looks for, with the output named as its feature-extraction pipeline reads it."""
+transformers.js looks for, with the output named as its feature-extraction pipeline reads it (the export writes
+the config.json and tokenizer files it reads beside them)."""
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import replace
@@ -14,20 +14,6 @@ from converters.onnx import OnnxOptions
 from converters.onnx.convert import convert as convert_onnx
 from converters.web import WASM_FILE, WEB_OUTPUT, WEBGPU_FILE, WebOptions
 from core.graph import EmbeddingGraph, GraphSpec
-
-CONFIG_FILE = "config.json"
-
-
-def transformers_js_config(spec: GraphSpec) -> dict:
-    """What transformers.js reads from config.json to pick the model class (the family's own)."""
-    return {
-        "model_type": spec.model_type,
-        "hidden_size": spec.hidden_size,
-        "intermediate_size": spec.intermediate_size,
-        "num_attention_heads": spec.num_attention_heads,
-        "num_hidden_layers": spec.num_hidden_layers,
-        "vocab_size": spec.vocab_size,
-    }
 
 
 def _onnx_file(graph: EmbeddingGraph, spec: GraphSpec, options: OnnxOptions, calibration: Calibration | None,
@@ -51,6 +37,5 @@ def convert(
     if options.webgpu is not None:
         details["webgpu"] = {"file": WEBGPU_FILE,
                              **_onnx_file(graph, web_spec, options.webgpu, calibration, out_dir / WEBGPU_FILE)}
-    (out_dir / CONFIG_FILE).write_text(json.dumps(transformers_js_config(spec), indent=2) + "\n", encoding="utf-8")
     return Conversion(model_file=WASM_FILE, precision=options.wasm.precision, runtime="onnxruntime-web",
                       details=details, output_name=WEB_OUTPUT)

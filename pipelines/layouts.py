@@ -1,0 +1,193 @@
+"""Layouts other tools read: a built artifact arranged so a library people already use loads it with its own
+API (sentence-transformers' ONNX backend, fastembed, transformers.js).
+
+A layout is a small object registered by name: the artifact formats it takes and how it writes its folder. The
+folder holds what the library reads, the artifact's test vectors, and layout.json (which artifact, which layout,
+the lines that load it). It sits beside the artifacts (``<model>/layouts/<layout>/<artifact>``), never inside
+one: a manifest lists every file of its artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from converters.onnx.outputs import as_one_token_sequence, rename_output
+from converters.web import WASM_FILE, WEB_OUTPUT, WEBGPU_FILE
+from core.errors import ConfigError
+from core.manifest import check_files, find_artifacts, read_manifest
+from pipelines.staging import staging_dir, swap_into_place
+
+LAYOUT_RECORD = "layout.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
+ST_OUTPUT = "last_hidden_state"  # what optimum's ORTModelForFeatureExtraction returns to sentence-transformers
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    library: str
+    formats: tuple[str, ...]  # artifact formats it takes
+    # (artifact, manifest, folder to write, where that folder will be) -> the lines that load it from there.
+    write: Callable[[Path, dict, Path, Path], str]
+
+
+LAYOUTS: dict[str, Layout] = {}
+
+
+def register_layout(layout: Layout) -> Layout:
+    if layout.name in LAYOUTS:
+        raise ConfigError(f"layout {layout.name!r} is already registered; pick another name")
+    LAYOUTS[layout.name] = layout
+    return layout
+
+
+def get_layout(name: str) -> Layout:
+    if name not in LAYOUTS:
+        raise ConfigError(f"unknown layout {name!r}; choose one of: {', '.join(LAYOUTS)}")
+    return LAYOUTS[name]
+
+
+def _copy_tokenizer(artifact_dir: Path, out: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (artifact_dir / name).is_file():
+            shutil.copyfile(artifact_dir / name, out / name)
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def _json(path: Path, data: dict | list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def sentence_transformers_file(manifest: dict) -> str:
+    """sentence-transformers' own names: model_qint8_<CPU class>.onnx (its presets avx2, avx512, avx512_vnni;
+    ours adds amx), model_O4.onnx for fp16 with fusions, model.onnx for fp32."""
+    if manifest["precision"] == "int8":
+        return f"onnx/model_qint8_{manifest['isa']['class']}.onnx"
+    return "onnx/model_O4.onnx" if manifest["precision"] == "fp16" else "onnx/model.onnx"
+
+
+def write_sentence_transformers(artifact_dir: Path, manifest: dict, out: Path, final: Path) -> str:
+    file_name = sentence_transformers_file(manifest)
+    model = onnx.load(str(artifact_dir / manifest["file"]))
+    _save(as_one_token_sequence(model, ST_OUTPUT), out / file_name)
+    _copy_tokenizer(artifact_dir, out)
+    dim = int(manifest["embedding_dim"])
+    # The graph already pools (and normalises, as the source model does); the one-token sequence passes whole.
+    _json(out / "modules.json", [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ])
+    _json(out / "sentence_bert_config.json",
+          {"max_seq_length": int(manifest["max_seq_length"]), "do_lower_case": False})
+    _json(out / "1_Pooling" / "config.json", {"word_embedding_dimension": dim, "pooling_mode_cls_token": True,
+                                              "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
+                                              "pooling_mode_mean_sqrt_len_tokens": False})
+    _json(out / "config_sentence_transformers.json", {
+        "prompts": manifest.get("prompts") or {}, "default_prompt_name": manifest.get("default_prompt_name"),
+        "similarity_fn_name": "cosine"})
+    return ("from sentence_transformers import SentenceTransformer\n"
+            f'model = SentenceTransformer("{final}", backend="onnx", model_kwargs={{"file_name": "{file_name}"}})\n'
+            'embeddings = model.encode(["A man is playing a guitar."])')
+
+
+def write_fastembed(artifact_dir: Path, manifest: dict, out: Path, final: Path) -> str:
+    shutil.copyfile(artifact_dir / manifest["file"], out / "model.onnx")
+    _copy_tokenizer(artifact_dir, out)
+    name = f"local/{manifest['model']['name']}-{manifest['target']}"
+    # The graph pools and normalises inside: no pooling, no normalisation on fastembed's side.
+    return ("from fastembed import TextEmbedding\n"
+            "from fastembed.common.model_description import ModelSource, PoolingType\n"
+            f'TextEmbedding.add_custom_model(model="{name}", pooling=PoolingType.DISABLED, normalization=False,\n'
+            f'    sources=ModelSource(hf="{name}"), dim={int(manifest["embedding_dim"])}, model_file="model.onnx")\n'
+            f'model = TextEmbedding("{name}", specific_model_path="{final}")\n'
+            'embeddings = list(model.embed(["A man is playing a guitar."]))')
+
+
+# transformers.js picks the file by dtype: q8 -> model_quantized, fp16 -> model_fp16, fp32 -> model.
+TRANSFORMERS_JS_FILE = {"int8": WASM_FILE, "fp16": WEBGPU_FILE, "fp32": "onnx/model.onnx"}
+TRANSFORMERS_JS_DTYPE = {"int8": "q8", "fp16": "fp16", "fp32": "fp32"}
+
+
+def write_transformers_js(artifact_dir: Path, manifest: dict, out: Path, final: Path) -> str:
+    if manifest["format"] == "onnx_web":  # already its layout: both files, output named as it reads it
+        for name in (WASM_FILE, WEBGPU_FILE):
+            if (artifact_dir / name).is_file():
+                (out / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(artifact_dir / name, out / name)
+    else:
+        model = onnx.load(str(artifact_dir / manifest["file"]))
+        _save(rename_output(model, WEB_OUTPUT), out / TRANSFORMERS_JS_FILE[manifest["precision"]])
+    _copy_tokenizer(artifact_dir, out)
+    dtype = TRANSFORMERS_JS_DTYPE[manifest["precision"]]
+    return ('import { pipeline, env } from "@huggingface/transformers";\n'
+            f'env.localModelPath = "{final.parent}/"; env.allowRemoteModels = false;\n'
+            f'const extractor = await pipeline("feature-extraction", "{final.name}", {{ dtype: "{dtype}" }});\n'
+            "// pooled and normalised inside the model: the default pooling 'none' returns the embedding\n"
+            'const embedding = await extractor("A man is playing a guitar.");')
+
+
+register_layout(Layout("sentence-transformers", "sentence-transformers (backend=\"onnx\")", ("onnx",),
+                       write_sentence_transformers))
+register_layout(Layout("fastembed", "fastembed (TextEmbedding.add_custom_model)", ("onnx",), write_fastembed))
+register_layout(Layout("transformers.js", "transformers.js (pipeline('feature-extraction'))", ("onnx", "onnx_web"),
+                       write_transformers_js))
+
+
+def write_layout(layout: Layout, artifact_dir: Path, out: Path, location: Path | None = None) -> Path:
+    """The artifact (checked against its manifest first) in ``layout`` at ``out``, written atomically; its usage
+    lines load it from ``location`` (default: ``out``; a release archive names the folder it unpacks to)."""
+    manifest = read_manifest(artifact_dir)
+    check_files(artifact_dir, manifest)
+    if manifest["format"] not in layout.formats:
+        raise ConfigError(f"the {layout.name} layout takes {' or '.join(layout.formats)} artifacts; "
+                          f"{artifact_dir} is {manifest['format']}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = staging_dir(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        usage = layout.write(artifact_dir, manifest, tmp, location or out)
+        shutil.copyfile(artifact_dir / "test_vectors.json", tmp / "test_vectors.json")
+        model_sha = hashlib.sha256((artifact_dir / manifest["file"]).read_bytes()).hexdigest()
+        _json(tmp / LAYOUT_RECORD, {
+            "layout": layout.name, "library": layout.library,
+            "artifact": {"target": manifest["target"], "artifact": manifest["artifact"], "file": manifest["file"],
+                         "sha256": model_sha, "gate": manifest["gate"], "parity": manifest.get("parity")},
+            "usage": usage,
+        })
+        swap_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def layout_folder(artifact_dir: Path, manifest: dict, layout: Layout) -> Path:
+    """<model>/layouts/<layout>/<target>[-<plan folder>] for an artifact at <model>/<target>[/<plan folder>]."""
+    target_dir = next((p for p in (artifact_dir, *artifact_dir.parents) if p.name == manifest["target"]), artifact_dir)
+    name = "-".join(artifact_dir.relative_to(target_dir.parent).parts)
+    return target_dir.parent / "layouts" / layout.name / name
+
+
+def write_layouts(root: Path, layout: Layout) -> list[Path]:
+    """The layout of every artifact under ``root`` (a folder of artifacts, or one) that it takes."""
+    written = []
+    for artifact_dir in find_artifacts(root):
+        manifest = read_manifest(artifact_dir)
+        if manifest["format"] in layout.formats:
+            written.append(write_layout(layout, artifact_dir, layout_folder(artifact_dir, manifest, layout)))
+    if not written:
+        raise ConfigError(f"no artifact under {root} takes the {layout.name} layout "
+                          f"(it takes {' or '.join(layout.formats)} artifacts)")
+    return written
