@@ -87,6 +87,25 @@ def time_engine(encode, config: BenchConfig) -> dict:
     }
 
 
+def time_inside_runtime(encoder, config: BenchConfig) -> dict:
+    """For runners that time themselves inside their runtime (a browser page: a protocol round trip per call would
+    be most of a batch-1 figure). Tokenization is outside these timings: an app tokenizes in its own language."""
+    throughput_set, latency_set = workload(config)
+    batches = []
+    for start in range(0, len(throughput_set), config.batch_size):
+        rows = encoder.tokenize(throughput_set[start:start + config.batch_size])
+        batches.append(encoder.pad(rows, len(rows), max(len(r["input_ids"]) for r in rows)))
+    per_batch = np.asarray(encoder.runner.latency_ms(batches, config.repeats)).reshape(config.repeats, len(batches))
+    singles = [encoder.pad([row], 1, len(row["input_ids"])) for row in encoder.tokenize(latency_set)]
+    latencies = encoder.runner.latency_ms(singles, 1)
+    return {
+        "throughput_sps": len(throughput_set) / (float(np.median(per_batch.sum(axis=1))) / 1000),
+        "latency_p50_ms": float(np.percentile(latencies, 50)),
+        "latency_p95_ms": float(np.percentile(latencies, 95)),
+        "timed": "inside the runtime, tokenization excluded",
+    }
+
+
 def _bucket_latency(encoder, config: BenchConfig) -> dict[str, float]:
     """Batch-1 latency of each fixed sequence bucket (a sentence padded to it)."""
     out = {}
@@ -150,7 +169,8 @@ def run_worker(job: dict) -> dict:
         encoder = ArtifactEncoder(Path(job["artifact"]), threads=config.threads)
         if encoder.emulated:  # timing a stand-in would mislead: report why there is no figure instead
             return {**result, "skipped": f"{encoder.runtime_name}: no speed figure on this OS"}
-        result.update(time_engine(encoder.encode, config))
+        timed_inside = hasattr(encoder.runner, "latency_ms")
+        result.update(time_inside_runtime(encoder, config) if timed_inside else time_engine(encoder.encode, config))
         result["label"] = artifact_label(encoder.manifest)
         result["runtime"] = encoder.runtime_name
         result["size_bytes"] = encoder.manifest.get("size_bytes")
@@ -324,6 +344,9 @@ def markdown_table(result: dict) -> str:
                      + ", ".join(f"{flops / 1e6:.0f} MFLOP per sentence of {name}" for name, flops in
                                  roofline["flops_per_sentence_mean"].items()) + " on average. "
                      f"{roofline['assumptions']}.")
+    for row in result["rows"]:
+        if row.get("timed"):
+            lines.append(f"\n{row['label']}: timed {row['timed']} ({row.get('runtime', '')})")
     for path, note in result.get("cpu_notes", {}).items():
         lines.append(f"\nnote: {path}: {note}")
     for row in result.get("skipped", []):
