@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml constraints.txt converters/web/package-lock.json
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PYTHON) cli.py export --target all
+	$(PYTHON) cli.py export --target all --layout sentence-transformers --layout fastembed --layout transformers.js
 	$(PYTHON) cli.py export --target x86 --dims 128
 	$(PYTHON) cli.py export --target x86 --dims auto --max-drop 0.5
 	$(PYTHON) cli.py bench dist --json dist/bench.json

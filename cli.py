@@ -113,13 +113,11 @@ def export(target, model, dims, max_drop, fit_corpus, out, config_file, check, q
            allow_pickle, trust_remote_code, layout_names) -> None:
     """Convert, verify and gate the model for one target (or all)."""
     from core.config import BuildConfig
-    from core.errors import ConfigError
     from pipelines.chatter import log_path
     from pipelines.export import count_artifacts, rebuild_config, rebuild_differences
     from pipelines.isolated import export_isolated as run_export
-    from pipelines.layouts import get_layout, layout_folder, write_layout
+    from pipelines.layouts import layout_folder, layouts_for_target, write_layout
     from pipelines.summary import RichProgress, print_summary
-    from targets import get_targets
 
     original = None
     if check and config_file is None:
@@ -132,12 +130,7 @@ def export(target, model, dims, max_drop, fit_corpus, out, config_file, check, q
             fit_corpus=str(fit_corpus) if fit_corpus else None, out=out, quantization=quantization, isa=isa,
             verify=not no_verify, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
         )
-    layouts = [get_layout(name) for name in layout_names]
-    formats = {plan.format for t in get_targets(config.target) for plan in t.plans}
-    for layout in layouts:
-        if not formats & set(layout.formats):
-            raise ConfigError(f"--layout {layout.name} takes {' or '.join(layout.formats)} artifacts; target "
-                              f"{config.target!r} makes none: pick a target that does (x86 or gpu; web)")
+    layouts = layouts_for_target(layout_names, config.target)
     with _third_party_output("export") as terminal, \
             RichProgress(_console(terminal), count_artifacts(config)) as progress:
         results = run_export(config, progress)

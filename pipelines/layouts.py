@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from converters.web import WASM_FILE, WEB_OUTPUT, WEBGPU_FILE
 from core.errors import ConfigError
 from core.manifest import check_files, find_artifacts, read_manifest
 from pipelines.staging import staging_dir, swap_into_place
+from targets import get_targets
 
 LAYOUT_RECORD = "layout.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
@@ -52,6 +53,17 @@ def get_layout(name: str) -> Layout:
     if name not in LAYOUTS:
         raise ConfigError(f"unknown layout {name!r}; choose one of: {', '.join(LAYOUTS)}")
     return LAYOUTS[name]
+
+
+def layouts_for_target(names: Sequence[str], target: str) -> list[Layout]:
+    """The named layouts, each checked to take some artifact the target (or 'all') makes: refused before a build."""
+    layouts = [get_layout(name) for name in names]
+    formats = {plan.format for t in get_targets(target) for plan in t.plans}
+    for layout in layouts:
+        if not formats & set(layout.formats):
+            raise ConfigError(f"--layout {layout.name} takes {' or '.join(layout.formats)} artifacts; target "
+                              f"{target!r} makes none: pick a target that does (x86, gpu; web for transformers.js)")
+    return layouts
 
 
 def _copy_tokenizer(artifact_dir: Path, out: Path) -> None:

@@ -56,6 +56,13 @@ def test_web_export_passes_its_gate_in_chromium(web_artifact):
     assert manifest["precision"] == "int8" and manifest["isa"] is None
 
 
+def _resign(folder: Path) -> None:
+    """Rewrite the checksums, as a buggy converter would have written them."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"], manifest["file_bytes"] = checksums(folder), file_sizes(folder)
+    write_json_atomic(folder / "manifest.json", manifest)
+
+
 def test_silently_wrong_web_artifact_fails_the_gate(web_artifact, tmp_path):
     """A quantized graph that runs without an error but computes the wrong thing (as web backends have done)."""
     folder = tmp_path / "web"
@@ -66,13 +73,24 @@ def test_silently_wrong_web_artifact_fails_the_gate(web_artifact, tmp_path):
     flipped = -numpy_helper.to_array(weights).astype(np.int16)
     weights.CopyFrom(numpy_helper.from_array(np.clip(flipped, -127, 127).astype(np.int8), weights.name))
     onnx.save(model, str(folder / WASM_FILE))
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["files"], manifest["file_bytes"] = checksums(folder), file_sizes(folder)  # as a buggy converter would
-    write_json_atomic(folder / "manifest.json", manifest)
+    _resign(folder)
     (row,) = verify_path(folder, limit=QUICK)
     assert not row["ok"]
     assert any("cosine" in failure for failure in row["failures"]), row["failures"]
     assert row["parity"]["runtime"].startswith("onnxruntime-web")
+
+
+def test_damaged_web_model_fails_naming_the_runtime(web_artifact, tmp_path):
+    """A model file onnxruntime-web cannot load (checksums rewritten, so the runtime is what meets it)."""
+    folder = tmp_path / "web"
+    shutil.copytree(web_artifact.folder, folder)
+    data = (folder / WASM_FILE).read_bytes()
+    (folder / WASM_FILE).write_bytes(data[: len(data) // 3])
+    _resign(folder)
+    (row,) = verify_path(folder, limit=QUICK)
+    assert not row["ok"]
+    assert f"{WASM_FILE} failed in onnxruntime-web" in row["failures"][0], row["failures"]
+    assert "\n" not in row["failures"][0]
 
 
 def test_transformers_js_loads_the_web_layout_in_chromium(web_artifact):

@@ -17,6 +17,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from core.errors import ToolchainError, require
+
 WEB_DIR = Path(__file__).resolve().parent
 NODE_MODULES = WEB_DIR / "node_modules"
 ORT_DIST = NODE_MODULES / "onnxruntime-web" / "dist"
@@ -30,18 +32,22 @@ CHROMIUM_ARGS = (
 INSTALL_HINT = "run `make install` (apt-get install chromium; npm ci in converters/web)"
 
 
+class WebRuntimeMissing(ToolchainError):
+    """Chromium or the pinned JavaScript packages are not installed."""
+
+
 def chromium_executable() -> str:
-    """$CHROMIUM, else Debian's chromium on PATH; an actionable ImportError where there is none."""
+    """$CHROMIUM, else Debian's chromium on PATH."""
     found = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not found:
-        raise ImportError(f"the web target runs in headless Chromium, which is not installed: {INSTALL_HINT}")
+        raise WebRuntimeMissing(f"the web target runs in headless Chromium, which is not installed: {INSTALL_HINT}")
     return found
 
 
 def ort_web_version() -> str:
     package = NODE_MODULES / "onnxruntime-web" / "package.json"
     if not package.is_file():
-        raise ImportError(f"onnxruntime-web is not installed in {NODE_MODULES}: {INSTALL_HINT}")
+        raise WebRuntimeMissing(f"onnxruntime-web is not installed in {NODE_MODULES}: {INSTALL_HINT}")
     return str(json.loads(package.read_text(encoding="utf-8"))["version"])
 
 
@@ -86,11 +92,7 @@ class StaticServer:
 @cache
 def browser() -> Any:
     """The process's headless Chromium (playwright.sync_api.Browser), started on first use, closed at exit."""
-    try:
-        from playwright.sync_api import sync_playwright  # the optional web stack, loaded only by web artifacts
-    except ImportError as exc:
-        raise ImportError(f"the web target needs playwright ({exc}): {INSTALL_HINT}") from None
-    driver = sync_playwright().start()
+    driver = require("playwright.sync_api", "web").sync_playwright().start()  # loaded only by web artifacts
     launched = driver.chromium.launch(executable_path=chromium_executable(), args=list(CHROMIUM_ARGS))
 
     def close() -> None:

@@ -21,6 +21,7 @@ from converters.onnx.runner import OrtRunner
 from converters.web import WASM_FILE, WEBGPU_FILE
 from converters.web.browser import ORT_DIST, PAGE_DIR, StaticServer, browser, open_page, ort_web_version
 from core.data import load_stsb
+from core.errors import ArtifactError, gist
 
 LATENCY_SENTENCES = 100  # STS-B dev sentences spread over the length range, as bench's latency set
 LATENCY_REPEATS = 3
@@ -31,16 +32,25 @@ class BrowserRunner:
     shapes: list[Shape] | None = None
 
     def __init__(self, artifact_dir: Path, model_file: str, threads: int, backend: str = "wasm") -> None:
+        self.model_file = model_file
+        self.backend = backend
         self.server = StaticServer({"/ort/": ORT_DIST, "/model/": Path(artifact_dir), "/": PAGE_DIR})
         self.page = open_page(self.server)
-        self.info = self.page.evaluate("([url, threads, backend]) => harness.load(url, threads, backend)",
-                                       [f"/model/{model_file}", threads, backend])
-        self.backend = backend
+        self.info = self._call("([url, threads, backend]) => harness.load(url, threads, backend)",
+                               [f"/model/{model_file}", threads, backend])
         self.description = (f"onnxruntime-web {ort_web_version()} {backend} in headless Chromium {browser().version}"
                             f" ({self.info['threads']} threads)")
 
+    def _call(self, script: str, argument: Any) -> Any:
+        """The page's answer; what onnxruntime-web throws (a damaged model, a failed run) as one ArtifactError."""
+        try:
+            return self.page.evaluate(script, argument)
+        except Exception as exc:  # playwright's Error carries the page's exception text
+            raise ArtifactError(f"{self.model_file} failed in onnxruntime-web ({self.backend}): "
+                                f"{gist(exc)}") from None
+
     def run(self, inputs: dict[str, np.ndarray], shape: Shape | None = None) -> np.ndarray:
-        out = self.page.evaluate("batch => harness.run(batch)", {name: a.tolist() for name, a in inputs.items()})
+        out = self._call("batch => harness.run(batch)", {name: a.tolist() for name, a in inputs.items()})
         return np.asarray(out["data"], dtype=np.float32).reshape(out["dims"])
 
     def latency_ms(self, batches: list[dict[str, np.ndarray]], repeats: int = LATENCY_REPEATS) -> list[float]:
@@ -50,7 +60,11 @@ class BrowserRunner:
     def timings(self, batches: list[dict[str, np.ndarray]], repeats: int = LATENCY_REPEATS) -> dict[str, list[float]]:
         """{"first": the warm-up pass (V8 still optimising the WASM), "ms": the ``repeats`` timed passes}."""
         payload = [{name: a.tolist() for name, a in batch.items()} for batch in batches]
-        return self.page.evaluate("([b, r]) => harness.time(b, r)", [payload, repeats])
+        return self._call("([b, r]) => harness.time(b, r)", [payload, repeats])
+
+    def webgpu_support(self) -> dict:
+        """{"available", "adapter", "shader_f16", "reason"}: whether this browser can run the fp16 variant."""
+        return self._call("() => harness.webgpu()", None)
 
     def close(self) -> None:
         self.page.context.close()
@@ -101,7 +115,7 @@ def structural_checks(artifact_dir: Path, manifest: dict) -> StructuralReport:
         timings = runner.timings(batches)
         wasm_ms = float(np.median(timings["ms"]))
         native_ms = float(np.median(native_latency_ms(artifact_dir / WASM_FILE, batches, runner.info["threads"])))
-        webgpu = runner.page.evaluate("() => harness.webgpu()")
+        webgpu = runner.webgpu_support()
     finally:
         runner.close()
     extras = [artifact_dir / name for name in DOWNLOADED]
