@@ -82,9 +82,17 @@ def test_fuzz_texts(encoder, st_model, min_cosine, texts):
     assert row_cosines(got, st_model.encode(texts)).min() >= min_cosine
 
 
+# A shell without job control starts background commands with SIGINT ignored, and Python keeps an inherited
+# SIG_IGN: a suite run that way (`make test &` in a script) would start the CLI deaf to Ctrl-C. The shim gives the
+# CLI SIGINT's default, as a terminal would, then execs it.
+_DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                   "os.execv(sys.argv[1], sys.argv[1:])")
+
+
 def _start_export(out: Path, *extra: str) -> subprocess.Popen:
     """The CLI in its own process group, so a test can freeze it together with its build process."""
-    cmd = [sys.executable, str(ROOT / "cli.py"), "export", "--target", "x86", "--out", str(out), *extra]
+    cmd = [sys.executable, "-c", _DEFAULT_SIGINT, sys.executable, str(ROOT / "cli.py"), "export", "--target", "x86",
+           "--out", str(out), *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 

@@ -36,8 +36,12 @@ class BrowserRunner:
         self.backend = backend
         self.server = StaticServer({"/ort/": ORT_DIST, "/model/": Path(artifact_dir), "/": PAGE_DIR})
         self.page = open_page(self.server)
-        self.info = self._call("([url, threads, backend]) => harness.load(url, threads, backend)",
-                               [f"/model/{model_file}", threads, backend])
+        try:
+            self.info = self._call("([url, threads, backend]) => harness.load(url, threads, backend)",
+                                   [f"/model/{model_file}", threads, backend])
+        except ArtifactError:
+            self.close()
+            raise
         self.description = (f"onnxruntime-web {ort_web_version()} {backend} in headless Chromium {browser().version}"
                             f" ({self.info['threads']} threads)")
 
