@@ -22,7 +22,8 @@ WEBGPU_FILE = "onnx/model_fp16.onnx"  # transformers.js dtype "fp16"
 
 @dataclass(frozen=True)
 class WebOptions:
-    # Fused int8: the fused graph runs in 3.6 ms at batch 1 in WASM against 5.9 ms unfused (MiniLM-L6, 2 threads);
+    # Fused int8: the fused graph ran in 3.6 ms at batch 1 in WASM against 5.9 ms unfused (MiniLM-L6, 2 threads, short
+    # STS-B sentences);
     # block-wise (MatMulNBits) and fp32 kept layers both cost WASM time, so none are kept by default. Full-range
     # weights: onnxruntime-web's WASM SIMD kernel widens u8 x s8 to 16 bits before it multiplies (no saturation);
     # its pinned 1.30 build has no relaxed-SIMD variant, whose dot products would take 7-bit operands.
@@ -32,8 +33,7 @@ class WebOptions:
         precision="int8", fuse=True, fusion=FusionConfig(embed_layer_norm=False),
         quant=QuantConfig(mode="dynamic", per_channel=True, embedding="per_row", full_range=True)))
     # fp16 with the standard ops only: WebGPU runs every op on the GPU, contrib fusions may fall back to WASM.
-    webgpu: OnnxOptions | None = field(default_factory=lambda: OnnxOptions(
-        precision="fp16", fuse=False, fusion=FusionConfig()))
+    webgpu: OnnxOptions | None = field(default_factory=lambda: OnnxOptions(precision="fp16", fuse=False))
     threads: int = 2  # WASM threads the page asks for (the browser's figure in the manifest uses these)
 
 
