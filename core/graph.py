@@ -43,7 +43,6 @@ class GraphSpec:
     vocab_size: int
 
 
-
 def model_config(spec: GraphSpec, pad_token_id: int) -> dict:
     """The config.json fields that libraries loading an exported graph read (transformers.js and optimum pick the
     model class by model_type; fastembed pads with pad_token_id)."""
@@ -56,6 +55,7 @@ def model_config(spec: GraphSpec, pad_token_id: int) -> dict:
         "vocab_size": spec.vocab_size,
         "pad_token_id": pad_token_id,
     }
+
 
 class Pool(nn.Module):
     """Pooling that ignores padded positions, so padding to a shape bucket never changes the result."""

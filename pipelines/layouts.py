@@ -9,7 +9,6 @@ one: a manifest lists every file of its artifact.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ import onnx
 from converters.onnx.outputs import as_one_token_sequence, rename_output
 from converters.web import WASM_FILE, WEB_OUTPUT, WEBGPU_FILE
 from core.errors import ConfigError
-from core.manifest import check_files, find_artifacts, read_manifest
+from core.manifest import check_files, read_manifest
 from pipelines.staging import staging_dir, swap_into_place
 from targets import get_targets
 
@@ -172,11 +171,12 @@ def write_layout(layout: Layout, artifact_dir: Path, out: Path, location: Path |
     try:
         usage = layout.write(artifact_dir, manifest, tmp, location or out)
         shutil.copyfile(artifact_dir / "test_vectors.json", tmp / "test_vectors.json")
-        model_sha = hashlib.sha256((artifact_dir / manifest["file"]).read_bytes()).hexdigest()
+        # The model file's sha256 as the manifest lists it (check_files verified it above).
         _json(tmp / LAYOUT_RECORD, {
             "layout": layout.name, "library": layout.library,
             "artifact": {"target": manifest["target"], "artifact": manifest["artifact"], "file": manifest["file"],
-                         "sha256": model_sha, "gate": manifest["gate"], "parity": manifest.get("parity")},
+                         "sha256": manifest["files"][manifest["file"]], "gate": manifest["gate"],
+                         "parity": manifest.get("parity")},
             "usage": usage,
         })
         swap_into_place(tmp, out)
@@ -191,15 +191,3 @@ def layout_folder(artifact_dir: Path, manifest: dict, layout: Layout) -> Path:
     name = "-".join(artifact_dir.relative_to(target_dir.parent).parts)
     return target_dir.parent / "layouts" / layout.name / name
 
-
-def write_layouts(root: Path, layout: Layout) -> list[Path]:
-    """The layout of every artifact under ``root`` (a folder of artifacts, or one) that it takes."""
-    written = []
-    for artifact_dir in find_artifacts(root):
-        manifest = read_manifest(artifact_dir)
-        if manifest["format"] in layout.formats:
-            written.append(write_layout(layout, artifact_dir, layout_folder(artifact_dir, manifest, layout)))
-    if not written:
-        raise ConfigError(f"no artifact under {root} takes the {layout.name} layout "
-                          f"(it takes {' or '.join(layout.formats)} artifacts)")
-    return written
