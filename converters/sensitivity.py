@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from converters.base import AccuracyTarget
+from converters.smoothing import input_groups_and_maxima, smoothing_scales
 from core.graph import EmbeddingGraph
 from core.metrics import row_cosines
 
@@ -73,8 +74,9 @@ class FakeInt8Graph:
         self.graph = copy.deepcopy(graph).eval()
         self.activations = activations  # a key of ACTIVATIONS; may be switched between runs
         self.linears = {name: m for name, m in self.graph.named_modules() if isinstance(m, nn.Linear)}
-        self._fp32 = {name: m.weight.detach().clone() for name, m in self.linears.items()}
-        self._int8 = {name: fake_int8_rows(w, reduce_range) for name, w in self._fp32.items()}
+        self.fp32_weights = {name: m.weight.detach().clone() for name, m in self.linears.items()}
+        self._reduce_range = reduce_range
+        self.smooth({})
         self._enabled: set[str] = set()
         for name, module in self.linears.items():
             module.register_forward_pre_hook(self._quantize_input(name))
@@ -83,9 +85,20 @@ class FakeInt8Graph:
             with torch.no_grad():
                 table.copy_(fake_int8_rows(table, reduce_range=False))
 
+    def smooth(self, scales: dict[str, torch.Tensor]) -> None:
+        """int8 layers from now on read x / s and hold int8(W * s) (converters.smoothing); {} for none."""
+        self._scales = scales
+        self._int8 = {
+            name: fake_int8_rows(w * scales[name] if name in scales else w, self._reduce_range)
+            for name, w in self.fp32_weights.items()
+        }
+
     def _quantize_input(self, name: str):
         def hook(module: nn.Module, args: tuple) -> tuple | None:
-            return (ACTIVATIONS[self.activations](args[0]), *args[1:]) if name in self._enabled else None
+            if name not in self._enabled:
+                return None
+            x = args[0] / self._scales[name] if name in self._scales else args[0]
+            return (ACTIVATIONS[self.activations](x), *args[1:])
 
         return hook
 
@@ -95,7 +108,7 @@ class FakeInt8Graph:
         self._enabled = set(layers)
         with torch.no_grad():
             for name, module in self.linears.items():
-                module.weight.copy_(self._int8[name] if name in layers else self._fp32[name])
+                module.weight.copy_(self._int8[name] if name in layers else self.fp32_weights[name])
         try:
             yield
         finally:
@@ -143,6 +156,7 @@ class KeptLayerSearch:
         int8_embedding_rows: bool = False,
         ranking_batches: int = 1,
         shared: dict | None = None,
+        smoothing: tuple[float, ...] = (),
     ) -> None:
         self.target = target
         self._shared = shared if shared is not None else {}
@@ -153,6 +167,8 @@ class KeptLayerSearch:
         self.sentence_rows = sum(len(batch["input_ids"]) for batch in sentences)
         with self._fake.int8(set()):
             self.reference = self._fake.embed(self._feeds, input_names)  # fp32 graph, sentences then odd texts
+        self.scales: dict[str, torch.Tensor] = {}
+        self.smoothing: dict | None = self._choose_smoothing(smoothing, sentences) if smoothing else None
         self.fake_steps = [self._fake_step(0)]
         if not meets(self.fake_steps[0], target):
             for count in counts_from(1, len(self.ranked)):
@@ -160,6 +176,26 @@ class KeptLayerSearch:
                 if meets(self.fake_steps[-1], target):
                     break
         self.count = self.fake_steps[-1]["kept"]
+
+    def _choose_smoothing(self, alphas: tuple[float, ...], sentences: Feeds) -> dict:
+        """No smoothing or one of ``alphas`` (converters.smoothing): whichever leaves the all-int8 fake model the
+        least error relative to the target, the worse of mean and min (a smoothing that lifts the mean can cost
+        the odd texts). Leaves the fake model smoothed with it."""
+        with self._fake.int8(set()):
+            groups, maxima = input_groups_and_maxima(self._fake.graph, sentences, self._input_names)
+        trials = []
+        for alpha in (None, *alphas):
+            scales = smoothing_scales(self._fake.fp32_weights, groups, maxima, alpha) if alpha is not None else {}
+            self._fake.smooth(scales)
+            trials.append((alpha, scales, self._fake_step(0)))
+        alpha, self.scales, _ = min(trials, key=lambda trial: self._relative_error(trial[2]))
+        self._fake.smooth(self.scales)
+        return {"alpha": alpha, "trials": [{"alpha": a, **step} for a, _, step in trials]}
+
+    def _relative_error(self, step: dict) -> float:
+        """1 - cosine as a multiple of what the target allows, the worse of mean and min (<= 1 meets it)."""
+        return max((1 - step["mean_cosine"]) / max(1 - self.target.mean_cosine, 1e-9),
+                   (1 - step["min_cosine"]) / max(1 - self.target.min_cosine, 1e-9))
 
     def _cosines(self, int8_layers: set[str], feeds: Feeds, reference: np.ndarray) -> np.ndarray:
         with self._fake.int8(int8_layers):
@@ -171,10 +207,16 @@ class KeptLayerSearch:
                      self.sentence_rows)
 
     @property
+    def _ranking_key(self) -> str:
+        """Smoothing changes the ranking: a ranking is shared only between searches with the same smoothing."""
+        return f"{RANKING}, smoothed (alpha {self.smoothing['alpha']})" if self.scales else RANKING
+
+    @property
     def ranked(self) -> list[Sensitivity]:
         """Every linear layer, most sensitive first: the larger of its two gains (mean and worst cosine from
         keeping it while all others are int8), each relative to the largest of its kind."""
-        if RANKING not in self._shared:
+        key = self._ranking_key
+        if key not in self._shared:
             own, self._fake.activations = self._fake.activations, "tensor"
             everything = set(self._fake.linears)
             with self._fake.int8(set()):
@@ -187,26 +229,27 @@ class KeptLayerSearch:
             self._fake.activations = own
             top_mean = max(max(g.mean_gain for g in gains), 1e-9)
             top_min = max(max(g.min_gain for g in gains), 1e-9)
-            self._shared[RANKING] = sorted(gains, key=lambda g: max(g.mean_gain / top_mean, g.min_gain / top_min),
+            self._shared[key] = sorted(gains, key=lambda g: max(g.mean_gain / top_mean, g.min_gain / top_min),
                                            reverse=True)
-        return self._shared[RANKING]
+        return self._shared[key]
 
     def confirm(self, measure: Callable[[list[str]], np.ndarray]) -> list[dict]:
         """Quantize for real and measure in the format's runtime, from the fake-int8 count upward until the
         target holds. ``measure(kept layers)`` returns the runtime's cosines to ``reference``, row for row.
 
-        Past the fake count each step keeps a quarter more of the remaining layers: where the fake numerics
-        and the runtime disagree (LiteRT loses more than its kernels do one by one), the ranking guides less,
-        and every step is a full quantization and run."""
+        Past the fake count the next two steps keep one more ranked layer each (a near miss, common when the
+        fake and the runtime's numerics agree, needs no more), then each step keeps a quarter more of the
+        remaining layers: where they disagree (LiteRT loses more than its kernels do one by one), the ranking
+        guides less, and every step is a full quantization and run."""
         steps = [_step(self.count, measure(self.kept(self.count)), self.sentence_rows)]
         total = len(self.ranked) if not meets(steps[0], self.target) else self.count
-        for quarter in range(1, 5):
+        ladder = [min(self.count + 1, total), min(self.count + 2, total)]
+        ladder += [self.count + -(-(total - self.count) * quarter // 4) for quarter in range(1, 5)]
+        for count in ladder:
             if meets(steps[-1], self.target):
                 break
-            count = self.count + -(-(total - self.count) * quarter // 4)
-            if count == steps[-1]["kept"]:
-                break
-            steps.append(_step(count, measure(self.kept(count)), self.sentence_rows))
+            if count > steps[-1]["kept"]:
+                steps.append(_step(count, measure(self.kept(count)), self.sentence_rows))
         return steps
 
     def kept(self, count: int) -> list[str]:
@@ -214,8 +257,9 @@ class KeptLayerSearch:
 
     def record(self, steps: list[dict]) -> dict:
         """What the manifest says about the search and the runtime's own measurements."""
-        ranked = self._shared.get(RANKING, [])
+        ranked = self._shared.get(self._ranking_key, [])
         return {
+            "smoothing": self.smoothing,
             "target": {"mean_cosine": self.target.mean_cosine, "min_cosine": self.target.min_cosine},
             "ranking": "end-to-end fake int8, one activation scale per tensor: cosine gained by keeping each layer "
                        "while all others are int8",

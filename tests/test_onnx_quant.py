@@ -16,12 +16,14 @@ from onnx import TensorProto, helper
 
 import converters.tflite.convert as tflite_convert
 from converters.base import AccuracyTarget
-from converters.onnx import ONNX, QuantConfig
-from converters.onnx.convert import export_fp32, op_counts
-from converters.onnx.quantize import cosines_to, onnx_matmul_for_layers, quantize_int8, run_model
+from converters.onnx import ONNX, FusionConfig, QuantConfig
+from converters.onnx.convert import export_fp32, fuse, op_counts
+from converters.onnx.layers import smooth_activations, weight_uses
+from converters.onnx.quantize import cosines_to, quantize_int8, run_model
 from converters.sensitivity import KeptLayerSearch, fake_int8_activation, fake_int8_activation_rows
 from core.config import BuildConfig
 from core.data import EDGE_TEXTS
+from core.families import family_for
 from core.graph import build_graph
 from pipelines.export import export
 from pipelines.gatekeeper import verify_path
@@ -68,9 +70,74 @@ def test_fake_int8_activation_is_what_onnx_runtime_computes(tmp_path):
 
 
 def test_every_linear_layer_maps_to_its_own_matmul(graph, fp32_model, spec):
-    nodes = onnx_matmul_for_layers(onnx.load(str(fp32_model)), graph)
+    nodes = {layer: use.node for layer, use in weight_uses(onnx.load(str(fp32_model)), graph).items()}
     assert len(nodes) == 6 * spec.num_hidden_layers == len(set(nodes.values()))
     assert nodes["encoder.encoder.layer.0.output.dense"].endswith("layer.0/output/dense/MatMul")
+
+
+@pytest.fixture(scope="module")
+def fused_model(fp32_model, spec, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx_quant_fused") / "fused.onnx"
+    record = fuse(fp32_model, path, spec, FusionConfig(embed_layer_norm=False), family_for(spec.model_type))
+    assert record["complete"], record
+    return path
+
+
+def test_query_key_and_value_map_to_their_fused_attention(graph, fused_model, spec):
+    uses = weight_uses(onnx.load(str(fused_model)), graph)
+    assert len(uses) == 6 * spec.num_hidden_layers  # every layer found, in the packed attention weight too
+    attention = {part: uses[f"encoder.encoder.layer.2.attention.self.{part}"] for part in ("query", "key", "value")}
+    assert len({use.node for use in attention.values()}) == 1
+    assert onnx_node(fused_model, attention["query"].node).op_type == "Attention"
+
+
+def onnx_node(path: Path, name: str) -> onnx.NodeProto:
+    return next(n for n in onnx.load(str(path)).graph.node if n.name == name)
+
+
+@pytest.mark.parametrize("which", ["fp32_model", "fused_model"])
+def test_smoothing_leaves_the_fp32_model_unchanged(graph, spec, feeds, tmp_path, request, which):
+    """x / s times s * W is the same product: only rounding may differ, whatever s is."""
+    path = request.getfixturevalue(which)
+    model = onnx.load(str(path))
+    uses = weight_uses(model, graph)
+    rng = np.random.default_rng(0)
+    scales: dict[str, np.ndarray] = {}
+    for layer in uses:  # query, key and value read one tensor: one s for the three
+        group = layer.rsplit(".", 1)[0] if layer.endswith(("query", "key", "value")) else layer
+        if group not in scales:
+            scales[group] = rng.uniform(0.05, 20, graph.get_submodule(layer).in_features).astype(np.float32)
+        scales[layer] = scales[group]
+    inserted = smooth_activations(model, uses, {layer: scales[layer] for layer in uses})
+    assert inserted == 4 * spec.num_hidden_layers  # one Mul per input tensor: Q/K/V, attention out, FFN up, down
+    onnx.save(model, str(tmp_path / "smoothed.onnx"))
+    assert cosines_to(tmp_path / "smoothed.onnx", feeds, run_model(path, feeds)).min() > 0.99999
+
+
+def test_smoothing_is_chosen_by_measurement_and_the_runtime_agrees(graph, fused_model, spec, feeds, tmp_path):
+    """All int8 with the alpha the search picks beats no smoothing in the fake numerics and in ONNX Runtime."""
+    target = AccuracyTarget(0.9999, 0.999)
+    search = KeptLayerSearch(graph, spec.input_names, feeds[:-1], feeds[-1:], target, activations="tensor",
+                             int8_embedding_rows=True, smoothing=(0.5, 0.6, 0.7))
+    trials = {t["alpha"]: t for t in search.smoothing["trials"]}
+    chosen = trials[search.smoothing["alpha"]]
+    assert search.smoothing["alpha"] is not None and chosen["mean_cosine"] > trials[None]["mean_cosine"] + 1e-3
+    # Smoothed where the activation has the outliers: LayerNorm outputs (Q/K/V, FFN up), not the FFN-down
+    # inputs, whose weights have larger outliers of their own.
+    assert {f"encoder.encoder.layer.{i}.attention.self.query" for i in range(6)} <= set(search.scales)
+    assert {f"encoder.encoder.layer.{i}.intermediate.dense" for i in range(6)} <= set(search.scales)
+    assert not [layer for layer in search.scales if layer.endswith(".output.dense") and "attention" not in layer]
+    model = onnx.load(str(fused_model))
+    smooth_activations(model, weight_uses(model, graph), {k: v.numpy() for k, v in search.scales.items()})
+    onnx.save(model, str(tmp_path / "smoothed.onnx"))
+    config = QuantConfig(embedding="per_row", isa="amx")
+    runtime = {}
+    for label, source in (("smoothed", tmp_path / "smoothed.onnx"), ("plain", fused_model)):
+        quantize_int8(source, tmp_path / f"{label}.int8.onnx", spec, config)
+        runtime[label] = cosines_to(tmp_path / f"{label}.int8.onnx", feeds, search.reference)
+    sentences = search.sentence_rows
+    assert runtime["smoothed"][:sentences].mean() > runtime["plain"][:sentences].mean() + 1e-3, runtime
+    assert abs(runtime["smoothed"][:sentences].mean() - chosen["mean_cosine"]) < 1e-3  # the fake predicts it
 
 
 def test_ranking_finds_the_layers_that_matter(graph, fp32_model, spec, feeds, tmp_path):
@@ -82,7 +149,7 @@ def test_ranking_finds_the_layers_that_matter(graph, fp32_model, spec, feeds, tm
     assert len(ranked) == len(linears)  # BERT's unused pooler included
     assert search.fake_steps[0]["mean_cosine"] < 0.999 and search.count > 0
     assert ranked[0].mean_gain > 5 * max(ranked[-1].mean_gain, 1e-6)
-    nodes = onnx_matmul_for_layers(onnx.load(str(fp32_model)), graph)
+    nodes = {layer: use.node for layer, use in weight_uses(onnx.load(str(fp32_model)), graph).items()}
     reference = run_model(fp32_model, feeds)
     config = QuantConfig(embedding="per_row", keep_as="block_int8")
     scores = {}
@@ -123,7 +190,7 @@ def test_fake_int8_rows_is_what_litert_computes(tmp_path):
 
 @pytest.mark.parametrize("keep_as", ["fp32", "block_int8"])
 def test_kept_layers_stay_within_the_size_budget(graph, fp32_model, spec, tmp_path, keep_as):
-    nodes = list(onnx_matmul_for_layers(onnx.load(str(fp32_model)), graph).values())[:3]
+    nodes = [use.node for use in weight_uses(onnx.load(str(fp32_model)), graph).values()][:3]
     out = tmp_path / "kept.onnx"
     config = QuantConfig(keep_as=keep_as, embedding="per_row", isa="avx512_vnni")  # a class that takes blocks
     done = quantize_int8(fp32_model, out, spec, config, keep=nodes)

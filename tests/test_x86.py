@@ -27,7 +27,7 @@ def test_x86_parity_and_size(x86_artifact):
     model = onnx.load(str(Path(x86_artifact.folder) / "model.onnx"))
     weights = {i.name: i for i in model.graph.initializer}
     kept_fp32 = sum(onnx.numpy_helper.to_array(weights[n.input[1]]).nbytes for n in model.graph.node
-                    if n.name in quant["kept"] and n.op_type == "MatMul")
+                    if n.name in quant["kept"] and n.op_type in ("MatMul", "Attention"))
     assert manifest["size_bytes"] <= 0.30 * manifest["conversion"]["fp32_bytes"] + kept_fp32
     assert manifest["verdict"] == "pass"
 
@@ -38,18 +38,24 @@ def test_x86_quantization_recipe_is_recorded(x86_artifact):
     assert quant["per_channel"] is True and quant["mode"] == "dynamic"
     assert quant["isa"] in ISA_CLASSES
     ops = manifest["conversion"]["op_counts"]
-    # 6 layers x (Q, K, V, attention output, FFN up, FFN down) weight MatMuls run as int8: dynamic per-channel
-    # int8, except those the accuracy-aware search kept for this model (block-wise int8 where the CPU class
-    # takes it, else fp32).
-    kept = quant["kept"]
-    blocks = ops.get("MatMulNBits", 0)
-    assert ops["MatMulInteger"] == 36 - len(kept)
-    assert blocks == (len(kept) if quant["kept_as"].startswith("block_int8") else 0)
-    assert ops["MatMul"] == 12 + len(kept) - blocks  # the activation x activation attention products, + kept
+    assert manifest["conversion"]["fusion"]["complete"]
+    # Fused: 6 attention blocks (Q, K, V in one weight) and 6 x (attention output, FFN up, FFN down) weight
+    # MatMuls run as int8, except those the accuracy-aware search kept for this model (fp32 in this portable
+    # build; a kept query, key or value keeps its whole attention block).
+    assert quant["kept_as"] == "fp32"
+    model = onnx.load(str(Path(x86_artifact.folder) / "model.onnx"))
+    kept_types = [n.op_type for n in model.graph.node if n.name in quant["kept"]]
+    assert len(kept_types) == len(quant["kept"]) and "MatMulNBits" not in ops
+    assert ops["QAttention"] == 6 - kept_types.count("Attention")
+    assert ops["MatMulInteger"] == 18 - kept_types.count("MatMul")
     assert quant["embedding"] == "per_row"
     search = quant["accuracy_aware"]
-    assert search["reached"] and search["steps"][-1]["kept"] == len(kept) < 36
+    assert search["reached"] and search["steps"][-1]["kept"] <= 4  # measured: 1 (--isa amx), 3 (avx2)
     assert search["steps"][-1]["min_cosine"] >= search["target"]["min_cosine"]
+    # Smoothing was measured against none and chosen: the inputs of Q/K/V and FFN up (LayerNorm outputs).
+    smoothing = search["smoothing"]
+    assert [t["alpha"] for t in smoothing["trials"]] == [None, 0.5, 0.6, 0.7]
+    assert smoothing["alpha"] is not None and quant["smoothed_inputs"] == 12
 
 
 def test_app_reproduces_embeddings_from_manifest_alone(x86_artifact):
@@ -111,11 +117,11 @@ def test_pca_128_within_one_point_of_fp32(tmp_path_factory):
 
 
 def _integer_weights(path) -> dict[str, np.ndarray]:
-    """The int8 weights of every u8 x s8 integer MatMul in an ONNX model."""
+    """The int8 weights of every u8 x s8 integer product in an ONNX model (MatMulInteger, QAttention)."""
     model = onnx.load(str(path))
     initializers = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     return {node.name: initializers[node.input[1]] for node in model.graph.node
-            if node.op_type == "MatMulInteger" and node.input[1] in initializers}
+            if node.op_type in ("MatMulInteger", "QAttention") and node.input[1] in initializers}
 
 
 def _max_pair_sum(activations: np.ndarray, weights: np.ndarray) -> int:

@@ -45,6 +45,9 @@ class QuantConfig:
     # int8 compute on per-block activation scales): fp32's parity at int8 size. Only classes with full-range
     # int8 (VNNI, AMX) get blocks; elsewhere kept nodes stay fp32 (converters.onnx.quantize says why).
     keep_as: Literal["fp32", "block_int8"] = "fp32"
+    # Activation smoothing (converters.smoothing) with accuracy-aware int8: the alphas to try; the export measures
+    # each and none, and keeps the best (the manifest records every trial). () for none.
+    smoothing: tuple[float, ...] = ()
     # Word-embedding table: ONNX Runtime quantizes Gather data per tensor (one scale for 30k rows), which costs
     # the worst sentences most; "per_row" stores int8 rows with one fp32 scale each (same size), "fp32" keeps it.
     embedding: Literal["per_tensor", "per_row", "fp32"] = "per_tensor"
@@ -70,6 +73,10 @@ def with_build(options: OnnxOptions, config: BuildConfig) -> OnnxOptions:
         if config.quantization not in ("dynamic", "static"):
             raise ConfigError(f"--quantization must be 'dynamic' or 'static', got {config.quantization!r}")
         quant = replace(quant, mode=config.quantization)
+        if quant.mode == "static":
+            # QDQ quantizes the standard ops only (a fused Attention would stay fp32): ONNX Runtime fuses the
+            # QDQ groups itself when it loads the model.
+            options = replace(options, fuse=False)
     if config.isa is not None:
         quant = replace(quant, isa=isa_class(config.isa).name)
     return replace(options, quant=quant)

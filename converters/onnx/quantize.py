@@ -4,7 +4,6 @@ precision (block-wise int8) until the whole model reaches its calibration target
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +19,10 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-from torch import nn
 
 from converters.base import AccuracyTarget
 from converters.onnx import QuantConfig
+from converters.onnx.layers import smooth_activations, weight_uses
 from converters.onnx.runner import OrtRunner
 from converters.sensitivity import KeptLayerSearch
 from core.cpu import cpu_isa, isa_class
@@ -33,9 +32,10 @@ from core.metrics import row_cosines
 Feeds = list[dict[str, np.ndarray]]
 
 
-def _matmul_weight_names(model: onnx.ModelProto) -> list[str]:
+def _weight_node_names(model: onnx.ModelProto) -> list[str]:
     initializers = {i.name for i in model.graph.initializer}
-    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in initializers]
+    weighted = ("MatMul", "Gemm", "Attention")
+    return [n.name for n in model.graph.node if n.op_type in weighted and n.input[1] in initializers]
 
 
 def _word_embedding_gather(model: onnx.ModelProto, spec: GraphSpec) -> str | None:
@@ -86,7 +86,7 @@ def _block_quantize(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto
     outliers). With accuracy_level 4 MatMulNBits quantizes activations per block instead, so parity matches
     fp32 at int8 cost; its kernels are VNNI ones, so only classes that never saturate get it.
     """
-    others = [n for n in _matmul_weight_names(model) if n not in names]
+    others = [n for n in _weight_node_names(model) if n not in names]
     algo = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8)
     quantizer = MatMulNBitsQuantizer(
         model, bits=8, block_size=32, is_symmetric=True, accuracy_level=4, nodes_to_exclude=others,
@@ -94,30 +94,6 @@ def _block_quantize(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto
     )  # nodes_to_include only adds to op_types_to_quantize, so the rest are excluded by name
     quantizer.process()
     return quantizer.model.model
-
-
-def onnx_matmul_for_layers(model: onnx.ModelProto, graph: EmbeddingGraph) -> dict[str, str]:
-    """Graph linear layer -> the ONNX MatMul or Gemm node holding its weight, matched by the weight's bytes
-    (the exporter stores W transposed for MatMul, as is for Gemm with transB), so no naming scheme is assumed."""
-    by_bytes: dict[str, str] = {}
-    initializers = {i.name: i for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type in ("MatMul", "Gemm") and node.input[1] in initializers:
-            weights = numpy_helper.to_array(initializers[node.input[1]])
-            for candidate in (weights, weights.T):
-                by_bytes[_digest(candidate)] = node.name
-    found = {}
-    for name, module in graph.named_modules():
-        if isinstance(module, nn.Linear):
-            weight = module.weight.detach().numpy()
-            node = by_bytes.get(_digest(weight)) or by_bytes.get(_digest(weight.T))
-            if node is not None:
-                found[name] = node
-    return found
-
-
-def _digest(array: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
 
 
 def reduce_range_for(config: QuantConfig) -> bool:
@@ -140,7 +116,7 @@ def quantize_int8(
     reduce_range = reduce_range_for(config)
     model = onnx.load(str(model_path))
     excluded = [
-        n for n in _matmul_weight_names(model) if n in keep or any(re.search(p, n) for p in config.keep_fp32)
+        n for n in _weight_node_names(model) if n in keep or any(re.search(p, n) for p in config.keep_fp32)
     ]
     source: onnx.ModelProto | str = str(model_path)
     # Where the class cannot run int8-compute blocks, kept layers stay fp32: weight-only blocks (accuracy
@@ -228,13 +204,25 @@ def quantize_accuracy_aware(
     search = KeptLayerSearch(
         graph, spec.input_names, sentences, odd_texts, target, activations="tensor",
         reduce_range=reduce_range_for(config), int8_embedding_rows=config.embedding == "per_row", shared=shared,
+        smoothing=config.smoothing,
     )
-    nodes = onnx_matmul_for_layers(onnx.load(str(model_path)), graph)
+    model = onnx.load(str(model_path))
+    uses = weight_uses(model, graph)
+    source, smoothed = model_path, 0
+    if search.scales:
+        source = out_path.with_name(out_path.stem + ".smoothed.onnx")
+        smoothed = smooth_activations(model, uses, {layer: s.numpy() for layer, s in search.scales.items()})
+        onnx.save(model, str(source))
     done: dict = {}
 
     def measure(layers: list[str]) -> np.ndarray:
-        done.update(quantize_int8(model_path, out_path, spec, config, keep=[nodes[n] for n in layers if n in nodes]))
+        kept = sorted({uses[n].node for n in layers if n in uses})
+        done.update(quantize_int8(source, out_path, spec, config, keep=kept))
         return cosines_to(out_path, sentences + odd_texts, search.reference)
 
-    record = search.record(search.confirm(measure))  # fills ``done`` with the last step's recipe
-    return {**done, "accuracy_aware": record}
+    try:
+        record = search.record(search.confirm(measure))  # fills ``done`` with the last step's recipe
+    finally:
+        if source != model_path:
+            source.unlink(missing_ok=True)
+    return {**done, "smoothed_inputs": smoothed, "accuracy_aware": record}
