@@ -88,6 +88,15 @@ class Runner(Protocol):
         ...
 
 
+class ManyBatchRunner(Runner, Protocol):
+    """A dynamic-shape runner that runs several batches at once (parallel streams): the runtime wrapper hands it
+    every batch of an ``encode`` call instead of one at a time, each padded to its longest row."""
+
+    def run_batches(self, batches: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """Each batch's output, in order."""
+        ...
+
+
 @dataclass
 class StructuralReport:
     """A format's own checks of an artifact beyond parity (spec, program)."""

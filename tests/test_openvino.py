@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from core.config import BuildConfig
@@ -43,3 +44,19 @@ def test_padding_to_fewer_shapes_leaves_embeddings_unchanged(openvino_artifact):
     encoder.sequence_multiple = 1
     exact = encoder.encode(sentences)
     assert row_cosines(padded, exact).min() > 0.999  # bf16 rounding differs a little between shapes
+
+
+def test_many_batches_run_in_parallel_streams_as_one_at_a_time(openvino_artifact, dev_sentences, monkeypatch):
+    """encode() hands every batch to the throughput-compiled model at once; each sentence comes out as the
+    latency model embeds it alone, in input order."""
+    encoder = ArtifactEncoder(openvino_artifact.folder, threads=2)
+    sentences = dev_sentences[:200] + ["", "ŉ"]
+    handed: list[int] = []
+    run_batches = encoder.runner.run_batches
+    monkeypatch.setattr(encoder.runner, "run_batches",
+                        lambda batches: handed.append(len(batches)) or run_batches(batches))
+    together = encoder.encode(sentences, batch_size=16)
+    assert handed == [-(-len(sentences) // 16)]
+    one_at_a_time = np.concatenate([encoder.encode([s], batch_size=1) for s in sentences[:40] + sentences[-2:]])
+    assert row_cosines(together[:40], one_at_a_time[:40]).min() > 0.999
+    assert row_cosines(together[-2:], one_at_a_time[-2:]).min() > 0.999
