@@ -1,6 +1,7 @@
 """int8 for ONNX: dynamic or static (QDQ) per-channel weights, per-row int8 word embeddings, and accuracy-aware
-exclusions chosen per model: rank the weight MatMuls by end-to-end sensitivity, then keep the worst at higher
-precision (block-wise int8) until the whole model reaches its calibration target."""
+int8 chosen per model: activation smoothing where it measures better than none, then the weight MatMuls ranked
+by end-to-end sensitivity and the worst kept at higher precision (block-wise int8 or fp32) until the whole model
+reaches its calibration target."""
 
 from __future__ import annotations
 
