@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from converters.openvino.runner import compiles_safely
 from core.config import BuildConfig
 from core.cpu import cpu_flags
 from core.metrics import row_cosines
@@ -60,3 +61,10 @@ def test_many_batches_run_in_parallel_streams_as_one_at_a_time(openvino_artifact
     one_at_a_time = np.concatenate([encoder.encode([s], batch_size=1) for s in sentences[:40] + sentences[-2:]])
     assert row_cosines(together[:40], one_at_a_time[:40]).min() > 0.999
     assert row_cosines(together[-2:], one_at_a_time[-2:]).min() > 0.999
+
+
+def test_a_model_openvino_cannot_compile_for_streams_runs_one_batch_at_a_time(tmp_path):
+    """The probe compiles in a child: a child that dies or fails means no parallel streams (a tiny Qwen3 in
+    tests/test_families.py kills OpenVINO 2026.4 with SIGFPE; here, a file that is no model)."""
+    (tmp_path / "model.xml").write_text("<net/>")
+    assert not compiles_safely(str(tmp_path / "model.xml"), '{"PERFORMANCE_HINT": "THROUGHPUT"}')
