@@ -9,6 +9,7 @@ sentences sit near cosine 0.4-0.75: a parity test can then tell a broken mask or
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,11 +73,22 @@ def _corpus() -> Iterator[str]:
 
 
 def _wordpiece(specials: list[str], lowercase: bool = True) -> Tokenizer:
-    tokenizer = Tokenizer(models.WordPiece(unk_token=specials[1] if specials[1] != "<s>" else "<unk>"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    """A WordPiece vocabulary built here rather than by WordPieceTrainer, whose picks among equally frequent
+    merges and whose ids follow hash order, different in every process: every character of the corpus as a word
+    start and as a continuation, then whole words by frequency (ties by spelling)."""
+    unk = specials[1] if specials[1] != "<s>" else "<unk>"
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=lowercase), pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for sentence in _corpus():
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(sentence)))
+    characters = sorted({character for word in counts for character in word})
+    words = [word for word, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])) if len(word) > 1]
+    vocab = specials + characters + ["##" + c for c in characters]
+    vocab += words[: VOCAB - len(vocab)]
+    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token=unk))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = decoders.WordPiece()
-    tokenizer.train_from_iterator(_corpus(), trainers.WordPieceTrainer(vocab_size=VOCAB, special_tokens=specials))
     return tokenizer
 
 
