@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from converters.base import AccuracyTarget
-from converters.smoothing import input_groups_and_maxima, smoothing_scales
+from converters.smoothing import input_groups_and_maxima, linear_layers, smoothing_scales
 from core.graph import EmbeddingGraph
 from core.metrics import row_cosines
 
@@ -73,7 +73,7 @@ class FakeInt8Graph:
     ) -> None:
         self.graph = copy.deepcopy(graph).eval()
         self.activations = activations  # a key of ACTIVATIONS; may be switched between runs
-        self.linears = {name: m for name, m in self.graph.named_modules() if isinstance(m, nn.Linear)}
+        self.linears = linear_layers(self.graph)
         self.fp32_weights = {name: m.weight.detach().clone() for name, m in self.linears.items()}
         self._reduce_range = reduce_range
         self.smooth({})

@@ -51,10 +51,10 @@ class OpenVinoRunner:
         return np.asarray(result[self._compiled.output(0)], dtype=np.float32)
 
     def run_batches(self, batches: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
-        config = {**self._config, "PERFORMANCE_HINT": "THROUGHPUT"}
-        if not compiles_safely(self._model_path, json.dumps(config, sort_keys=True)):
-            return [self.run(inputs) for inputs in batches]
         if self._queue is None:
+            config = {**self._config, "PERFORMANCE_HINT": "THROUGHPUT"}
+            if not compiles_safely(self._model_path, json.dumps(config, sort_keys=True)):
+                return [self.run(inputs) for inputs in batches]
             compiled = self._core.compile_model(self._model_path, "CPU", config)
             requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
             self._queue = self._ov.AsyncInferQueue(compiled, requests)
