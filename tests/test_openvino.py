@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from converters.openvino.runner import compiles_safely
+from converters.openvino import COMPILED_MODELS, CompileCandidate
+from converters.openvino.runner import OpenVinoRunner, compile_properties, compiles_safely
 from core.config import BuildConfig
 from core.cpu import cpu_flags
+from core.errors import ArtifactError, ConfigError
 from core.metrics import row_cosines
 from pipelines.export import export
 from pipelines.runtime import ArtifactEncoder
@@ -68,3 +72,34 @@ def test_a_model_openvino_cannot_compile_for_streams_runs_one_batch_at_a_time(tm
     tests/test_families.py kills OpenVINO 2026.4 with SIGFPE; here, a file that is no model)."""
     (tmp_path / "model.xml").write_text("<net/>")
     assert not compiles_safely(str(tmp_path / "model.xml"), '{"PERFORMANCE_HINT": "THROUGHPUT"}')
+
+
+def test_export_records_the_fastest_compile_properties_and_the_runner_uses_them(openvino_artifact, dev_sentences):
+    compile_choice = openvino_artifact.manifest["conversion"]["compile"]
+    measured = compile_choice["measured"]
+    assert set(measured) == {"default", "snippets off"}
+    for model, key, better in (("throughput", "batch_32_sentences_per_s", max), ("latency", "batch_1_p50_ms", min)):
+        assert all(m[key] > 0 for m in measured.values())
+        assert compile_choice[model]["candidate"] == better(measured, key=lambda name: measured[name][key])
+    encoder = ArtifactEncoder(openvino_artifact.folder, threads=2)
+    assert encoder.runner.properties == {model: compile_choice[model]["properties"] for model in COMPILED_MODELS}
+    # Every candidate computes the same embeddings: only speed differs.
+    model_file = Path(openvino_artifact.folder) / "model.xml"
+    batches = [encoder._pad_to_longest(encoder.tokenize(dev_sentences[i : i + 16])) for i in range(0, 64, 16)]
+    runners = (OpenVinoRunner(model_file, 2, "bf16", dict.fromkeys(COMPILED_MODELS, asked))
+               for asked in ({}, {"SNIPPETS_MODE": "DISABLE"}))
+    default, snippets_off = (np.concatenate(runner.run_batches(batches)) for runner in runners)
+    assert row_cosines(default, snippets_off).min() > 0.999
+
+
+@pytest.mark.parametrize("asked", [{"CACHE_DIR": "/tmp/elsewhere"}, {"SNIPPETS_MODE": "SOMETHING"},
+                                   {"SNIPPETS_MODE": ["DISABLE"]}, "DISABLE"])
+def test_a_manifest_asking_openvino_for_other_properties_is_refused(asked):
+    with pytest.raises(ArtifactError, match="conversion.compile.throughput"):
+        compile_properties({"conversion": {"compile": {"throughput": {"properties": asked}}}})
+    assert compile_properties({"conversion": {}}) == {"latency": {}, "throughput": {}}  # built before tuning
+
+
+def test_a_compile_candidate_outside_the_tunable_properties_is_a_config_error():
+    with pytest.raises(ConfigError, match="CACHE_DIR=/tmp is not tunable"):
+        CompileCandidate("cache", (("CACHE_DIR", "/tmp"),))

@@ -9,6 +9,7 @@ from pathlib import Path
 from converters.base import Calibration, Conversion
 from converters.onnx.convert import export_fp32
 from converters.openvino import MODEL_FILE, RUNTIME, WEIGHTS_FILE, OpenVinoOptions
+from converters.openvino.tuning import choose_properties
 from core.errors import require
 from core.graph import EmbeddingGraph, GraphSpec
 
@@ -18,7 +19,7 @@ def convert(
     spec: GraphSpec,
     out_dir: Path,
     options: OpenVinoOptions,
-    calibration: Calibration | None = None,  # shared signature; fp32 and bf16 need none
+    calibration: Calibration | None = None,  # sentences to time the compile candidates on
 ) -> Conversion:
     ov = require("openvino", "x86")
     with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
@@ -26,6 +27,7 @@ def convert(
         export_fp32(graph, spec, exported)
         model = ov.convert_model(str(exported))
         ov.save_model(model, str(out_dir / MODEL_FILE), compress_to_fp16=options.fp16_weights)
+    compile_choice = choose_properties(out_dir / MODEL_FILE, options.precision, options.compile_candidates, calibration)
     return Conversion(
         model_file=MODEL_FILE,
         weight_files=(WEIGHTS_FILE,),
@@ -36,6 +38,7 @@ def convert(
             "weights": "fp16" if options.fp16_weights else "fp32",
             "inference_precision": options.precision,
             "op_counts": _op_counts(model),
+            "compile": compile_choice,
         },
     )
 

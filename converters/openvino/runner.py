@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from converters.base import Shape
+from converters.openvino import COMPILED_MODELS, TUNABLE_PROPERTIES
 from core.cpu import cpu_flags
-from core.errors import require
+from core.errors import ArtifactError, require
 
 
 class OpenVinoRunner:
@@ -25,11 +27,15 @@ class OpenVinoRunner:
 
     OpenVINO 2026.4 dies with SIGFPE compiling some models for one-thread streams in bf16 (a tiny Qwen3 with
     grouped-query attention does, at any stream count): a crash no Python code can catch, so the throughput
-    model is first compiled in a child process, and where that child dies, batches run one at a time."""
+    model is first compiled in a child process, and where that child dies, batches run one at a time.
+
+    ``properties`` adds CPU plugin properties per compiled model ("latency", "throughput"): the ones export
+    measured fastest (converters.openvino.tuning)."""
 
     shapes: list[Shape] | None = None
 
-    def __init__(self, model_path: Path, threads: int | None, precision: str) -> None:
+    def __init__(self, model_path: Path, threads: int | None, precision: str,
+                 properties: Mapping[str, Mapping[str, str]] | None = None) -> None:
         self._ov = require("openvino", "x86")
         self._model_path = str(model_path)
         # bf16 only where the CPU has it; elsewhere OpenVINO computes in fp32.
@@ -37,9 +43,11 @@ class OpenVinoRunner:
                         else "f32"}
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = threads
+        self.properties = {model: dict((properties or {}).get(model, {})) for model in COMPILED_MODELS}
         self._core = self._ov.Core()
         self._compiled = self._core.compile_model(
-            self._model_path, "CPU", {**self._config, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+            self._model_path, "CPU",
+            {**self._config, **self.properties["latency"], "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
         self._request = self._compiled.create_infer_request()
         self._queue = None  # the throughput model's requests, compiled on the first call with several batches
         self.input_names = [port.get_any_name() for port in self._compiled.inputs]
@@ -52,7 +60,7 @@ class OpenVinoRunner:
 
     def run_batches(self, batches: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
         if self._queue is None:
-            config = {**self._config, "PERFORMANCE_HINT": "THROUGHPUT"}
+            config = {**self._config, **self.properties["throughput"], "PERFORMANCE_HINT": "THROUGHPUT"}
             if not compiles_safely(self._model_path, json.dumps(config, sort_keys=True)):
                 return [self.run(inputs) for inputs in batches]
             compiled = self._core.compile_model(self._model_path, "CPU", config)
@@ -83,5 +91,25 @@ def compiles_safely(model_path: str, config_json: str) -> bool:
     return child.returncode == 0
 
 
+def compile_properties(manifest: dict) -> dict[str, dict[str, str]]:
+    """The per-model properties the manifest records (none in one built before tuning); ArtifactError on any
+    property or value that is not tunable, since compile_model would take anything it is given."""
+    chosen = ((manifest.get("conversion") or {}).get("compile") or {})
+    properties: dict[str, dict[str, str]] = {}
+    for model in COMPILED_MODELS:
+        entry = chosen.get(model) or {}
+        given = entry.get("properties", {}) if isinstance(entry, dict) else None
+        if not isinstance(given, dict) or not all(_tunable(key, value) for key, value in given.items()):
+            raise ArtifactError(f"manifest conversion.compile.{model} asks OpenVINO for {given!r}; only known values "
+                                f"of {', '.join(sorted(TUNABLE_PROPERTIES))} may be set: rebuild the artifact")
+        properties[model] = dict(given)
+    return properties
+
+
+def _tunable(key: str, value: object) -> bool:
+    return isinstance(value, str) and value in TUNABLE_PROPERTIES.get(key, ())
+
+
 def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> OpenVinoRunner:
-    return OpenVinoRunner(Path(artifact_dir) / manifest["file"], threads, manifest.get("precision", "fp32"))
+    return OpenVinoRunner(Path(artifact_dir) / manifest["file"], threads, manifest.get("precision", "fp32"),
+                          compile_properties(manifest))
