@@ -23,7 +23,7 @@ class OpenVinoRunner:
     One batch runs on a latency-compiled model (one stream, every thread). Several batches run on a second
     model compiled for throughput: OpenVINO's streams (one thread each here) take a batch each, in parallel.
     Measured on a 2-core AMX Xeon (all-MiniLM-L6-v2, batches of 32 STS-B dev sentences, tokenization
-    included): 1581 sentences/s one batch at a time, 1874 with 2 streams.
+    included): 1581 sentences/s one batch at a time, 1874 with 2 streams, about 2000-2200 with snippets off.
 
     OpenVINO 2026.4 dies with SIGFPE compiling some models for one-thread streams in bf16 (a tiny Qwen3 with
     grouped-query attention does, at any stream count): a crash no Python code can catch, so the throughput
