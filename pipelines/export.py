@@ -357,6 +357,11 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# Below this much free space, a converter's own I/O error (OpenVINO's "iostream error", coremltools' missing
+# Manifest.json) most likely means a full disk: the failure line says so.
+LOW_DISK_BYTES = 256 * 2**20
+
+
 def _failure_message(exc: Exception, final: Path) -> str:
     if isinstance(exc, ToolchainError):
         return str(exc)
@@ -364,7 +369,21 @@ def _failure_message(exc: Exception, final: Path) -> str:
         reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
         return f"could not write {final}: {reason}; free space or pass another --out, then re-run"
     first_line = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {first_line}"  # a converter crash fails this artifact, not the run
+    message = f"{type(exc).__name__}: {first_line}"  # a converter crash fails this artifact, not the run
+    free = _free_bytes(final)
+    if free is not None and free < LOW_DISK_BYTES:
+        message += (f" (only {free // 2**20} MB free on the disk of {final}: free space or pass another --out, "
+                    "then re-run)")
+    return message
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Free space on the file system that holds ``path`` (its nearest existing folder); None if unreadable."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    try:
+        return shutil.disk_usage(existing).free if existing is not None else None
+    except OSError:
+        return None
 
 
 class Progress(Protocol):

@@ -242,6 +242,24 @@ def test_disk_full_mid_write_leaves_nothing(tmp_path, monkeypatch):
     assert not any(p for p in out.rglob("*") if p.is_file())
 
 
+def test_a_converter_crash_on_a_nearly_full_disk_says_the_disk_is_full(tmp_path, monkeypatch):
+    """OpenVINO and coremltools report a full disk in their own words ("basic_ios::clear: iostream error")."""
+    import converters.openvino.convert as openvino_converter
+    import pipelines.export as export_module
+
+    def runtime_io_error(*args, **kwargs):
+        raise RuntimeError("basic_ios::clear: iostream error")
+
+    monkeypatch.setattr(openvino_converter, "export_fp32", runtime_io_error)
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(export_module.shutil, "disk_usage",
+                        lambda path: real_usage(path)._replace(free=10 * 2**20))  # a disk with 10 MB left
+    (result,) = export(BuildConfig(target="x86-openvino", out=str(tmp_path / "dist")))
+    assert not result.ok
+    assert result.error.startswith("RuntimeError: basic_ios::clear: iostream error (only 10 MB free on the disk")
+    assert "--out" in result.error
+
+
 def test_pickle_only_model_is_refused(tmp_path):
     from click.testing import CliRunner
 
