@@ -20,6 +20,12 @@ RUNTIME = "openvino"
 # CPU plugin properties an artifact may ask its runner for, with the values allowed (a manifest is untrusted:
 # nothing else reaches compile_model).
 TUNABLE_PROPERTIES: dict[str, frozenset[str]] = {"SNIPPETS_MODE": frozenset({"ENABLE", "DISABLE"})}
+
+
+def is_tunable(key: str, value: object) -> bool:
+    return isinstance(value, str) and value in TUNABLE_PROPERTIES.get(key, ())
+
+
 # The runner compiles the IR twice: one stream for single calls, parallel streams for many batches at once.
 COMPILED_MODELS = ("latency", "throughput")
 
@@ -34,7 +40,7 @@ class CompileCandidate:
 
     def __post_init__(self) -> None:
         for key, value in self.properties:
-            if value not in TUNABLE_PROPERTIES.get(key, ()):  # the runner allows no more than this
+            if not is_tunable(key, value):  # the runner allows no more than this
                 allowed = ", ".join(f"{k} in {sorted(v)}" for k, v in TUNABLE_PROPERTIES.items())
                 raise ConfigError(f"OpenVINO compile property {key}={value} is not tunable (allowed: {allowed})")
 

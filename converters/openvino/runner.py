@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.base import Shape
-from converters.openvino import COMPILED_MODELS, TUNABLE_PROPERTIES
+from converters.openvino import COMPILED_MODELS, TUNABLE_PROPERTIES, is_tunable
 from core.cpu import cpu_flags
 from core.errors import ArtifactError, require
 
@@ -99,15 +99,11 @@ def compile_properties(manifest: dict) -> dict[str, dict[str, str]]:
     for model in COMPILED_MODELS:
         entry = chosen.get(model) or {}
         given = entry.get("properties", {}) if isinstance(entry, dict) else None
-        if not isinstance(given, dict) or not all(_tunable(key, value) for key, value in given.items()):
+        if not isinstance(given, dict) or not all(is_tunable(key, value) for key, value in given.items()):
             raise ArtifactError(f"manifest conversion.compile.{model} asks OpenVINO for {given!r}; only known values "
                                 f"of {', '.join(sorted(TUNABLE_PROPERTIES))} may be set: rebuild the artifact")
         properties[model] = dict(given)
     return properties
-
-
-def _tunable(key: str, value: object) -> bool:
-    return isinstance(value, str) and value in TUNABLE_PROPERTIES.get(key, ())
 
 
 def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> OpenVinoRunner:
