@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -88,6 +88,16 @@ class Runner(Protocol):
         ...
 
 
+@runtime_checkable
+class TextRunner(Protocol):
+    """A runtime that takes strings and tokenizes inside (MediaPipe's TextEmbedder), as the app calls it."""
+
+    def embed_texts(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
+        """(len(texts), dim) embeddings; ``normalize``: apply the app-side text normalisation the manifest names
+        first, as the app does (False: the raw strings, to measure what it fixes)."""
+        ...
+
+
 class ManyBatchRunner(Runner, Protocol):
     """A dynamic-shape runner that runs several batches at once (parallel streams): the runtime wrapper hands it
     every batch of an ``encode`` call instead of one at a time, each padded to its longest row."""
@@ -128,6 +138,8 @@ class Calibration:
 
     sentences: Sequence[str]
     tokenize: Callable[[Sequence[str], int, bool], dict[str, np.ndarray]]
+    # The source model's tokenizer.json, for formats that pack a tokenizer of their own (MediaPipe's vocabulary).
+    tokenizer_json: str = ""
     # Facts about the model that several converters of one export measure the same way (the layers'
     # int8 sensitivity ranking), kept so the second converter does not measure them again.
     shared: dict[str, Any] = field(default_factory=dict)

@@ -34,6 +34,9 @@ class ArtifactFormat:
     # Dynamic-shape runtimes that compile per input shape get batches padded to a multiple of this many
     # tokens (padded positions are masked, so embeddings do not change): a few dozen shapes, not one per length.
     sequence_multiple: int = 1
+    # Why a model cannot take this format, read from the model's files before anything loads (None: it can); the
+    # export reports the refusal in one line and builds the target's other artifacts.
+    refusal: Callable[[Path], str | None] | None = None
 
     def converter_module(self) -> ModuleType:
         return importlib.import_module(self.converter)

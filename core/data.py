@@ -18,6 +18,20 @@ STSB_DIR = Path(__file__).resolve().parent.parent / "data" / "stsb"
 EDGE_TEXTS = ("", " ", "a", "I", "?", "...", "©", "€", "ß", "é", "ŉ", "ﬁ", "Ω", "→", "™", "½", "🙂", "👍🏽",
               "東", "京都", "ä", "ok", "No.", "42", "#1", "x y z", "Москва", "القاهرة", "मुंबई", "Ἀθῆναι")
 
+# Strings made to break a tokenizer that is not the model's own (an app's, MediaPipe's): accents, capitals in
+# Latin, Greek and Cyrillic, CJK with and without spaces, right-to-left scripts, emoji, invisible and control
+# characters, odd whitespace, empty, and far past any model's limit. Text-in artifacts are gated on them.
+TOKENIZER_TEXTS = (
+    "naïve résumé", "Café déjà vu", "ÉCOLE NORMALE SUPÉRIEURE", "Ångström and Øresund", "İstanbul, Ankara",
+    "Straße STRASSE straße", "Crème Brûlée", "façade coöperate", "ﬁne ﬂour", "Ǆemal ǅemal",
+    "Москва", "МОСКВА is in Россия", "Ἀθῆναι", "ΑΘΗΝΑ Athens", "東京都は日本の首都です", "北京欢迎你 Beijing",
+    "日本語のテキスト", "한국어 문장입니다", "القاهرة هي عاصمة مصر", "שלום עולם", "मुंबई भारत", "ภาษาไทย",
+    "🙂🚀👍🏽", "I ❤️ NY", "zero\u200bwidth\u200djoiner", "non\u00a0breaking\u3000spaces", "tab\tnew\nline\r\nend",
+    "bell\x07and\x1fcontrols\x85", "soft\u00adhyphen", "e\u0301 composed é", "ＦＵＬＬＷＩＤＴＨ ｔｅｘｔ",
+    "", " ", "\t\n", "?!...", "A", "MiXeD CaSe WoRdS", "x" * 120,
+    "Ünïcödé wörds " * 200,
+)
+
 
 @dataclass(frozen=True)
 class StsPairs:

@@ -57,13 +57,7 @@ from pipelines.distill import read_distillation
 from pipelines.report import model_card, write_artifact_report
 from pipelines.runtime import ArtifactEncoder
 from pipelines.staging import output_lock, recover, staging_dir, swap_into_place
-from pipelines.verify import (
-    gate_failures,
-    measure_parity,
-    structural_checks,
-    test_vector_min_cosine,
-    write_test_vectors,
-)
+from pipelines.verify import gate_failures, measure_artifact, structural_checks, write_test_vectors
 from targets.base import ArtifactPlan, Target, get_targets
 
 PCA_FILE = "pca.safetensors"
@@ -145,15 +139,18 @@ def check_build(config: BuildConfig) -> tuple[ModelSource, Family]:
     return source, family_for(read_model_type(source.path))
 
 
-def refusals(family: Family, targets: list[Target]) -> dict[tuple[str, str], str]:
-    """(target, folder) -> why, for every planned artifact whose format the family cannot take."""
-    return {
-        (target.name, plan.folder): f"{family.name} models cannot be exported to {target.name} "
-        f"{plan.description}: {family.refused_formats[plan.format]}"
-        for target in targets
-        for plan in target.plans
-        if plan.format in family.refused_formats
-    }
+def refusals(family: Family, model_dir: Path, targets: list[Target]) -> dict[tuple[str, str], str]:
+    """(target, folder) -> why, for every planned artifact whose format the family, or this model's own files
+    (a tokenizer the format's runtime cannot reproduce), cannot take."""
+    refused = {}
+    for target in targets:
+        for plan in target.plans:
+            check = get_format(plan.format).refusal
+            reason = family.refused_formats.get(plan.format) or (check(model_dir) if check else None)
+            if reason:
+                refused[target.name, plan.folder] = (f"{family.name} model {model_dir.name} cannot be exported to "
+                                                     f"{target.name} {plan.description}: {reason}")
+    return refused
 
 
 def open_session(config: BuildConfig, source: ModelSource) -> Session:
@@ -224,7 +221,8 @@ def calibration(st_model, spec: GraphSpec) -> Calibration:
         )
         return {name: encoded[name].astype(np.int64) for name in spec.input_names}
 
-    return Calibration(load_stsb("train").unique_sentences(), tokenize)
+    return Calibration(load_stsb("train").unique_sentences(), tokenize,
+                       tokenizer_json=st_model.tokenizer.backend_tokenizer.to_str())
 
 
 def build_manifest(session: Session, target: Target, plan: ArtifactPlan, conversion: Conversion,
@@ -323,10 +321,7 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
         if session.config.verify:
             log(f"{target.name}: verifying {plan.description} on STS-B dev")
             started = time.perf_counter()
-            parity = measure_parity(encoder.encode, session.reference)
-            parity.test_vectors_min_cosine = test_vector_min_cosine(tmp, encoder)
-            parity.emulated = encoder.emulated
-            parity.runtime = encoder.runtime_name
+            parity = measure_artifact(tmp, encoder, session.reference)
             manifest["parity"] = parity.to_dict()
             manifest["structure"] = structural_checks(tmp, manifest)
             timings["verify_s"] = round(time.perf_counter() - started, 1)
@@ -411,7 +406,7 @@ def preflight(config: BuildConfig) -> tuple[ModelSource, list[Target], dict[tupl
     bad input as one line."""
     targets = get_targets(config.target)
     source, family = check_build(config)
-    refused = refusals(family, targets)
+    refused = refusals(family, source.path, targets)
     if len(refused) == count_artifacts(config):  # nothing left to build: one line, before any work
         raise ConfigError(next(iter(refused.values())))
     return source, targets, refused

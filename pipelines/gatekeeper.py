@@ -12,7 +12,7 @@ from core.pca import Projection
 from core.reference import Reference
 from pipelines.package import open_artifact_source
 from pipelines.runtime import ArtifactEncoder
-from pipelines.verify import gate_failures, measure_parity, structural_checks, test_vector_min_cosine
+from pipelines.verify import gate_failures, measure_artifact, structural_checks
 from targets.base import Gate
 
 
@@ -52,10 +52,7 @@ def verify_artifact(
         raise ArtifactError(
             f"{manifest['file']} outputs {probe.shape[1]} dims but the manifest says {manifest['embedding_dim']}"
         )
-    parity = measure_parity(encoder.encode, reference, limit=limit)
-    parity.test_vectors_min_cosine = test_vector_min_cosine(artifact_dir, encoder)
-    parity.emulated = encoder.emulated
-    parity.runtime = encoder.runtime_name
+    parity = measure_artifact(artifact_dir, encoder, reference, limit=limit)
     gate = gate or Gate.from_manifest(manifest["gate"], str(artifact_dir / "manifest.json"))
     failures = gate_failures(parity, gate, structure)
     return {

@@ -9,6 +9,7 @@ import markdown_it
 import numpy as np
 
 from core.manifest import find_artifacts, read_manifest, write_text_atomic
+from pipelines.snippets import TEXT_IN_FORMATS, app_snippets
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -319,10 +320,12 @@ def model_card(manifest: dict) -> str:
         "",
         "## Use",
         "",
+        f"- Strings in: the tokenizer is inside the file, and every text is padded or truncated to "
+        f"{manifest['max_seq_length']} tokens (`{manifest['tokenizer']['file']}` is the model's own tokenizer, for "
+        "checks)." if manifest["format"] in TEXT_IN_FORMATS else
         f"- Tokenize with `{manifest['tokenizer']['file']}` (Hugging Face `tokenizers`); it truncates at "
         f"{manifest['max_seq_length']} tokens like the source model. Pad on the right with id "
-        f"{manifest['tokenizer']['pad_token_id']}.",
-        f"- Inputs: {inputs}.",
+        f"{manifest['tokenizer']['pad_token_id']}.\n- Inputs: {inputs}.",
         f"- Output `{manifest['output']['name']}`: float32 × {manifest['embedding_dim']}, "
         + ("L2-normalised (the dot product is the cosine)." if manifest["normalized"] else "not normalised."),
         f"- Pooling ({manifest['pooling']}), "
@@ -336,6 +339,7 @@ def model_card(manifest: dict) -> str:
     if shapes:
         lines.append("- Fixed shapes: pad to the smallest that fits: "
                      + ", ".join(f"{s['batch']}×{s['sequence']} (`{s['name']}`)" for s in shapes) + ".")
+    lines += app_snippets(manifest)
     lines += [
         "",
         "## Checks",

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from converters.base import Runner
+from converters.base import Runner, TextRunner
 from converters.registry import get_format
 from core.cpu import cpu_mismatch
 from core.errors import ArtifactError, ToolchainError, gist
@@ -61,12 +61,17 @@ class ArtifactEncoder:
 
     def _run_many(self, batches: list[dict[str, np.ndarray]], run) -> list[np.ndarray]:
         """``run(batches)`` with whatever the runtime raises, or a wrong output shape, as one ArtifactError."""
+        return self._checked(lambda: run(batches), [len(next(iter(inputs.values()))) for inputs in batches])
+
+    def _checked(self, call, rows: list[int]) -> list[np.ndarray]:
+        """``call()``'s outputs, one (rows, dims) array per entry of ``rows``; a runtime error or a wrong shape is
+        one ArtifactError line."""
         try:
-            outputs = [np.asarray(output) for output in run(batches)]
+            outputs = [np.asarray(output) for output in call()]
         except Exception as exc:
             raise ArtifactError(f"{self.manifest['file']} failed to run: {gist(exc, last=True)}") from None
-        for inputs, output in zip(batches, outputs, strict=True):
-            if output.ndim != 2 or output.shape[0] != len(next(iter(inputs.values()))):
+        for count, output in zip(rows, outputs, strict=True):
+            if output.ndim != 2 or output.shape[0] != count:
                 raise ArtifactError(f"{self.manifest['file']} returned shape {output.shape}, not (batch, dims)")
         return outputs
 
@@ -134,6 +139,8 @@ class ArtifactEncoder:
 
     def encode(self, sentences: Sequence[str], batch_size: int = 32, prompt_name: str | None = None) -> np.ndarray:
         """Embed sentences in length-sorted batches (as sentence-transformers does), original order out."""
+        if isinstance(self.runner, TextRunner):  # strings in, as the app calls it; its tokenizer is inside
+            return self.embed_texts(sentences, prompt_name)
         rows = self.tokenize(sentences, prompt_name)
         if not rows:
             return np.zeros((0, int(self.manifest["embedding_dim"])), dtype=np.float32)
@@ -146,6 +153,17 @@ class ArtifactEncoder:
             outputs = self._run_many(batches, self.runner.run_batches)
             return _scatter(len(rows), list(zip(indices, outputs, strict=True)))
         return _scatter(len(rows), [(index, self.run_tokenized([rows[i] for i in index])) for index in indices])
+
+
+    def embed_texts(self, sentences: Sequence[str], prompt_name: str | None = None,
+                    normalize: bool = True) -> np.ndarray:
+        """A text runner's embeddings: the prompt prepended, then (``normalize``) the app-side normalisation the
+        manifest names, as the app does before each call."""
+        prompt = self.prompt(prompt_name)
+        if not sentences:
+            return np.zeros((0, int(self.manifest["embedding_dim"])), dtype=np.float32)
+        texts = [prompt + sentence for sentence in sentences]
+        return self._checked(lambda: [self.runner.embed_texts(texts, normalize=normalize)], [len(texts)])[0]
 
 
 def _load_tokenizer(path: Path) -> Tokenizer:

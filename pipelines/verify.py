@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.base import TextRunner
 from converters.registry import get_format
-from core.data import StsPairs, load_stsb
+from core.data import TOKENIZER_TEXTS, StsPairs, load_stsb
 from core.errors import ArtifactError
 from core.metrics import row_cosines, sts_spearman
 from core.reference import Reference
@@ -50,6 +51,9 @@ class Parity:
     test_vectors_min_cosine: float | None = None
     emulated: bool = False  # True where the format's runtime cannot run here (Core ML on Linux)
     runtime: str = ""
+    # Text-in artifacts (MediaPipe): STS-B dev and core.data.TOKENIZER_TEXTS, as raw strings and after the app-side
+    # normalisation, each {"mean_cosine", "min_cosine"}; None for artifacts that take token ids.
+    app_text: dict | None = None
 
     def to_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -97,12 +101,50 @@ def gate_failures(parity: Parity, gate: Gate, structure: dict | None = None) -> 
         failures.append(f"STS-B Spearman drop {parity.spearman_drop:.2f} > {max_drop} points vs the fp32 model")
     if parity.test_vectors_min_cosine is not None and not parity.test_vectors_min_cosine >= gate.min_cosine:
         failures.append(f"test vectors: min cosine {parity.test_vectors_min_cosine:.4f} < {gate.min_cosine}")
+    if parity.app_text is not None:
+        strings = parity.app_text["normalized"]["strings"]
+        if not (strings["mean_cosine"] >= gate.min_mean_cosine and strings["min_cosine"] >= gate.min_cosine):
+            failures.append(f"tokenizer strings (app-normalised): mean cosine {strings['mean_cosine']:.4f}, min "
+                            f"{strings['min_cosine']:.4f}, below {gate.min_mean_cosine} / {gate.min_cosine}")
+    failures += list((structure or {}).get("gate_failures") or [])
     for key, value in (structure or {}).items():
         if key.endswith(PROGRAM_TEST_VECTORS) and not value >= gate.min_cosine:
             runner = key.removesuffix(PROGRAM_TEST_VECTORS)
             failures.append(f"test vectors through the saved program ({runner}): min cosine {value:.4f} "
                             f"< {gate.min_cosine}")
     return failures
+
+
+def _cosines(got: np.ndarray, expected: np.ndarray) -> dict:
+    cos = np.nan_to_num(row_cosines(np.asarray(got, dtype=np.float32), expected), nan=-1.0)
+    return {"mean_cosine": round(float(cos.mean()), 6), "min_cosine": round(float(cos.min()), 6)}
+
+
+def measure_app_text(encoder: ArtifactEncoder, reference: Reference, parity: Parity) -> dict:
+    """A text-in artifact on raw strings, as an app that skips the normalisation would call it, and after it
+    (STS-B dev's figure with it is ``parity``'s own)."""
+    sentences = load_stsb("dev").unique_sentences()
+    strings = list(TOKENIZER_TEXTS)
+    expected_strings = reference.embeddings(strings)
+    return {
+        "normalized": {"stsb": {"mean_cosine": round(parity.mean_cosine, 6), "min_cosine": round(parity.min_cosine, 6)},
+                       "strings": _cosines(encoder.embed_texts(strings), expected_strings)},
+        "raw": {"stsb": _cosines(encoder.embed_texts(sentences, normalize=False), reference.embeddings(sentences)),
+                "strings": _cosines(encoder.embed_texts(strings, normalize=False), expected_strings)},
+    }
+
+
+def measure_artifact(artifact_dir: Path, encoder: ArtifactEncoder, reference: Reference,
+                     limit: int | None = None) -> Parity:
+    """Everything the gate judges that runs the artifact: STS-B dev parity, its own test vectors and, for a
+    text-in artifact, the raw and app-normalised strings. Export's gate and ``verify`` both measure here."""
+    parity = measure_parity(encoder.encode, reference, limit=limit)
+    parity.test_vectors_min_cosine = test_vector_min_cosine(artifact_dir, encoder)
+    parity.emulated = encoder.emulated
+    parity.runtime = encoder.runtime_name
+    if isinstance(encoder.runner, TextRunner):
+        parity.app_text = measure_app_text(encoder, reference, parity)
+    return parity
 
 
 def write_test_vectors(artifact_dir: Path, encoder: ArtifactEncoder, reference: Reference) -> None:

@@ -1,4 +1,5 @@
-"""Phones and ARM boards: TFLite int8 (LiteRT, XNNPACK delegate) and ExecuTorch int8 (XNNPACK backend).
+"""Phones and ARM boards: TFLite int8 (LiteRT, XNNPACK delegate), ExecuTorch int8 (XNNPACK backend), and the
+same LiteRT int8 model packed for MediaPipe's TextEmbedder (strings in, its own tokenizer, no app tokenizer code).
 
 ExecuTorch is the PyTorch-native path: it is the successor of the qnnpack/lite-interpreter stack
 (torch.ao's qnnpack quantization is deprecated, and this torch build has no XNNPACK for
@@ -8,6 +9,7 @@ int8 kernels run here on x86 as on ARM, so parity and speed are measured, not as
 
 from converters.base import AccuracyTarget
 from converters.executorch import ExecuTorchOptions
+from converters.mediapipe import MediaPipeOptions
 from converters.tflite import TFLiteOptions
 from targets.base import ArtifactPlan, Gate, Target, register
 
@@ -16,7 +18,7 @@ MOBILE_GATE = Gate(min_mean_cosine=0.99, min_cosine=0.97, max_spearman_drop=0.5)
 MOBILE = register(
     Target(
         name="mobile",
-        description="TFLite int8 with sequence buckets (LiteRT) and ExecuTorch int8 (XNNPACK)",
+        description="TFLite int8 with sequence buckets (LiteRT), ExecuTorch int8 (XNNPACK), MediaPipe TextEmbedder",
         plans=(
             ArtifactPlan(
                 folder="tflite",
@@ -35,6 +37,16 @@ MOBILE = register(
                 options=ExecuTorchOptions(quantization="int8", max_batch=32),
                 gate=MOBILE_GATE,
                 description="ExecuTorch int8 (XNNPACK)",
+            ),
+            ArtifactPlan(
+                folder="mediapipe",
+                format="mediapipe",
+                # The LiteRT int8 recipe at the model's own length, packed for MediaPipe's TextEmbedder; gated on
+                # strings through MediaPipe's own tokenizer, with the app-side normalisation applied.
+                options=MediaPipeOptions(quantization="int8",
+                                         accuracy=AccuracyTarget(mean_cosine=0.993, min_cosine=0.98)),
+                gate=MOBILE_GATE,
+                description="MediaPipe TextEmbedder int8",
             ),
         ),
     )

@@ -1,0 +1,155 @@
+"""The MediaPipe artifact: strings through MediaPipe's own TextEmbedder (the C++ task a phone runs), its tokenizer
+against the model's, the app-side normalisation, and the families it must refuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import normalizers
+
+from converters.mediapipe.package import echo_model, package
+from converters.mediapipe.runner import MediaPipeTextEmbedder, mediapipe_ids
+from converters.mediapipe.tokenizer import Unsupported, mediapipe_vocabulary, normalize_for_mediapipe, refusal
+from core.config import BuildConfig
+from core.data import TOKENIZER_TEXTS
+from core.metrics import row_cosines
+from pipelines.export import export
+from pipelines.gatekeeper import verify_path
+from pipelines.report import model_card
+from targets.base import TARGETS, Target
+from targets.mobile import MOBILE
+from tests.tiny_models import FAMILIES, build_tiny_model
+
+MEDIAPIPE_ONLY = "test-mediapipe"
+
+
+def _tokenizer_json(source) -> dict:
+    return json.loads((source.path / "tokenizer.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def minilm_vocab(source) -> bytes:
+    return mediapipe_vocabulary(_tokenizer_json(source)).vocab_txt()
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    """The bundled model's MediaPipe artifact, built and gated by the real export pipeline (the mobile target's
+    MediaPipe plan alone)."""
+    plan = next(p for p in MOBILE.plans if p.format == "mediapipe")
+    TARGETS[MEDIAPIPE_ONLY] = Target(MEDIAPIPE_ONLY, "the mobile target's MediaPipe artifact", (plan,))
+    try:
+        out = tmp_path_factory.mktemp("mediapipe")
+        (result,) = export(BuildConfig(target=MEDIAPIPE_ONLY, out=str(out)))
+    finally:
+        del TARGETS[MEDIAPIPE_ONLY]
+    assert result.ok, result.error
+    return Path(result.folder)
+
+
+def test_normalisation_equals_the_models_own_normaliser():
+    """normalize_for_mediapipe is Hugging Face's uncased BERT normaliser, character for character, on the
+    tokenizer test strings (what the Kotlin and Swift snippets mirror)."""
+    bert = normalizers.BertNormalizer(lowercase=True)
+    for text in TOKENIZER_TEXTS:
+        assert normalize_for_mediapipe(text) == bert.normalize_str(text), repr(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=40))
+def test_normalisation_equals_the_models_own_normaliser_on_any_text(text):
+    assert normalize_for_mediapipe(text) == normalizers.BertNormalizer(lowercase=True).normalize_str(text)
+
+
+def test_mediapipe_ids_equal_the_models_after_normalisation(st_model, minilm_vocab, dev_sentences):
+    """MediaPipe's own tokenizer (read back through an echo model) against the model's: raw strings with accents or
+    non-ASCII capitals differ; after the normalisation every id matches, STS-B dev sentences included."""
+    texts = list(TOKENIZER_TEXTS) + dev_sentences[:200]
+    expected = [row for row in st_model.tokenizer(texts, truncation=True, max_length=256)["input_ids"]]
+    raw = mediapipe_ids(minilm_vocab, 256, texts)
+    normalized = mediapipe_ids(minilm_vocab, 256, [normalize_for_mediapipe(t) for t in texts])
+    assert normalized == expected
+    differing = [t for t, got, want in zip(texts, raw, expected, strict=True) if got != want]
+    assert "naïve résumé" in differing and "Москва" in differing and len(differing) >= 15
+
+
+def test_vocabulary_renames_specials_where_the_model_names_them_otherwise(tmp_path):
+    """MPNet frames a sentence with <s> ... </s>; MediaPipe looks up [CLS] and [SEP]: the packed vocabulary renames
+    them in place, so the ids stay the model's."""
+    mpnet = build_tiny_model(FAMILIES["mpnet"], tmp_path / "mpnet")
+    vocabulary = mediapipe_vocabulary(_tokenizer_json_at(mpnet))
+    assert vocabulary.renamed == {"<s>": "[CLS]", "</s>": "[SEP]", "<unk>": "[UNK]"}
+    assert vocabulary.tokens[0] == "[CLS]" and vocabulary.tokens[2] == "[SEP]"
+    assert refusal(mpnet) is None
+
+
+def _tokenizer_json_at(model_dir: Path) -> dict:
+    return json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize(("family", "reason"), [("roberta", "byte-level BPE"), ("xlm-roberta", "Unigram"),
+                                                ("modernbert", "byte-level BPE"), ("qwen3", "byte-level BPE")])
+def test_tokenizers_mediapipe_cannot_reproduce_are_refused_in_one_line(tmp_path, family, reason):
+    model = build_tiny_model(FAMILIES[family], tmp_path / family)
+    why = refusal(model)
+    assert why is not None and reason in why and "\n" not in why
+
+
+def test_cased_and_clashing_vocabularies_are_refused(source):
+    tokenizer = _tokenizer_json(source)
+    cased = {**tokenizer, "normalizer": {**tokenizer["normalizer"], "lowercase": False}}
+    with pytest.raises(Unsupported, match="cased"):
+        mediapipe_vocabulary(cased)
+    vocab = dict(tokenizer["model"]["vocab"])
+    vocab["[CLS]"], vocab["[unused0]"] = vocab["[unused0]"], vocab["[CLS]"]  # [CLS] now names another id
+    clash = {**tokenizer, "model": {**tokenizer["model"], "vocab": vocab}}
+    with pytest.raises(Unsupported, match=r"\[CLS\]"):
+        mediapipe_vocabulary(clash)
+
+
+def test_packaged_file_is_what_mediapipe_opens(minilm_vocab):
+    """One subgraph, int32 ids/mask/segment inputs in metadata order, the vocabulary as an appended zip."""
+    model = package(echo_model(16), minilm_vocab, "echo")
+    embedder = MediaPipeTextEmbedder(model)
+    try:
+        ids, mask = embedder.outputs("hello world")
+    finally:
+        embedder.close()
+    assert ids[:4].tolist() == [101, 7592, 2088, 102] and mask.tolist() == [1] * 4 + [0] * 12
+
+
+def test_artifact_meets_the_mobile_gate_through_mediapipe(artifact):
+    manifest = json.loads((artifact / "manifest.json").read_text(encoding="utf-8"))
+    parity, gate = manifest["parity"], manifest["gate"]
+    assert manifest["verdict"] == "pass" and manifest["runtime"] == "mediapipe"
+    assert parity["mean_cosine"] >= gate["min_mean_cosine"] and parity["min_cosine"] >= gate["min_cosine"]
+    normalized, raw = parity["app_text"]["normalized"], parity["app_text"]["raw"]
+    assert normalized["strings"]["min_cosine"] >= gate["min_cosine"]
+    assert raw["strings"]["min_cosine"] < 0.5  # what the normalisation fixes: the app would ship wrong vectors
+    assert manifest["structure"]["mediapipe_tokenizer"]["ids_equal_normalized"] == len(TOKENIZER_TEXTS)
+    assert manifest["shapes"][0]["sequence"] == 256  # the model's own limit: long texts truncate as the source
+
+
+def test_python_mirror_of_the_android_snippet(artifact, st_model):
+    """What the model card's Kotlin does (createFromFile, embed(normalizeForModel(text))), in MediaPipe's Python API
+    on the same C++ task, against the fp32 model."""
+    card = (artifact / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "TextEmbedder.createFromFile" in card and "fun normalizeForModel" in card and "func normalizeForModel" in card
+    embedder = MediaPipeTextEmbedder(artifact / "text_embedder.tflite")
+    texts = ["naïve résumé", "Café déjà vu", "A man is playing a guitar."]
+    try:
+        got = np.stack([embedder.outputs(normalize_for_mediapipe(t))[0] for t in texts])
+    finally:
+        embedder.close()
+    assert row_cosines(got, st_model.encode(texts)).min() >= 0.97
+
+
+def test_verify_runs_the_artifact_through_mediapipe_and_catches_a_broken_vocabulary(artifact, tmp_path):
+    (row,) = verify_path(artifact)
+    assert row["ok"], row["failures"]
+    assert "mediapipe" in row["parity"]["runtime"]
