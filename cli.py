@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from core.cpu import ISA_CLASSES
+from core.cpu import ARM_CPU_MODELS, ISA_CLASSES
 from core.errors import ToolchainError
 
 # Converters print pages of third-party progress bars and warnings; the CLI shows its own progress,
@@ -172,20 +172,34 @@ def list_targets() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print a machine-readable verdict")
 @click.option("--quick", is_flag=True, help="parity on the first 200 STS-B dev pairs only")
 @click.option("--strict", is_flag=True, help="fail an x86 artifact built for another CPU class than this one")
-def verify(path, min_cosine, max_spearman_drop, model, as_json, quick, strict) -> None:
+@click.option("--arch", type=click.Choice(["host", "arm64"]), default="host", show_default=True,
+              help="arm64: run the phone artifacts (TFLite, MediaPipe, ExecuTorch) on emulated ARM64 CPU kernels "
+                   "(qemu; set up on first use) and record the figures in their manifests")
+@click.option("--cpu", "cpus", multiple=True, type=click.Choice(list(ARM_CPU_MODELS)),
+              help="with --arch arm64: the CPU model(s) [default: all: " + ", ".join(ARM_CPU_MODELS) + "]")
+@click.option("--sentences", type=int, default=300, show_default=True,
+              help="with --arch arm64: STS-B dev sentences per CPU model (the test vectors always run)")
+def verify(path, min_cosine, max_spearman_drop, model, as_json, quick, strict, arch, cpus, sentences) -> None:
     """Gate before deployment: checksums, test vectors, STS-B parity. Exits 1 on a failed gate, 2 on a damaged
-    artifact."""
-    from pipelines.gatekeeper import verify_path
+    artifact. With --arch arm64, the phone artifacts run on emulated ARM64 CPU kernels instead."""
+    if arch == "arm64":
+        from pipelines.arm64 import verify_arm64
 
-    with _third_party_output("verify"):
-        results = verify_path(path, model=model, min_mean_cosine=min_cosine, max_spearman_drop=max_spearman_drop,
-                              limit=200 if quick else None, strict=strict)
+        with _third_party_output("verify"):
+            results = verify_arm64(path, cpus=cpus or tuple(ARM_CPU_MODELS), sentences=sentences, model=model,
+                                   log=lambda line: click.echo(line, err=True))
+    else:
+        from pipelines.gatekeeper import verify_path
+
+        with _third_party_output("verify"):
+            results = verify_path(path, model=model, min_mean_cosine=min_cosine,
+                                  max_spearman_drop=max_spearman_drop, limit=200 if quick else None, strict=strict)
     if as_json:
         click.echo(json.dumps({"ok": all(r["ok"] for r in results), "artifacts": results}, indent=2))
     else:
-        from pipelines.summary import print_verify
+        from pipelines.summary import print_arm64, print_verify
 
-        print_verify(_console(), results)
+        (print_arm64 if arch == "arm64" else print_verify)(_console(), results)
     for row in (r for r in results if r.get("error")):  # damaged or hostile files: bad input, as everywhere
         click.echo(f"error: {row['error']}", err=True)
     if any(r.get("error") for r in results):

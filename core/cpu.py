@@ -135,3 +135,13 @@ def cpu_mismatch(isa: str | None) -> str | None:
         return (f"built for {isa} ({wanted.description}) but this CPU is {here}: its int8 products can saturate "
                 f"and the embeddings come out wrong; rebuild with `export --target x86 --isa {here}`")
     return f"built for {isa} but this CPU is {here}: it runs correctly; `export --isa {here}` may be faster here"
+
+
+# ARM64 CPU models (qemu's names) -> the int8 kernel family XNNPACK selects there, as seen in qemu's log of the
+# executed instructions. cortex-a53 rather than cortex-a55 for plain NEON: the A55 has the dot-product extension.
+ARM_CPU_MODELS = {
+    "cortex-a53": "NEON (Armv8.0: smull/smlal)",
+    "cortex-a76": "NEON dot product (sdot)",
+    "cortex-a710": "i8mm (smmla), SVE2",
+    "max": "SVE2 + SME (smopa)",
+}

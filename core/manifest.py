@@ -101,7 +101,7 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
 OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "prompts": dict, "default_prompt_name": (str, type(None)), "isa": (dict, type(None)), "file_bytes": dict,
     "graph": dict, "normalized": bool, "size_bytes": int, "precision": str, "vectors": (dict, type(None)),
-    "dims_sweep": (dict, type(None)),
+    "dims_sweep": (dict, type(None)), "arm64": dict,
 }
 NUMBER = (int, float)
 # What the reports read of the dims sweep and of a distilled model's record (pipelines.dims, pipelines.distill).

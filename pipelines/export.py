@@ -146,10 +146,12 @@ def refusals(family: Family, model_dir: Path, targets: list[Target]) -> dict[tup
     for target in targets:
         for plan in target.plans:
             check = get_format(plan.format).refusal
-            reason = family.refused_formats.get(plan.format) or (check(model_dir) if check else None)
-            if reason:
-                refused[target.name, plan.folder] = (f"{family.name} model {model_dir.name} cannot be exported to "
-                                                     f"{target.name} {plan.description}: {reason}")
+            what = f"cannot be exported to {target.name} {plan.description}"
+            if plan.format in family.refused_formats:
+                reason = family.refused_formats[plan.format]
+                refused[target.name, plan.folder] = f"{family.name} models {what}: {reason}"
+            elif check and (reason := check(model_dir)):
+                refused[target.name, plan.folder] = f"{model_dir.name} ({family.name}) {what}: {reason}"
     return refused
 
 

@@ -126,6 +126,20 @@ def print_verify(console, results: list[dict]) -> None:
             console.print(f"[yellow]note[/yellow] {r['path']}: {r['cpu']}")
 
 
+def print_arm64(console, results: list[dict]) -> None:
+    table = Table(title="Verify on emulated ARM64 CPU kernels (qemu; times are not speeds)")
+    for column in ("artifact", "CPU model", "int8 kernels", "sentences", "mean cos", "min cos", "test vectors",
+                   "max |Δ| vs x86", "verdict"):
+        table.add_column(column)
+    for r in results:
+        for i, (cpu, c) in enumerate(r["arm64"]["cpus"].items()):
+            verdict = "[green]pass[/green]" if c["ok"] else "[red]FAIL[/red]: " + "; ".join(c["failures"])
+            table.add_row(r["path"] if i == 0 else "", cpu, c["kernels"], str(c["sentences"]), _cell(c["mean_cosine"]),
+                          _cell(c["min_cosine"]), _cell(c["test_vectors_min_cosine"]),
+                          f"{c['max_abs_diff_vs_x86']:.1e}", verdict)
+    console.print(table)
+
+
 def print_targets(console) -> None:
     table = Table(title="Targets")
     for column in ("target", "folder", "artifact", "gate: mean cos / min cos / max STS-B drop", "target is"):

@@ -53,6 +53,19 @@ def x86_artifact(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def mobile_export(tmp_path_factory) -> dict:
+    """The mobile target of the bundled model (LiteRT, ExecuTorch, MediaPipe), built once through the real export
+    pipeline; artifact folder ("mobile/tflite", ...) -> ArtifactResult."""
+    from core.config import BuildConfig
+    from pipelines.export import export
+
+    out = tmp_path_factory.mktemp("dist-mobile")
+    results = export(BuildConfig(target="mobile", out=str(out)))
+    assert all(r.ok for r in results), [r.error for r in results]
+    return {Path(r.folder).relative_to(out / "all-MiniLM-L6-v2").as_posix(): r for r in results}
+
+
+@pytest.fixture(scope="session")
 def graph(st_model):
     """The embedding graph with the in-graph float mask (what the TFLite, ExecuTorch and Core ML paths convert)."""
     from core.graph import build_graph

@@ -13,7 +13,7 @@ from core.config import BuildConfig
 from pipelines.export import export
 from tests.tiny_models import FAMILIES, build_tiny_model
 
-COLUMNS = ("x86", "x86-openvino", "mobile/tflite", "mobile/executorch", "apple", "gpu", "web")
+COLUMNS = ("x86", "x86-openvino", "mobile/tflite", "mobile/executorch", "mobile/mediapipe", "apple", "gpu", "web")
 
 
 def cell(result) -> str:

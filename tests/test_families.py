@@ -25,7 +25,10 @@ from pipelines.export import export
 from pipelines.runtime import ArtifactEncoder
 from tests.tiny_models import FAMILIES, build_tiny_model
 
-ARTIFACTS = ("x86", "x86-openvino", "mobile/tflite", "mobile/executorch", "apple", "gpu", "web")
+ARTIFACTS = ("x86", "x86-openvino", "mobile/tflite", "mobile/executorch", "mobile/mediapipe", "apple", "gpu", "web")
+# MediaPipe's tokenizer is BERT WordPiece: these families' tokenizers are refused for it (the reason in one line).
+MEDIAPIPE_REFUSED = {"roberta": "byte-level BPE", "xlm-roberta": "Unigram", "modernbert": "byte-level BPE",
+                     "qwen3": "byte-level BPE"}
 # The registered family each tiny model's config.model_type resolves to.
 REGISTERED_NAME = {"bert": "bert", "distilbert": "distilbert", "mpnet": "mpnet", "roberta": "roberta",
                    "xlm-roberta": "xlm-roberta", "modernbert": "modernbert", "qwen3": "qwen"}
@@ -53,6 +56,10 @@ def test_every_target_passes_its_gate_on_its_own_runtime(exported):
     name, results = exported
     assert set(results) == set(ARTIFACTS)
     for artifact, result in results.items():
+        if artifact == "mobile/mediapipe" and name in MEDIAPIPE_REFUSED:
+            assert result.ok and MEDIAPIPE_REFUSED[name] in result.refused and "\n" not in result.refused
+            assert not Path(result.folder).exists()
+            continue
         assert result.ok and not result.refused, f"{name} {artifact}: {result.error}"
         parity = result.manifest["parity"]
         assert parity["nonfinite_rows"] == 0 and parity["sentences"] > 2800
@@ -64,7 +71,9 @@ def test_every_target_passes_its_gate_on_its_own_runtime(exported):
 def test_sequence_limits_follow_the_model(exported):
     name, results = exported
     limit = min(FAMILIES[name].max_seq_length, SEQUENCE_LIMIT)
-    for artifact in ("mobile/tflite", "apple"):
+    for artifact in ("mobile/tflite", "apple", "mobile/mediapipe"):
+        if results[artifact].refused:
+            continue
         manifest = results[artifact].manifest
         assert max(s["sequence"] for s in manifest["shapes"]) == limit == manifest["tokenizer"]["max_length"]
     assert results["mobile/executorch"].manifest["conversion"]["max_sequence"] == limit
@@ -133,10 +142,10 @@ def test_a_refused_format_is_skipped_before_any_work(tiny_models, tmp_path, monk
     refusing = replace(family, refused_formats={"tflite": "no TFLite lowering for this family"})
     monkeypatch.setitem(family_registry._BY_MODEL_TYPE, "distilbert", refusing)
     results = export(BuildConfig(model=str(tiny_models["distilbert"]), target="mobile", out=str(tmp_path)))
-    tflite, pte = results
+    tflite, pte, mediapipe = results
     why = "distilbert models cannot be exported to mobile TFLite int8: no TFLite lowering for this family"
     assert tflite.refused == why
-    assert not Path(tflite.folder).exists() and pte.ok and not pte.refused
+    assert not Path(tflite.folder).exists() and pte.ok and not pte.refused and mediapipe.ok and not mediapipe.refused
 
 
 def test_a_target_whose_only_format_is_refused_fails_in_one_line(tiny_models, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ against the model's, the app-side normalisation, and the families it must refuse
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +16,10 @@ from tokenizers import normalizers
 from converters.mediapipe.package import echo_model, package
 from converters.mediapipe.runner import MediaPipeTextEmbedder, mediapipe_ids
 from converters.mediapipe.tokenizer import Unsupported, mediapipe_vocabulary, normalize_for_mediapipe, refusal
-from core.config import BuildConfig
 from core.data import TOKENIZER_TEXTS
 from core.metrics import row_cosines
-from pipelines.export import export
 from pipelines.gatekeeper import verify_path
-from pipelines.report import model_card
-from targets.base import TARGETS, Target
-from targets.mobile import MOBILE
 from tests.tiny_models import FAMILIES, build_tiny_model
-
-MEDIAPIPE_ONLY = "test-mediapipe"
 
 
 def _tokenizer_json(source) -> dict:
@@ -38,18 +32,9 @@ def minilm_vocab(source) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory) -> Path:
-    """The bundled model's MediaPipe artifact, built and gated by the real export pipeline (the mobile target's
-    MediaPipe plan alone)."""
-    plan = next(p for p in MOBILE.plans if p.format == "mediapipe")
-    TARGETS[MEDIAPIPE_ONLY] = Target(MEDIAPIPE_ONLY, "the mobile target's MediaPipe artifact", (plan,))
-    try:
-        out = tmp_path_factory.mktemp("mediapipe")
-        (result,) = export(BuildConfig(target=MEDIAPIPE_ONLY, out=str(out)))
-    finally:
-        del TARGETS[MEDIAPIPE_ONLY]
-    assert result.ok, result.error
-    return Path(result.folder)
+def artifact(mobile_export) -> Path:
+    """The bundled model's MediaPipe artifact, built and gated by the real export pipeline."""
+    return Path(mobile_export["mobile/mediapipe"].folder)
 
 
 def test_normalisation_equals_the_models_own_normaliser():
@@ -60,8 +45,14 @@ def test_normalisation_equals_the_models_own_normaliser():
         assert normalize_for_mediapipe(text) == bert.normalize_str(text), repr(text)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=40))
+# Characters assigned since Unicode 3.2 can differ: the tokenizers library's category tables are older than
+# Python's (U+1CF00, a combining mark since Unicode 14, is kept there and dropped here), and a phone's own Unicode
+# tables are of yet another version. Such characters are [UNK] to a BERT vocabulary either way.
+SETTLED_CHARACTERS = st.characters(codec="utf-8").filter(lambda c: unicodedata.ucd_3_2_0.category(c) != "Cn")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet=SETTLED_CHARACTERS, max_size=40))
 def test_normalisation_equals_the_models_own_normaliser_on_any_text(text):
     assert normalize_for_mediapipe(text) == normalizers.BertNormalizer(lowercase=True).normalize_str(text)
 
@@ -139,7 +130,8 @@ def test_python_mirror_of_the_android_snippet(artifact, st_model):
     """What the model card's Kotlin does (createFromFile, embed(normalizeForModel(text))), in MediaPipe's Python API
     on the same C++ task, against the fp32 model."""
     card = (artifact / "MODEL_CARD.md").read_text(encoding="utf-8")
-    assert "TextEmbedder.createFromFile" in card and "fun normalizeForModel" in card and "func normalizeForModel" in card
+    for needle in ("TextEmbedder.createFromFile", "fun normalizeForModel", "func normalizeForModel"):
+        assert needle in card
     embedder = MediaPipeTextEmbedder(artifact / "text_embedder.tflite")
     texts = ["naïve résumé", "Café déjà vu", "A man is playing a guitar."]
     try:

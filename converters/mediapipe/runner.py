@@ -4,6 +4,7 @@ iOS or web app calls it (the wheel runs the same C++ task as the phone). Needs m
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -52,14 +53,26 @@ class MediaPipeRunner:
         self._embedder = MediaPipeTextEmbedder(model_path)
 
     def embed_texts(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
-        rows = [self._embedder.outputs(self._normalize(text) if normalize else text)[0] for text in texts]
+        rows = [self._embed(_ascii_lower(self._normalize(text) if normalize else text)) for text in texts]
         return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+
+    @lru_cache(maxsize=4096)  # noqa: B019  (one runner per artifact; the gate embeds STS-B raw and normalised)
+    def _embed(self, text: str) -> np.ndarray:
+        return self._embedder.outputs(text)[0]
 
     def run(self, inputs: dict[str, np.ndarray], shape: Shape | None) -> np.ndarray:
         raise ArtifactError("the MediaPipe artifact takes strings (TextEmbedder tokenizes inside); use embed_texts")
 
     def close(self) -> None:
         self._embedder.close()
+
+
+ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _ascii_lower(text: str) -> str:
+    """MediaPipe's tokenizer lowercases ASCII letters first, so texts that differ only there are one input."""
+    return text.translate(ASCII_LOWER)
 
 
 def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> MediaPipeRunner:

@@ -1,0 +1,14 @@
+"""Artifacts on ARM64 CPU kernels, under qemu user-mode emulation: the TFLite, MediaPipe and ExecuTorch artifacts
+run in their own runtimes' aarch64 builds (the same versions as on x86) on CPU models whose features make XNNPACK
+pick different int8 kernels. Emulated timings are not speeds and are never reported as such.
+
+The environment (converters/arm64/setup.sh) comes from Debian's packages and PyPI, is built on first use into the
+cache folder and reused; converters.arm64.runner runs an artifact in it.
+"""
+
+from __future__ import annotations
+
+from core.cpu import ARM_CPU_MODELS as CPU_MODELS  # noqa: F401  (re-exported for the ARM64 runners)
+
+# Artifact formats that run on phones and ARM boards, by the runtime that runs them in the emulated environment.
+ARM64_FORMATS = ("tflite", "mediapipe", "executorch")

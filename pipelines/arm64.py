@@ -1,0 +1,129 @@
+"""`verify --arch arm64`: the phone artifacts (TFLite, MediaPipe, ExecuTorch) on ARM64 CPU kernels, emulated.
+
+Per CPU model (converters.arm64.CPU_MODELS: NEON, dot product, i8mm, SVE2/SME, each a different XNNPACK int8
+kernel family), the artifact runs in its runtime's aarch64 build through the same runtime wrapper as on x86, on
+its test vectors and the first STS-B dev sentences; it must meet its target's gate there against the fp32
+model, and the figures (with the largest difference from the x86 run of the same artifact) go into the
+manifest's ``arm64`` entry. Emulation runs each instruction in software: its times are not speeds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from converters.arm64 import ARM64_FORMATS
+from converters.arm64.runner import Arm64Environment, ensure_environment, load_arm64_runner
+from core.cpu import ARM_CPU_MODELS as CPU_MODELS
+from core.data import load_stsb
+from core.errors import ArtifactError, ConfigError
+from core.manifest import MANIFEST, check_files, find_artifacts, read_manifest, write_json_atomic
+from core.metrics import row_cosines
+from core.reference import cache_dir
+from pipelines.gatekeeper import ReferenceCache
+from pipelines.package import open_artifact_source
+from pipelines.runtime import ArtifactEncoder
+from pipelines.verify import gate_failures, measure_parity, test_vector_min_cosine
+from targets.base import TARGETS, Gate
+
+DEFAULT_SENTENCES = 300
+
+
+def target_gate(manifest: dict) -> Gate:
+    """The gate of the target and format that made the artifact, from the target registry (not the manifest)."""
+    target = TARGETS.get(manifest["target"])
+    plan = next((p for p in target.plans if p.format == manifest["format"]), None) if target else None
+    if plan is None:
+        raise ArtifactError(f"no registered target {manifest['target']!r} makes {manifest['format']} artifacts; "
+                            "the manifest is not this toolchain's")
+    return plan.gate
+
+
+def pairs_for(sentences: int) -> int:
+    """The fewest leading STS-B dev pairs whose unique sentences number at least ``sentences``."""
+    pairs = load_stsb("dev")
+    seen: set[str] = set()
+    for count, (first, second) in enumerate(zip(pairs.sentences1, pairs.sentences2, strict=True), start=1):
+        seen.update((first, second))
+        if len(seen) >= sentences:
+            return count
+    return len(pairs.sentences1)
+
+
+def check_on_cpu(environment: Arm64Environment, artifact_dir: Path, manifest: dict, cpu: str, reference,
+                 x86: Callable[[Sequence[str]], np.ndarray], pairs: int, gate: Gate) -> dict:
+    """One CPU model: parity against the fp32 model, the test vectors, and the difference from x86."""
+    logs = cache_dir() / "logs"
+    logs.mkdir(exist_ok=True)
+    with (logs / f"arm64-{cpu}.log").open("ab") as log_file:
+        runner, process = load_arm64_runner(environment, artifact_dir, manifest, cpu, log_file)
+        try:
+            encoder = ArtifactEncoder(artifact_dir, runner=runner)
+            started = time.perf_counter()
+            seen: dict[str, np.ndarray] = {}
+
+            def embed(sentences: Sequence[str]) -> np.ndarray:
+                seen["sentences"], seen["vectors"] = np.asarray(sentences), encoder.encode(sentences)
+                return seen["vectors"]
+
+            parity = measure_parity(embed, reference, limit=pairs)
+            parity.test_vectors_min_cosine = test_vector_min_cosine(artifact_dir, encoder)
+            parity.runtime, parity.emulated = encoder.runtime_name, True
+            seconds = time.perf_counter() - started
+        finally:
+            process.close()
+    host = x86(list(seen["sentences"]))
+    failures = gate_failures(parity, gate)
+    return {
+        "kernels": CPU_MODELS[cpu],
+        "sentences": parity.sentences,
+        "mean_cosine": round(parity.mean_cosine, 6),
+        "min_cosine": round(parity.min_cosine, 6),
+        "spearman_drop": round(parity.spearman_drop, 4),
+        "test_vectors_min_cosine": round(parity.test_vectors_min_cosine, 6),
+        "max_abs_diff_vs_x86": float(np.abs(seen["vectors"] - host).max()),
+        "min_cosine_vs_x86": round(float(row_cosines(seen["vectors"], host).min()), 6),
+        "runtime": parity.runtime,
+        "emulated_seconds": round(seconds, 1),  # qemu's software emulation: not a speed
+        "ok": not failures,
+        "failures": failures,
+    }
+
+
+def verify_arm64(path: Path, *, cpus: Sequence[str] = tuple(CPU_MODELS), sentences: int = DEFAULT_SENTENCES,
+                 model: str | None = None, log: Callable[[str], None] = print) -> list[dict]:
+    """Every phone artifact at or below ``path`` on every CPU model; a folder's manifest gets the figures."""
+    unknown = [cpu for cpu in cpus if cpu not in CPU_MODELS]
+    if unknown or not cpus:
+        raise ConfigError(f"unknown ARM CPU model {unknown[0] if unknown else ''!r}; choose from "
+                          f"{', '.join(CPU_MODELS)}")
+    if sentences < 1:
+        raise ConfigError(f"--sentences must be at least 1, got {sentences}")
+    references, rows = ReferenceCache(model), []
+    with open_artifact_source(Path(path)) as root:
+        artifacts = [a for a in find_artifacts(root) if read_manifest(a)["format"] in ARM64_FORMATS]
+        if not artifacts:
+            raise ArtifactError(f"no phone artifact ({', '.join(ARM64_FORMATS)}) at or below {str(path)!r}; "
+                                "--arch arm64 checks those")
+        environment = ensure_environment(log)
+        for artifact_dir in artifacts:
+            manifest = read_manifest(artifact_dir)
+            check_files(artifact_dir, manifest)
+            reference = references.reference_for(artifact_dir, manifest)
+            host = ArtifactEncoder(artifact_dir)
+            per_cpu = {}
+            for cpu in cpus:
+                log(f"{manifest['target']} {manifest['format']}: emulated ARM64 {cpu} ({CPU_MODELS[cpu]})")
+                per_cpu[cpu] = check_on_cpu(environment, artifact_dir, manifest, cpu, reference, host.encode,
+                                            pairs_for(sentences), target_gate(manifest))
+            record = {"qemu": environment.qemu_version(), "cpus": per_cpu}
+            if root == Path(path):  # a folder, not an archive extracted for the check
+                write_json_atomic(artifact_dir / MANIFEST, {**manifest, "arm64": record})
+            shown = str(artifact_dir) if root == Path(path) else f"{path}:{artifact_dir.relative_to(root).as_posix()}"
+            rows.append({"path": shown, "target": manifest["target"], "artifact": manifest["artifact"],
+                         "ok": all(c["ok"] for c in per_cpu.values()), "arm64": record,
+                         "failures": [f"{cpu}: {f}" for cpu, c in per_cpu.items() for f in c["failures"]]})
+    return rows
