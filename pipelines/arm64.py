@@ -9,20 +9,23 @@ manifest's ``arm64`` entry. Emulation runs each instruction in software: its tim
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from converters.arm64 import ARM64_FORMATS
+from converters.arm64 import ARM64_FORMATS, UNSUPPORTED
 from converters.arm64.runner import Arm64Environment, ensure_environment, load_arm64_runner
 from core.cpu import ARM_CPU_MODELS as CPU_MODELS
-from core.data import load_stsb
+from core.data import StsPairs, load_stsb
 from core.errors import ArtifactError, ConfigError
 from core.manifest import MANIFEST, check_files, find_artifacts, read_manifest, write_json_atomic
 from core.metrics import row_cosines
-from core.reference import cache_dir
+from core.reference import Reference, cache_dir
 from pipelines.gatekeeper import ReferenceCache
 from pipelines.package import open_artifact_source
 from pipelines.runtime import ArtifactEncoder
@@ -42,19 +45,30 @@ def target_gate(manifest: dict) -> Gate:
     return plan.gate
 
 
-def pairs_for(sentences: int) -> int:
+def dev_pairs(sentences: int) -> StsPairs:
     """The fewest leading STS-B dev pairs whose unique sentences number at least ``sentences``."""
     pairs = load_stsb("dev")
     seen: set[str] = set()
-    for count, (first, second) in enumerate(zip(pairs.sentences1, pairs.sentences2, strict=True), start=1):
+    count = len(pairs.sentences1)
+    for index, (first, second) in enumerate(zip(pairs.sentences1, pairs.sentences2, strict=True), start=1):
         seen.update((first, second))
         if len(seen) >= sentences:
-            return count
-    return len(pairs.sentences1)
+            count = index
+            break
+    return StsPairs(pairs.sentences1[:count], pairs.sentences2[:count], pairs.scores[:count])
 
 
-def check_on_cpu(environment: Arm64Environment, artifact_dir: Path, manifest: dict, cpu: str, reference,
-                 x86: Callable[[Sequence[str]], np.ndarray], pairs: int, gate: Gate) -> dict:
+@dataclass(frozen=True)
+class HostRun:
+    """What every CPU model is compared with: the fp32 model's and the x86 runtime's embeddings, computed once."""
+
+    pairs: StsPairs
+    reference: Reference
+    x86: np.ndarray  # the same artifact on this machine's runtime, rows in pairs.unique_sentences() order
+
+
+def check_on_cpu(environment: Arm64Environment, artifact_dir: Path, manifest: dict, cpu: str, host: HostRun,
+                 gate: Gate) -> dict:
     """One CPU model: parity against the fp32 model, the test vectors, and the difference from x86."""
     logs = cache_dir() / "logs"
     logs.mkdir(exist_ok=True)
@@ -63,19 +77,13 @@ def check_on_cpu(environment: Arm64Environment, artifact_dir: Path, manifest: di
         try:
             encoder = ArtifactEncoder(artifact_dir, runner=runner)
             started = time.perf_counter()
-            seen: dict[str, np.ndarray] = {}
-
-            def embed(sentences: Sequence[str]) -> np.ndarray:
-                seen["sentences"], seen["vectors"] = np.asarray(sentences), encoder.encode(sentences)
-                return seen["vectors"]
-
-            parity = measure_parity(embed, reference, limit=pairs)
+            vectors = encoder.encode(host.pairs.unique_sentences())
+            parity = measure_parity(lambda _: vectors, host.reference, pairs=host.pairs)
             parity.test_vectors_min_cosine = test_vector_min_cosine(artifact_dir, encoder)
             parity.runtime, parity.emulated = encoder.runtime_name, True
             seconds = time.perf_counter() - started
         finally:
             process.close()
-    host = x86(list(seen["sentences"]))
     failures = gate_failures(parity, gate)
     return {
         "kernels": CPU_MODELS[cpu],
@@ -84,13 +92,28 @@ def check_on_cpu(environment: Arm64Environment, artifact_dir: Path, manifest: di
         "min_cosine": round(parity.min_cosine, 6),
         "spearman_drop": round(parity.spearman_drop, 4),
         "test_vectors_min_cosine": round(parity.test_vectors_min_cosine, 6),
-        "max_abs_diff_vs_x86": float(np.abs(seen["vectors"] - host).max()),
-        "min_cosine_vs_x86": round(float(row_cosines(seen["vectors"], host).min()), 6),
+        "max_abs_diff_vs_x86": float(np.abs(vectors - host.x86).max()),
+        "min_cosine_vs_x86": round(float(row_cosines(vectors, host.x86).min()), 6),
         "runtime": parity.runtime,
         "emulated_seconds": round(seconds, 1),  # qemu's software emulation: not a speed
         "ok": not failures,
         "failures": failures,
     }
+
+
+def check_artifact(environment: Arm64Environment, artifact_dir: Path, manifest: dict, cpus: Sequence[str],
+                   host: HostRun, log: Callable[[str], None]) -> dict[str, dict]:
+    """Every CPU model, each in its own emulated process, as many at once as this machine has cores."""
+    gate = target_gate(manifest)
+    skipped = {cpu: {"kernels": CPU_MODELS[cpu], "skipped": UNSUPPORTED[manifest["format"], cpu], "ok": True,
+                     "failures": []} for cpu in cpus if (manifest["format"], cpu) in UNSUPPORTED}
+    runnable = [cpu for cpu in cpus if cpu not in skipped]
+    for cpu in runnable:
+        log(f"{manifest['target']} {manifest['format']}: emulated ARM64 {cpu} ({CPU_MODELS[cpu]})")
+    with ThreadPoolExecutor(max_workers=max(1, min(len(runnable), os.cpu_count() or 1))) as pool:
+        figures = dict(zip(runnable, pool.map(
+            lambda cpu: check_on_cpu(environment, artifact_dir, manifest, cpu, host, gate), runnable), strict=True))
+    return {cpu: figures.get(cpu) or skipped[cpu] for cpu in cpus}
 
 
 def verify_arm64(path: Path, *, cpus: Sequence[str] = tuple(CPU_MODELS), sentences: int = DEFAULT_SENTENCES,
@@ -113,12 +136,10 @@ def verify_arm64(path: Path, *, cpus: Sequence[str] = tuple(CPU_MODELS), sentenc
             manifest = read_manifest(artifact_dir)
             check_files(artifact_dir, manifest)
             reference = references.reference_for(artifact_dir, manifest)
-            host = ArtifactEncoder(artifact_dir)
-            per_cpu = {}
-            for cpu in cpus:
-                log(f"{manifest['target']} {manifest['format']}: emulated ARM64 {cpu} ({CPU_MODELS[cpu]})")
-                per_cpu[cpu] = check_on_cpu(environment, artifact_dir, manifest, cpu, reference, host.encode,
-                                            pairs_for(sentences), target_gate(manifest))
+            pairs = dev_pairs(sentences)
+            reference.source_embeddings(pairs.unique_sentences())  # computed (and cached) before the threads
+            host = HostRun(pairs, reference, ArtifactEncoder(artifact_dir).encode(pairs.unique_sentences()))
+            per_cpu = check_artifact(environment, artifact_dir, manifest, cpus, host, log)
             record = {"qemu": environment.qemu_version(), "cpus": per_cpu}
             if root == Path(path):  # a folder, not an archive extracted for the check
                 write_json_atomic(artifact_dir / MANIFEST, {**manifest, "arm64": record})

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from converters.base import TextRunner
 from core.cpu import compute_precision, cpu_isa, cpu_mismatch, cpu_name, peak_gops
 from core.data import load_stsb
 from core.errors import ArtifactError
@@ -175,7 +176,7 @@ def run_worker(job: dict) -> dict:
         result["runtime"] = encoder.runtime_name
         result["size_bytes"] = encoder.manifest.get("size_bytes")
         result["compute"] = compute_precision(encoder.manifest.get("precision", "fp32"))
-        if encoder.runner.shapes:
+        if encoder.runner.shapes and not isinstance(encoder.runner, TextRunner):  # a text runner has no buckets
             result["bucket_latency_ms"] = _bucket_latency(encoder, config)
     result["peak_rss_mb"] = peak_rss_mb()
     return result

@@ -336,7 +336,7 @@ def model_card(manifest: dict) -> str:
         lines.append("- Smaller stored vectors: int8 (1 byte per dimension) or binary (1 bit) with the calibrated "
                      "ranges in the manifest's `vectors` entry, as `cli.py embed --precision` stores them; the "
                      "manifest's `dims_sweep` shows what each costs in STS-B and retrieval.")
-    if shapes:
+    if shapes and manifest["format"] not in TEXT_IN_FORMATS:
         lines.append("- Fixed shapes: pad to the smallest that fits: "
                      + ", ".join(f"{s['batch']}×{s['sequence']} (`{s['name']}`)" for s in shapes) + ".")
     lines += app_snippets(manifest)

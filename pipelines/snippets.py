@@ -7,10 +7,8 @@ from __future__ import annotations
 from converters.mediapipe.tokenizer import NORMALIZATION
 
 # The app-side text normalisation (converters.mediapipe.tokenizer.normalize_for_mediapipe), step for step.
+KOTLIN_IMPORTS = ("import java.text.Normalizer", "import java.util.Locale")
 KOTLIN_NORMALIZE = """\
-import java.text.Normalizer
-import java.util.Locale
-
 // What the model's own (Hugging Face, uncased BERT) tokenizer does and MediaPipe's does not.
 fun normalizeForModel(text: String): String {
     val kept = StringBuilder()
@@ -37,8 +35,6 @@ fun isCjk(cp: Int) = cp in 0x4E00..0x9FFF || cp in 0x3400..0x4DBF || cp in 0x200
     cp in 0x2A700..0x2CEAF || cp in 0xF900..0xFAFF || cp in 0x2F800..0x2FA1F"""
 
 SWIFT_NORMALIZE = """\
-import Foundation
-
 // What the model's own (Hugging Face, uncased BERT) tokenizer does and MediaPipe's does not.
 func normalizeForModel(_ text: String) -> String {
     var kept = String.UnicodeScalarView()
@@ -95,12 +91,12 @@ def _mediapipe(manifest: dict) -> list[str]:
                       f"all of Unicode.{note}", ""]
     lines += _prompt_note(manifest)
     lines += ["Android (Kotlin, `com.google.mediapipe:tasks-text`), the model in `src/main/assets`:", "", "```kotlin",
-              "import com.google.mediapipe.tasks.text.textembedder.TextEmbedder", "",
+              "import com.google.mediapipe.tasks.text.textembedder.TextEmbedder", *KOTLIN_IMPORTS, "",
               f'val embedder = TextEmbedder.createFromFile(context, "{file}")',
               "val vector: FloatArray = embedder.embed(normalizeForModel(text))",
               "    .embeddingResult().embeddings()[0].floatEmbedding()", "", KOTLIN_NORMALIZE, "```", "",
               "iOS (Swift, CocoaPod `MediaPipeTasksText`), the model in the app bundle:", "", "```swift",
-              "import MediaPipeTasksText", "",
+              "import Foundation", "import MediaPipeTasksText", "",
               f'let path = Bundle.main.path(forResource: "{file.removesuffix(".tflite")}", ofType: "tflite")!',
               "let embedder = try TextEmbedder(modelPath: path)",
               "let vector = try embedder.embed(text: normalizeForModel(text))",
@@ -118,8 +114,8 @@ def _litert(manifest: dict) -> list[str]:
             f"with id {manifest['tokenizer']['pad_token_id']} and mask 0, and feed int32 ids. The MediaPipe artifact "
             "beside this one needs no tokenizer code.", ""] + _prompt_note(manifest) + [
             "Android (Kotlin, `com.google.ai.edge.litert:litert`):", "", "```kotlin",
-            "import org.tensorflow.lite.Interpreter", "",
-            'val interpreter = Interpreter(loadModelFile(context, "model.tflite"))',
+            "import org.tensorflow.lite.Interpreter", "import org.tensorflow.lite.support.common.FileUtil", "",
+            'val interpreter = Interpreter(FileUtil.loadMappedFile(context, "model.tflite"))',
             "// input, attention, token: IntArray of the signature's length (ids, mask, type ids), padded",
             f"val inputs = mapOf<String, Any>({inputs})",
             f'val outputs = mapOf<String, Any>("{manifest["output"]["name"]}" to Array(1) '

@@ -133,6 +133,10 @@ def print_arm64(console, results: list[dict]) -> None:
         table.add_column(column)
     for r in results:
         for i, (cpu, c) in enumerate(r["arm64"]["cpus"].items()):
+            if "skipped" in c:
+                table.add_row(r["path"] if i == 0 else "", cpu, c["kernels"], "–", "–", "–", "–", "–",
+                              f"[yellow]skipped[/yellow]: {c['skipped']}")
+                continue
             verdict = "[green]pass[/green]" if c["ok"] else "[red]FAIL[/red]: " + "; ".join(c["failures"])
             table.add_row(r["path"] if i == 0 else "", cpu, c["kernels"], str(c["sentences"]), _cell(c["mean_cosine"]),
                           _cell(c["min_cosine"]), _cell(c["test_vectors_min_cosine"]),

@@ -59,9 +59,9 @@ class Parity:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def measure_parity(embed, reference: Reference, limit: int | None = None) -> Parity:
-    """embed: callable(list[str]) -> (n, dim) array. STS-B dev, optionally the first ``limit`` pairs."""
-    pairs = load_stsb("dev")
+def measure_parity(embed, reference: Reference, limit: int | None = None, pairs: StsPairs | None = None) -> Parity:
+    """embed: callable(list[str]) -> (n, dim) array. STS-B dev (or ``pairs``), optionally the first ``limit``."""
+    pairs = pairs or load_stsb("dev")
     if limit:
         pairs = StsPairs(pairs.sentences1[:limit], pairs.sentences2[:limit], pairs.scores[:limit])
     sentences = pairs.unique_sentences()

@@ -53,6 +53,35 @@ def x86_artifact(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """A tiny random model of every family (tests/tiny_models.py), built once."""
+    from tests.tiny_models import FAMILIES, build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {name: build_tiny_model(spec, root / name) for name, spec in FAMILIES.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tiny_models, tmp_path_factory):
+    """``tiny_exports(name)``: that tiny model exported to every target through the real pipeline, once per
+    session (the family tests and the ARM64 tests share it); artifact folder ("mobile/tflite", ...) ->
+    ArtifactResult."""
+    from core.config import BuildConfig
+    from pipelines.export import export
+
+    built: dict[str, dict] = {}
+
+    def get(name: str) -> dict:
+        if name not in built:
+            out = tmp_path_factory.mktemp(f"dist_{name}")
+            results = export(BuildConfig(model=str(tiny_models[name]), target="all", out=str(out)))
+            built[name] = {Path(r.folder).relative_to(out / name).as_posix(): r for r in results}
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def mobile_export(tmp_path_factory) -> dict:
     """The mobile target of the bundled model (LiteRT, ExecuTorch, MediaPipe), built once through the real export
     pipeline; artifact folder ("mobile/tflite", ...) -> ArtifactResult."""

@@ -23,7 +23,7 @@ from core.metrics import row_cosines
 from core.model_source import load_sentence_transformer, resolve_model
 from pipelines.export import export
 from pipelines.runtime import ArtifactEncoder
-from tests.tiny_models import FAMILIES, build_tiny_model
+from tests.tiny_models import FAMILIES
 
 ARTIFACTS = ("x86", "x86-openvino", "mobile/tflite", "mobile/executorch", "mobile/mediapipe", "apple", "gpu", "web")
 # MediaPipe's tokenizer is BERT WordPiece: these families' tokenizers are refused for it (the reason in one line).
@@ -37,19 +37,9 @@ FIRST_POSITION = {"roberta": 2, "mpnet": 2, "modernbert": 0, "qwen3": 0}
 ROTARY = {"modernbert", "qwen3"}  # relative by construction: a uniform shift changes nothing, a stretch does
 
 
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny_models")
-    return {name: build_tiny_model(spec, root / name) for name, spec in FAMILIES.items()}
-
-
 @pytest.fixture(scope="module", params=list(FAMILIES))
-def exported(request, tiny_models, tmp_path_factory):
-    name = request.param
-    out = tmp_path_factory.mktemp(f"dist_{name}")
-    results = export(BuildConfig(model=str(tiny_models[name]), target="all", out=str(out)))
-    by_artifact = {Path(r.folder).relative_to(out / name).as_posix(): r for r in results}
-    return name, by_artifact
+def exported(request, tiny_exports):
+    return request.param, tiny_exports(request.param)
 
 
 def test_every_target_passes_its_gate_on_its_own_runtime(exported):

@@ -19,7 +19,6 @@ from converters.mediapipe.tokenizer import Unsupported, mediapipe_vocabulary, no
 from core.data import TOKENIZER_TEXTS
 from core.metrics import row_cosines
 from pipelines.gatekeeper import verify_path
-from tests.tiny_models import FAMILIES, build_tiny_model
 
 
 def _tokenizer_json(source) -> dict:
@@ -69,10 +68,10 @@ def test_mediapipe_ids_equal_the_models_after_normalisation(st_model, minilm_voc
     assert "naïve résumé" in differing and "Москва" in differing and len(differing) >= 15
 
 
-def test_vocabulary_renames_specials_where_the_model_names_them_otherwise(tmp_path):
+def test_vocabulary_renames_specials_where_the_model_names_them_otherwise(tiny_models):
     """MPNet frames a sentence with <s> ... </s>; MediaPipe looks up [CLS] and [SEP]: the packed vocabulary renames
     them in place, so the ids stay the model's."""
-    mpnet = build_tiny_model(FAMILIES["mpnet"], tmp_path / "mpnet")
+    mpnet = tiny_models["mpnet"]
     vocabulary = mediapipe_vocabulary(_tokenizer_json_at(mpnet))
     assert vocabulary.renamed == {"<s>": "[CLS]", "</s>": "[SEP]", "<unk>": "[UNK]"}
     assert vocabulary.tokens[0] == "[CLS]" and vocabulary.tokens[2] == "[SEP]"
@@ -85,9 +84,8 @@ def _tokenizer_json_at(model_dir: Path) -> dict:
 
 @pytest.mark.parametrize(("family", "reason"), [("roberta", "byte-level BPE"), ("xlm-roberta", "Unigram"),
                                                 ("modernbert", "byte-level BPE"), ("qwen3", "byte-level BPE")])
-def test_tokenizers_mediapipe_cannot_reproduce_are_refused_in_one_line(tmp_path, family, reason):
-    model = build_tiny_model(FAMILIES[family], tmp_path / family)
-    why = refusal(model)
+def test_tokenizers_mediapipe_cannot_reproduce_are_refused_in_one_line(tiny_models, family, reason):
+    why = refusal(tiny_models[family])
     assert why is not None and reason in why and "\n" not in why
 
 

@@ -12,3 +12,10 @@ from core.cpu import ARM_CPU_MODELS as CPU_MODELS  # noqa: F401  (re-exported fo
 
 # Artifact formats that run on phones and ARM boards, by the runtime that runs them in the emulated environment.
 ARM64_FORMATS = ("tflite", "mediapipe", "executorch")
+
+# (format, CPU model) pairs the runtime's aarch64 build cannot run, with why: those figures are skipped, said so.
+# The plain-NEON kernels are still checked on that CPU model through the TFLite artifact (the same LiteRT graph).
+UNSUPPORTED = {
+    ("mediapipe", "cortex-a53"): "the mediapipe aarch64 wheel is built for Armv8.1 (LSE atomics) and stops with "
+                                 "SIGILL on an Armv8.0 core; MediaPipe's Android build is another binary",
+}

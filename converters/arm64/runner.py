@@ -101,6 +101,7 @@ class EmulatedProcess:
 
     def __init__(self, command: list[str], log_file: IO[bytes]) -> None:
         env = {"PATH": os.environ.get("PATH", ""), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+        self._log = log_file.name
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file,
                                          env=env)
 
@@ -109,8 +110,11 @@ class EmulatedProcess:
             write_arrays(self._process.stdin, arrays)
             reply = read_arrays(self._process.stdout)
         except (BrokenPipeError, EOFError):
-            raise ArtifactError(f"the emulated ARM64 runtime exited (code {self._process.poll()}); "
-                                "its log says why") from None
+            try:
+                code = self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                code = None
+            raise ArtifactError(f"the emulated ARM64 runtime exited (code {code}); {self._log} says why") from None
         except GuestError as exc:
             raise ArtifactError(f"the emulated ARM64 runtime failed: {exc}") from None
         return reply or []
