@@ -96,8 +96,9 @@ class DimsParam(click.ParamType):
               help="sentences (one per line): fit PCA, calibrate int8/binary vector ranges [default: STS-B train]")
 @click.option("--out", default="dist", show_default=True, help="output folder")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-              help="rebuild from a manifest.json or build config into --out (other options are ignored) and report "
-                   "whether the bytes match the manifest's checksums")
+              help="rebuild from a manifest.json or build config into --out and report whether the bytes match the "
+                   "manifest's checksums (other options are ignored, but pickle and remote code need "
+                   "--allow-pickle / --trust-remote-code here whatever the file says)")
 @click.option("--check", is_flag=True, help="with --config: exit 1 unless the rebuilt bytes match the manifest")
 @click.option("--quantization", type=click.Choice(["dynamic", "static"]), default=None,
               help="int8 ONNX: dynamic (default) or static QDQ calibrated on STS-B train sentences")
@@ -123,7 +124,7 @@ def export(target, model, dims, max_drop, fit_corpus, out, config_file, check, q
     if check and config_file is None:
         raise click.UsageError("--check compares a rebuild with its manifest: pass --config MANIFEST too")
     if config_file is not None:
-        config, original = rebuild_config(config_file, out)
+        config, original = rebuild_config(config_file, out, allow_pickle, trust_remote_code)
     else:
         config = BuildConfig(
             model=model, target=target, dims=dims, max_drop=max_drop,

@@ -30,19 +30,9 @@ from pipelines.gatekeeper import ReferenceCache
 from pipelines.package import open_artifact_source
 from pipelines.runtime import ArtifactEncoder
 from pipelines.verify import gate_failures, measure_parity, test_vector_min_cosine
-from targets.base import TARGETS, Gate
+from targets.base import Gate, target_gate
 
 DEFAULT_SENTENCES = 300
-
-
-def target_gate(manifest: dict) -> Gate:
-    """The gate of the target and format that made the artifact, from the target registry (not the manifest)."""
-    target = TARGETS.get(manifest["target"])
-    plan = next((p for p in target.plans if p.format == manifest["format"]), None) if target else None
-    if plan is None:
-        raise ArtifactError(f"no registered target {manifest['target']!r} makes {manifest['format']} artifacts; "
-                            "the manifest is not this toolchain's")
-    return plan.gate
 
 
 def dev_pairs(sentences: int) -> StsPairs:
@@ -104,7 +94,7 @@ def check_on_cpu(environment: Arm64Environment, artifact_dir: Path, manifest: di
 def check_artifact(environment: Arm64Environment, artifact_dir: Path, manifest: dict, cpus: Sequence[str],
                    host: HostRun, log: Callable[[str], None]) -> dict[str, dict]:
     """Every CPU model, each in its own emulated process, as many at once as this machine has cores."""
-    gate = target_gate(manifest)
+    gate = target_gate(manifest["target"], manifest["format"])
     skipped = {cpu: {"kernels": CPU_MODELS[cpu], "skipped": UNSUPPORTED[manifest["format"], cpu], "ok": True,
                      "failures": []} for cpu in cpus if (manifest["format"], cpu) in UNSUPPORTED}
     runnable = [cpu for cpu in cpus if cpu not in skipped]

@@ -448,11 +448,14 @@ def _build_or_refuse(session: Session, target: Target, plan: ArtifactPlan, refus
     return result
 
 
-def rebuild_config(config_file: Path, out: str) -> tuple[BuildConfig, dict | None]:
+def rebuild_config(config_file: Path, out: str, allow_pickle: bool = False,
+                   trust_remote_code: bool = False) -> tuple[BuildConfig, dict | None]:
     """The build recorded in ``config_file`` (a build config or an artifact's manifest.json), writing into ``out``;
     with the manifest, when it is one, to compare the rebuilt bytes against. The rebuild never replaces the
-    artifact it is checked against."""
-    config = replace(BuildConfig.from_file(config_file), out=out)
+    artifact it is checked against. Pickle and remote code come from the command line only: a config file
+    that asks for them is as easy to write as the model it points at."""
+    config = replace(BuildConfig.from_file(config_file), out=out, allow_pickle=allow_pickle,
+                     trust_remote_code=trust_remote_code)
     artifact = Path(config_file).parent
     if Path(config_file).name != MANIFEST or not (artifact / MANIFEST).is_file():
         return config, None

@@ -13,7 +13,7 @@ from core.reference import Reference
 from pipelines.package import open_artifact_source
 from pipelines.runtime import ArtifactEncoder
 from pipelines.verify import gate_failures, measure_artifact, structural_checks
-from targets.base import Gate
+from targets.base import Gate, target_gate
 
 
 class ReferenceCache:
@@ -53,7 +53,7 @@ def verify_artifact(
             f"{manifest['file']} outputs {probe.shape[1]} dims but the manifest says {manifest['embedding_dim']}"
         )
     parity = measure_artifact(artifact_dir, encoder, reference, limit=limit)
-    gate = gate or Gate.from_manifest(manifest["gate"], str(artifact_dir / "manifest.json"))
+    gate = gate or target_gate(manifest["target"], manifest["format"])
     failures = gate_failures(parity, gate, structure)
     return {
         "path": str(artifact_dir),
@@ -84,7 +84,8 @@ def verify_path(
         for artifact_dir in find_artifacts(root):
             gate = None
             if min_mean_cosine is not None or max_spearman_drop is not None:
-                base = Gate.from_manifest(read_manifest(artifact_dir)["gate"], str(artifact_dir / "manifest.json"))
+                manifest = read_manifest(artifact_dir)
+                base = target_gate(manifest["target"], manifest["format"])
                 gate = replace(
                     base,
                     min_mean_cosine=base.min_mean_cosine if min_mean_cosine is None else min_mean_cosine,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from converters.registry import get_format
@@ -17,18 +17,6 @@ class Gate:
     min_cosine: float  # worst single sentence
     max_spearman_drop: float  # points (x100) below the fp32 source model
     pca_extra_drop: float = 0.5  # allowed on top when a PCA projection reduces the dims
-
-    @classmethod
-    def from_manifest(cls, data: dict, where: str) -> Gate:
-        """The gate recorded in a manifest; a damaged one is an ArtifactError, not a TypeError."""
-        names = {f.name for f in fields(cls)}
-        for key, value in data.items():
-            if key not in names or isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ArtifactError(f"{where}: the gate has a bad entry {key!r}")
-        missing = sorted(f.name for f in fields(cls) if f.name not in data and f.name != "pca_extra_drop")
-        if missing:
-            raise ArtifactError(f"{where}: the gate lacks {missing[0]!r}")
-        return cls(**{key: float(value) for key, value in data.items()})
 
 
 @dataclass(frozen=True)
@@ -65,6 +53,16 @@ def register(target: Target) -> Target:
             )
     TARGETS[target.name] = target
     return target
+
+
+def target_gate(target: str, fmt: str) -> Gate:
+    """The gate an artifact of ``fmt`` made for ``target`` must pass: always the registry's, never the one its
+    manifest states (a manifest is as easy to rewrite as the files it lists)."""
+    plan = next((p for p in TARGETS[target].plans if p.format == fmt), None) if target in TARGETS else None
+    if plan is None:
+        raise ArtifactError(f"no registered target {target!r} makes {fmt!r} artifacts; the manifest is not this "
+                            "toolchain's, or names a target this installation lacks")
+    return plan.gate
 
 
 def get_targets(name: str) -> list[Target]:

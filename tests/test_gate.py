@@ -150,3 +150,20 @@ def test_archive_links_are_refused(tmp_path):
     dest.mkdir()
     with pytest.raises(ArtifactError, match="link"):
         safe_extract(_tar_with(tmp_path, info), dest)
+
+
+def test_verify_judges_by_the_targets_gate_whatever_the_manifest_says(artifact):
+    """A scrambled artifact whose manifest lowers its own gate (and whose checksums were rewritten) still fails:
+    the gate comes from the target registry."""
+    model = onnx.load(str(artifact / "model.onnx"))
+    for initializer in model.graph.initializer:
+        if initializer.data_type == onnx.TensorProto.FLOAT and len(initializer.raw_data) > 4096:
+            values = np.frombuffer(initializer.raw_data, np.float32)
+            initializer.raw_data = np.random.default_rng(0).permutation(values).tobytes()
+    onnx.save(model, str(artifact / "model.onnx"))
+    manifest = _manifest(artifact)
+    manifest["gate"] = {"min_mean_cosine": -5.0, "min_cosine": -5.0, "max_spearman_drop": 500.0}
+    write_json_atomic(artifact / "manifest.json", manifest)
+    _resign(artifact)
+    (row,) = verify_path(artifact, limit=QUICK)
+    assert not row["ok"] and row["gate"]["min_mean_cosine"] == 0.995, row

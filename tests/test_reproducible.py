@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from cli import main
 from core.config import BuildConfig
 from core.manifest import sha256_file
-from pipelines.export import export
+from pipelines.export import export, rebuild_config
 
 
 def test_rebuild_from_manifest_goes_to_out_and_checks_every_byte(x86_artifact, tmp_path):
@@ -44,3 +44,14 @@ def test_core_ml_package_is_byte_identical_across_builds(tmp_path):
         digests.append(json.loads((Path(result.folder) / "manifest.json").read_text())["files"])
     assert digests[0] == digests[1]
     assert any(name.startswith("model.mlpackage/") for name in digests[0])
+
+
+def test_a_config_file_never_turns_on_pickle_or_remote_code(x86_artifact, tmp_path):
+    manifest = json.loads((Path(x86_artifact.folder) / "manifest.json").read_text())
+    manifest["build"].update(trust_remote_code=True, allow_pickle=True)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    config, _ = rebuild_config(tmp_path / "manifest.json", str(tmp_path / "out"))
+    assert not config.trust_remote_code and not config.allow_pickle
+    config, _ = rebuild_config(tmp_path / "manifest.json", str(tmp_path / "out"), allow_pickle=True,
+                               trust_remote_code=True)
+    assert config.trust_remote_code and config.allow_pickle  # said on the command line

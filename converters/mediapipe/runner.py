@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from converters.base import Shape, StructuralReport, manifest_shapes
 from converters.mediapipe.package import echo_model, package, packed_vocabulary
 from converters.mediapipe.tokenizer import NORMALIZATION, normalize_for_mediapipe
-from core.data import TOKENIZER_TEXTS
+from core.data import EDGE_TEXTS, TOKENIZER_TEXTS, load_stsb
 from core.errors import ArtifactError, require
 
 NORMALIZATIONS = {NORMALIZATION: normalize_for_mediapipe}
@@ -96,9 +96,15 @@ def mediapipe_ids(vocab_txt: bytes, length: int, texts: Sequence[str]) -> list[l
         embedder.close()
 
 
-def tokenizer_agreement(artifact_dir: Path, manifest: dict, texts: Sequence[str] = TOKENIZER_TEXTS) -> dict:
+def agreement_texts() -> list[str]:
+    """The tokenizer test strings, the calibration's odd short texts and the first 200 STS-B dev sentences."""
+    return [*TOKENIZER_TEXTS, *EDGE_TEXTS, *load_stsb("dev").unique_sentences()[:200]]
+
+
+def tokenizer_agreement(artifact_dir: Path, manifest: dict, texts: Sequence[str] | None = None) -> dict:
     """On each text: do MediaPipe's ids equal the model's tokenizer's (the artifact's tokenizer.json, which
     truncates at the same length), raw and after the app normalisation the manifest names?"""
+    texts = agreement_texts() if texts is None else texts
     (shape,) = manifest_shapes(manifest) or [None]
     if shape is None:
         raise ArtifactError("a MediaPipe manifest must list its fixed length; the artifact is incomplete")
