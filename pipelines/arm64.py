@@ -28,6 +28,7 @@ from core.metrics import row_cosines
 from core.reference import Reference, cache_dir
 from pipelines.gatekeeper import ReferenceCache
 from pipelines.package import open_artifact_source
+from pipelines.report import write_artifact_report
 from pipelines.runtime import ArtifactEncoder
 from pipelines.verify import gate_failures, measure_parity, test_vector_min_cosine
 from targets.base import Gate, target_gate
@@ -133,6 +134,7 @@ def verify_arm64(path: Path, *, cpus: Sequence[str] = tuple(CPU_MODELS), sentenc
             record = {"qemu": environment.qemu_version(), "cpus": per_cpu}
             if root == Path(path):  # a folder, not an archive extracted for the check
                 write_json_atomic(artifact_dir / MANIFEST, {**manifest, "arm64": record})
+                write_artifact_report(artifact_dir, {**manifest, "arm64": record})
             shown = str(artifact_dir) if root == Path(path) else f"{path}:{artifact_dir.relative_to(root).as_posix()}"
             rows.append({"path": shown, "target": manifest["target"], "artifact": manifest["artifact"],
                          "ok": all(c["ok"] for c in per_cpu.values()), "arm64": record,

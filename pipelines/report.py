@@ -58,6 +58,10 @@ def artifact_report(manifest: dict) -> str:
             "",
             f"Runtime: {parity.get('runtime', '')}. Gate: {manifest['gate']}.",
         ]
+    if parity.get("app_text"):
+        lines += ["", "## Strings through the app's own tokenizer", "", app_text_md(parity["app_text"])]
+    if manifest.get("arm64"):
+        lines += ["", "## On emulated ARM64 CPU kernels (qemu; not speeds)", "", arm64_md(manifest["arm64"])]
     if speed:
         lines += ["", "## Speed", "", speed.get("table_md", "")]
     if manifest.get("dims_sweep"):
@@ -68,6 +72,48 @@ def artifact_report(manifest: dict) -> str:
     lines += ["", "## Files", "", "| file | sha256 |", "|---|---|"]
     lines += [f"| {name} | `{digest[:16]}…` |" for name, digest in manifest["files"].items()]
     return "\n".join(lines) + "\n"
+
+
+def app_text_md(app_text: dict) -> str:
+    """Cosine to the fp32 model on the raw strings, with and without the app-side normalisation (a text-in
+    artifact's manifest ``parity.app_text``)."""
+    lines = ["| strings | app-normalised: mean / min cos | raw: mean / min cos |", "|---|---|---|"]
+    for key, label in (("stsb", "STS-B dev"), ("strings", "tokenizer test strings")):
+        with_it, raw = app_text["normalized"][key], app_text["raw"][key]
+        lines.append(f"| {label} | {with_it['mean_cosine']:.4f} / {with_it['min_cosine']:.4f} | "
+                     f"{raw['mean_cosine']:.4f} / {raw['min_cosine']:.4f} |")
+    return "\n".join(lines)
+
+
+def arm64_md(record: dict) -> str:
+    """The manifest's ``arm64`` entry (``verify --arch arm64``) as a table."""
+    lines = [f"{record['qemu']}.", "",
+             "| CPU model | int8 kernels | sentences | mean cos | min cos | test vectors | max abs diff vs x86 "
+             "| verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for cpu, c in record["cpus"].items():
+        if "skipped" in c:
+            lines.append(f"| {cpu} | {c['kernels']} | – | – | – | – | – | skipped: {c['skipped']} |")
+            continue
+        lines.append(f"| {cpu} | {c['kernels']} | {c['sentences']} | {c['mean_cosine']:.4f} | {c['min_cosine']:.4f} "
+                     f"| {c['test_vectors_min_cosine']:.4f} | {c['max_abs_diff_vs_x86']:.1e} | "
+                     f"{'pass' if c['ok'] else 'FAIL: ' + '; '.join(c['failures'])} |")
+    return "\n".join(lines)
+
+
+def _phone_md(root: Path) -> str:
+    """Every artifact under ``root`` with app-path figures: strings through its own tokenizer, ARM64 kernels."""
+    parts = []
+    for folder in find_artifacts(root):
+        manifest = read_manifest(folder)
+        app_text = (manifest.get("parity") or {}).get("app_text")
+        if app_text:
+            parts += [f"\n### {folder.relative_to(root).as_posix()}: strings through the app's own tokenizer\n",
+                      app_text_md(app_text)]
+        if manifest.get("arm64"):
+            parts += [f"\n### {folder.relative_to(root).as_posix()}: emulated ARM64 CPU kernels\n",
+                      arm64_md(manifest["arm64"])]
+    return "\n".join(parts)
 
 
 def write_artifact_report(artifact_dir: Path, manifest: dict) -> None:
@@ -290,6 +336,11 @@ def write_model_report(root: Path) -> tuple[Path, Path]:
     if distilled:
         sections += ("\n## Distilled students\n\nSpeed: `cli.py bench` sentences/s of each artifact, and its ratio to "
                      "the teacher's artifact of the same kind in the same run.\n\n" + distilled + "\n")
+    phone = _phone_md(root)
+    if phone:
+        sections += ("\n## The app's own path\n\nText-in artifacts against the fp32 model on the raw strings, with "
+                     "and without the normalisation the app applies; phone artifacts on emulated ARM64 CPU kernels "
+                     "(`cli.py verify --arch arm64`; emulated times are not speeds).\n" + phone + "\n")
     for model, dims_sweep in _sweeps(rows).items():
         sections += (f"\n## {model}: output size and stored precision\n\nPCA fitted on the fit corpus, scored on "
                      "STS-B dev; int8 and binary vectors with the manifest's calibrated ranges.\n\n"

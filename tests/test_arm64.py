@@ -50,7 +50,8 @@ def test_every_phone_artifact_passes_on_every_cpu_model(verified, phone_artifact
             # The same artifact on other int8 kernels: close to x86, not bit-identical by construction.
             assert figures["min_cosine_vs_x86"] >= 0.999, (row["path"], cpu, figures)
         manifest = json.loads((Path(row["path"]) / "manifest.json").read_text(encoding="utf-8"))
-        assert manifest["arm64"] == row["arm64"]  # the figures are in the manifest
+        assert manifest["arm64"] == row["arm64"]  # the figures are in the manifest and the artifact's report
+        assert "emulated ARM64 CPU kernels" in (Path(row["path"]) / "report.md").read_text(encoding="utf-8")
 
 
 def test_cli_verify_arm64_exits_0_and_prints_the_table(phone_artifacts):

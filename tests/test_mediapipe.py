@@ -125,6 +125,8 @@ def test_artifact_meets_the_mobile_gate_through_mediapipe(artifact):
     agreement = manifest["structure"]["mediapipe_tokenizer"]
     assert agreement["ids_equal_normalized"] == agreement["strings"] >= len(TOKENIZER_TEXTS) + 200
     assert manifest["shapes"][0]["sequence"] == 256  # the model's own limit: long texts truncate as the source
+    report = (artifact / "report.md").read_text(encoding="utf-8")
+    assert "Strings through the app's own tokenizer" in report and f"{raw['strings']['min_cosine']:.4f}" in report
 
 
 def test_python_mirror_of_the_android_snippet(artifact, st_model):
