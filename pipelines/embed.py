@@ -192,6 +192,7 @@ def embed_corpus(artifact_dir: Path, corpus: Corpus, output: Path, engine: Engin
                  chunk_rows: int = 4096, batch_size: int = 64, precision: str = "float32",
                  progress: Callable[[int], None] | None = None) -> EmbedResult:
     """Embed every chunk the ledger does not hold yet; ``progress`` gets the rows done after each chunk."""
+    encoder.require_token_input()
     manifest = encoder.manifest
     job = EmbedJob(artifact_checksum(manifest), corpus.fingerprint, len(corpus), int(manifest["embedding_dim"]),
                    chunk_rows, batch_size, precision)

@@ -123,8 +123,15 @@ class ArtifactEncoder:
         rounded = -(-length // multiple) * multiple
         return self.pad(rows, len(rows), max(length, min(rounded, self.max_length)))
 
+    def require_token_input(self) -> None:
+        """Refuse, in one line, a batch path on an artifact that takes strings (MediaPipe's TextEmbedder)."""
+        if isinstance(self.runner, TextRunner):
+            raise ArtifactError(f"{self.artifact_dir} takes strings in an app's own runtime (its tokenizer is "
+                                "inside, one text per call); embed a corpus with the tflite or x86 artifact instead")
+
     def run_tokenized(self, rows: list[dict[str, list[int]]]) -> np.ndarray:
         """One batch of tokenized rows -> (len(rows), dim) embeddings."""
+        self.require_token_input()
         if self.runner.shapes is None:
             return self._run(self._pad_to_longest(rows, self.sequence_multiple), None)
         by_bucket: dict[int, list[int]] = {}

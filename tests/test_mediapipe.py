@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import normalizers
 
+from cli import main
 from converters.mediapipe.package import echo_model, package, packed_vocabulary
 from converters.mediapipe.runner import MediaPipeTextEmbedder, mediapipe_ids, structural_checks
 from converters.mediapipe.tokenizer import Unsupported, mediapipe_vocabulary, normalize_for_mediapipe, refusal
@@ -165,3 +167,12 @@ def test_a_packed_vocabulary_that_tokenizes_otherwise_fails_the_gate(artifact, t
     report = structural_checks(broken, manifest)
     (failure,) = report.facts["gate_failures"]
     assert "other ids than the model's" in failure
+
+
+def test_embed_refuses_the_text_in_artifact_in_one_line(artifact, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("A man is playing a guitar.\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["embed", str(artifact), "--input", str(corpus), "--output",
+                                       str(tmp_path / "vectors")])
+    assert result.exit_code == 2 and "embed a corpus with the tflite or x86 artifact" in result.stderr
+    assert not (tmp_path / "vectors").exists()

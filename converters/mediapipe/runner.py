@@ -3,6 +3,8 @@ iOS or web app calls it (the wheel runs the same C++ task as the phone). Needs m
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
 from functools import lru_cache
 from importlib import metadata
@@ -30,6 +32,11 @@ class MediaPipeTextEmbedder:
         options = text.TextEmbedderOptions(base_options=base.BaseOptions(**asset), l2_normalize=False,
                                            quantize=False)
         self._embedder = text.TextEmbedder.create_from_options(options)
+        # Closed with this wrapper, or at exit while MediaPipe's dispatcher thread still runs: concurrent.futures
+        # stops that thread in threading's exit hooks, after which MediaPipe's own __del__ prints a traceback. Hooks
+        # run newest first, so this one runs before concurrent.futures' (CPython's hook for exactly that purpose).
+        self._finalizer = weakref.finalize(self, self._embedder.close)
+        threading._register_atexit(self._finalizer)
 
     def outputs(self, text: str) -> list[np.ndarray]:
         """Every output head's values for one text."""
@@ -37,7 +44,7 @@ class MediaPipeTextEmbedder:
         return [np.asarray(head.embedding, dtype=np.float32) for head in result.embeddings]
 
     def close(self) -> None:
-        self._embedder.close()
+        self._finalizer()
 
 
 class MediaPipeRunner:
