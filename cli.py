@@ -178,16 +178,22 @@ def list_targets() -> None:
                    "(qemu; set up on first use) and record the figures in their manifests")
 @click.option("--cpu", "cpus", multiple=True, type=click.Choice(list(ARM_CPU_MODELS)),
               help="with --arch arm64: the CPU model(s) [default: all: " + ", ".join(ARM_CPU_MODELS) + "]")
-@click.option("--sentences", type=int, default=300, show_default=True,
-              help="with --arch arm64: STS-B dev sentences per CPU model (the test vectors always run)")
+@click.option("--sentences", type=int, default=None,
+              help="with --arch arm64: STS-B dev sentences per CPU model (the test vectors always run) [default: 300]")
 def verify(path, min_cosine, max_spearman_drop, model, as_json, quick, strict, arch, cpus, sentences) -> None:
     """Gate before deployment: checksums, test vectors, STS-B parity. Exits 1 on a failed gate, 2 on a damaged
     artifact. With --arch arm64, the phone artifacts run on emulated ARM64 CPU kernels instead."""
+    host_only = {"--min-cosine": min_cosine is not None, "--max-spearman-drop": max_spearman_drop is not None,
+                 "--quick": quick, "--strict": strict}
+    arm64_only = {"--cpu": bool(cpus), "--sentences": sentences is not None}
+    misplaced = [name for name, given in (host_only if arch == "arm64" else arm64_only).items() if given]
+    if misplaced:
+        raise click.UsageError(f"{misplaced[0]} does not apply to --arch {arch}")
     if arch == "arm64":
         from pipelines.arm64 import verify_arm64
 
         with _third_party_output("verify"):
-            results = verify_arm64(path, cpus=cpus or tuple(ARM_CPU_MODELS), sentences=sentences, model=model,
+            results = verify_arm64(path, cpus=cpus or tuple(ARM_CPU_MODELS), sentences=sentences or 300, model=model,
                                    log=lambda line: click.echo(line, err=True))
     else:
         from pipelines.gatekeeper import verify_path

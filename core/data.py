@@ -24,8 +24,9 @@ EDGE_TEXTS = ("", " ", "a", "I", "?", "...", "©", "€", "ß", "é", "ŉ", "ﬁ
 TOKENIZER_TEXTS = (
     "naïve résumé", "Café déjà vu", "ÉCOLE NORMALE SUPÉRIEURE", "Ångström and Øresund", "İstanbul, Ankara",
     "Straße STRASSE straße", "Crème Brûlée", "façade coöperate", "ﬁne ﬂour", "Ǆemal ǅemal",
-    "Москва", "МОСКВА is in Россия", "Ἀθῆναι", "ΑΘΗΝΑ Athens", "東京都は日本の首都です", "北京欢迎你 Beijing",
-    "日本語のテキスト", "한국어 문장입니다", "القاهرة هي عاصمة مصر", "שלום עולם", "मुंबई भारत", "ภาษาไทย",
+    "Москва", "МОСКВА is in Россия", "Ἀθῆναι", "ΑΘΗΝΑ Athens", "ΟΔΟΣ ΑΘΗΝΑΣ", "東京都は日本の首都です",
+    "北京欢迎你 Beijing", "日本語のテキスト", "한국어 문장입니다", "القاهرة هي عاصمة مصر", "שלום עולם", "मुंबई भारत",
+    "ภาษาไทย",
     "🙂🚀👍🏽", "I ❤️ NY", "zero\u200bwidth\u200djoiner", "non\u00a0breaking\u3000spaces", "tab\tnew\nline\r\nend",
     "bell\x07and\x1fcontrols\x85", "soft\u00adhyphen", "e\u0301 composed é", "ＦＵＬＬＷＩＤＴＨ ｔｅｘｔ",
     "", " ", "\t\n", "?!...", "A", "MiXeD CaSe WoRdS", "x" * 120,

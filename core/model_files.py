@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from core.errors import ModelSourceError, gist
+from core.errors import ModelSourceError, ToolchainError, gist
 from core.safe_io import MAX_JSON_BYTES, contained, read_capped, read_json
 
 # modules.json types, by full import path: the names sentence-transformers writes now and wrote before.
@@ -173,15 +173,19 @@ def check_model_files(path: Path) -> None:
                 check_tokenizer(folder / "tokenizer.json", config)
 
 
+def read_tokenizer(path: Path, error: type[ToolchainError], fix: str) -> Tokenizer:
+    """tokenizer.json, size-capped and parsed; a malformed file is one ``error`` line that ends with ``fix``."""
+    data = read_capped(path, MAX_JSON_BYTES, error, "tokenizer")
+    try:
+        return Tokenizer.from_str(data.decode("utf-8"))
+    except Exception as exc:  # tokenizers raises plain Exception on a malformed file
+        raise error(f"{path} is not a valid tokenizer ({gist(exc, last=True)}); {fix}") from None
+
+
 def check_tokenizer(path: Path, config: dict) -> None:
     """tokenizer.json parses, and its ids fit the model's embedding table (a larger vocabulary belongs to another
     model, and its extra ids would index past the table)."""
-    try:
-        tokenizer = Tokenizer.from_str(read_capped(path, MAX_JSON_BYTES, ModelSourceError, "tokenizer").decode())
-    except ModelSourceError:
-        raise
-    except Exception as exc:  # tokenizers raises plain Exception on a malformed file
-        raise ModelSourceError(f"{path} is not a valid tokenizer ({gist(exc)}); re-download it") from None
+    tokenizer = read_tokenizer(path, ModelSourceError, "re-download it")
     ids = tokenizer.get_vocab(with_added_tokens=True).values()
     rows = config.get("vocab_size")
     if ids and isinstance(rows, int) and max(ids) >= rows:

@@ -22,7 +22,7 @@ from converters.arm64 import ARM64_FORMATS, UNSUPPORTED
 from converters.arm64.runner import Arm64Environment, ensure_environment, load_arm64_runner
 from core.cpu import ARM_CPU_MODELS as CPU_MODELS
 from core.data import StsPairs, load_stsb
-from core.errors import ArtifactError, ConfigError
+from core.errors import ArtifactError, ConfigError, ToolchainError
 from core.manifest import MANIFEST, check_files, find_artifacts, read_manifest, write_json_atomic
 from core.metrics import row_cosines
 from core.reference import Reference, cache_dir
@@ -83,8 +83,8 @@ def check_on_cpu(environment: Arm64Environment, artifact_dir: Path, manifest: di
         "min_cosine": round(parity.min_cosine, 6),
         "spearman_drop": round(parity.spearman_drop, 4),
         "test_vectors_min_cosine": round(parity.test_vectors_min_cosine, 6),
-        "max_abs_diff_vs_x86": float(np.abs(vectors - host.x86).max()),
-        "min_cosine_vs_x86": round(float(row_cosines(vectors, host.x86).min()), 6),
+        "max_abs_diff_vs_x86": _finite(np.abs(vectors - host.x86).max()),
+        "min_cosine_vs_x86": _finite(row_cosines(vectors, host.x86).min()),
         "runtime": parity.runtime,
         "emulated_seconds": round(seconds, 1),  # qemu's software emulation: not a speed
         "ok": not failures,
@@ -92,7 +92,12 @@ def check_on_cpu(environment: Arm64Environment, artifact_dir: Path, manifest: di
     }
 
 
-def check_artifact(environment: Arm64Environment, artifact_dir: Path, manifest: dict, cpus: Sequence[str],
+def _finite(value: float) -> float | None:
+    """A figure for the manifest: JSON readers in apps (Kotlin, JavaScript) reject NaN; a NaN run is None."""
+    return round(float(value), 8) if np.isfinite(value) else None
+
+
+def check_cpus(environment: Arm64Environment, artifact_dir: Path, manifest: dict, cpus: Sequence[str],
                    host: HostRun, log: Callable[[str], None]) -> dict[str, dict]:
     """Every CPU model, each in its own emulated process, as many at once as this machine has cores."""
     gate = target_gate(manifest["target"], manifest["format"])
@@ -109,11 +114,13 @@ def check_artifact(environment: Arm64Environment, artifact_dir: Path, manifest: 
 
 def verify_arm64(path: Path, *, cpus: Sequence[str] = tuple(CPU_MODELS), sentences: int = DEFAULT_SENTENCES,
                  model: str | None = None, log: Callable[[str], None] = print) -> list[dict]:
-    """Every phone artifact at or below ``path`` on every CPU model; a folder's manifest gets the figures."""
+    """Every phone artifact at or below ``path`` on every CPU model; a folder's manifest and report get the
+    figures. A damaged artifact is a row with its error (the CLI exits 2), and the others still run."""
+    if not cpus:
+        raise ConfigError(f"no ARM CPU model given; choose from {', '.join(CPU_MODELS)}")
     unknown = [cpu for cpu in cpus if cpu not in CPU_MODELS]
-    if unknown or not cpus:
-        raise ConfigError(f"unknown ARM CPU model {unknown[0] if unknown else ''!r}; choose from "
-                          f"{', '.join(CPU_MODELS)}")
+    if unknown:
+        raise ConfigError(f"unknown ARM CPU model {unknown[0]!r}; choose from {', '.join(CPU_MODELS)}")
     if sentences < 1:
         raise ConfigError(f"--sentences must be at least 1, got {sentences}")
     references, rows = ReferenceCache(model), []
@@ -124,19 +131,29 @@ def verify_arm64(path: Path, *, cpus: Sequence[str] = tuple(CPU_MODELS), sentenc
                                 "--arch arm64 checks those")
         environment = ensure_environment(log)
         for artifact_dir in artifacts:
-            manifest = read_manifest(artifact_dir)
-            check_files(artifact_dir, manifest)
-            reference = references.reference_for(artifact_dir, manifest)
-            pairs = dev_pairs(sentences)
-            reference.source_embeddings(pairs.unique_sentences())  # computed (and cached) before the threads
-            host = HostRun(pairs, reference, ArtifactEncoder(artifact_dir).encode(pairs.unique_sentences()))
-            per_cpu = check_artifact(environment, artifact_dir, manifest, cpus, host, log)
-            record = {"qemu": environment.qemu_version(), "cpus": per_cpu}
+            shown = str(artifact_dir) if root == Path(path) else f"{path}:{artifact_dir.relative_to(root).as_posix()}"
+            try:
+                manifest, record = _check_artifact(environment, artifact_dir, references, cpus, sentences, log)
+            except ToolchainError as exc:  # bad input, not a parity verdict
+                rows.append({"path": shown, "ok": False, "failures": [str(exc)], "error": str(exc)})
+                continue
             if root == Path(path):  # a folder, not an archive extracted for the check
                 write_json_atomic(artifact_dir / MANIFEST, {**manifest, "arm64": record})
                 write_artifact_report(artifact_dir, {**manifest, "arm64": record})
-            shown = str(artifact_dir) if root == Path(path) else f"{path}:{artifact_dir.relative_to(root).as_posix()}"
             rows.append({"path": shown, "target": manifest["target"], "artifact": manifest["artifact"],
-                         "ok": all(c["ok"] for c in per_cpu.values()), "arm64": record,
-                         "failures": [f"{cpu}: {f}" for cpu, c in per_cpu.items() for f in c["failures"]]})
+                         "ok": all(c["ok"] for c in record["cpus"].values()), "arm64": record,
+                         "failures": [f"{cpu}: {f}" for cpu, c in record["cpus"].items() for f in c["failures"]]})
     return rows
+
+
+def _check_artifact(environment: Arm64Environment, artifact_dir: Path, references: ReferenceCache,
+                    cpus: Sequence[str], sentences: int, log: Callable[[str], None]) -> tuple[dict, dict]:
+    """One artifact's files and manifest checked, then every CPU model; its manifest and ``arm64`` record."""
+    manifest = read_manifest(artifact_dir)
+    check_files(artifact_dir, manifest)
+    reference = references.reference_for(artifact_dir, manifest)
+    pairs = dev_pairs(sentences)
+    reference.source_embeddings(pairs.unique_sentences())  # computed (and cached) before the threads
+    host = HostRun(pairs, reference, ArtifactEncoder(artifact_dir).encode(pairs.unique_sentences()))
+    per_cpu = check_cpus(environment, artifact_dir, manifest, cpus, host, log)
+    return manifest, {"qemu": environment.qemu_version(), "cpus": per_cpu}

@@ -139,7 +139,7 @@ def check_build(config: BuildConfig) -> tuple[ModelSource, Family]:
     return source, family_for(read_model_type(source.path))
 
 
-def refusals(family: Family, model_dir: Path, targets: list[Target]) -> dict[tuple[str, str], str]:
+def refusals(family: Family, source: ModelSource, targets: list[Target]) -> dict[tuple[str, str], str]:
     """(target, folder) -> why, for every planned artifact whose format the family, or this model's own files
     (a tokenizer the format's runtime cannot reproduce), cannot take."""
     refused = {}
@@ -150,8 +150,8 @@ def refusals(family: Family, model_dir: Path, targets: list[Target]) -> dict[tup
             if plan.format in family.refused_formats:
                 reason = family.refused_formats[plan.format]
                 refused[target.name, plan.folder] = f"{family.name} models {what}: {reason}"
-            elif check and (reason := check(model_dir)):
-                refused[target.name, plan.folder] = f"{model_dir.name} ({family.name}) {what}: {reason}"
+            elif check and (reason := check(source.path)):
+                refused[target.name, plan.folder] = f"{source.name} ({family.name}) {what}: {reason}"
     return refused
 
 
@@ -223,8 +223,9 @@ def calibration(st_model, spec: GraphSpec) -> Calibration:
         )
         return {name: encoded[name].astype(np.int64) for name in spec.input_names}
 
+    backend = getattr(st_model.tokenizer, "backend_tokenizer", None)  # a slow (Python) tokenizer has none
     return Calibration(load_stsb("train").unique_sentences(), tokenize,
-                       tokenizer_json=st_model.tokenizer.backend_tokenizer.to_str())
+                       tokenizer_json=backend.to_str() if backend is not None else "")
 
 
 def build_manifest(session: Session, target: Target, plan: ArtifactPlan, conversion: Conversion,
@@ -408,7 +409,7 @@ def preflight(config: BuildConfig) -> tuple[ModelSource, list[Target], dict[tupl
     bad input as one line."""
     targets = get_targets(config.target)
     source, family = check_build(config)
-    refused = refusals(family, source.path, targets)
+    refused = refusals(family, source, targets)
     if len(refused) == count_artifacts(config):  # nothing left to build: one line, before any work
         raise ConfigError(next(iter(refused.values())))
     return source, targets, refused

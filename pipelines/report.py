@@ -95,9 +95,10 @@ def arm64_md(record: dict) -> str:
         if "skipped" in c:
             lines.append(f"| {cpu} | {c['kernels']} | – | – | – | – | – | skipped: {c['skipped']} |")
             continue
+        diff = "–" if c["max_abs_diff_vs_x86"] is None else f"{c['max_abs_diff_vs_x86']:.1e}"
+        verdict = "pass" if c["ok"] else "FAIL: " + "; ".join(c["failures"])
         lines.append(f"| {cpu} | {c['kernels']} | {c['sentences']} | {c['mean_cosine']:.4f} | {c['min_cosine']:.4f} "
-                     f"| {c['test_vectors_min_cosine']:.4f} | {c['max_abs_diff_vs_x86']:.1e} | "
-                     f"{'pass' if c['ok'] else 'FAIL: ' + '; '.join(c['failures'])} |")
+                     f"| {c['test_vectors_min_cosine']:.4f} | {diff} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -363,6 +364,7 @@ def model_card(manifest: dict) -> str:
     model = manifest["model"]
     inputs = ", ".join(f"`{i['name']}` ({i['dtype']}, {' × '.join(map(str, i['shape']))})" for i in manifest["inputs"])
     shapes = manifest.get("shapes")
+    length = shapes[0]["sequence"] if shapes else manifest["max_seq_length"]  # a text-in artifact's one length
     lines = [
         f"# {model['name']} — {manifest['artifact']} for {manifest['target']}",
         "",
@@ -371,9 +373,9 @@ def model_card(manifest: dict) -> str:
         "",
         "## Use",
         "",
-        f"- Strings in: the tokenizer is inside the file, and every text is padded or truncated to "
-        f"{manifest['max_seq_length']} tokens (`{manifest['tokenizer']['file']}` is the model's own tokenizer, for "
-        "checks)." if manifest["format"] in TEXT_IN_FORMATS else
+        f"- Strings in: the tokenizer is inside the file, and every text is padded or truncated to {length} tokens "
+        f"(`{manifest['tokenizer']['file']}` is the model's own tokenizer, for checks)."
+        if manifest["format"] in TEXT_IN_FORMATS else
         f"- Tokenize with `{manifest['tokenizer']['file']}` (Hugging Face `tokenizers`); it truncates at "
         f"{manifest['max_seq_length']} tokens like the source model. Pad on the right with id "
         f"{manifest['tokenizer']['pad_token_id']}.\n- Inputs: {inputs}.",

@@ -11,14 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from converters.base import Runner, TextRunner
 from converters.registry import get_format
 from core.cpu import cpu_mismatch
 from core.errors import ArtifactError, ToolchainError, gist
 from core.manifest import read_manifest
-from core.safe_io import MAX_JSON_BYTES, read_capped
+from core.model_files import read_tokenizer
 
 
 class ArtifactEncoder:
@@ -31,7 +30,8 @@ class ArtifactEncoder:
         self.cpu_mismatch = cpu_mismatch((self.manifest.get("isa") or {}).get("class"))
         if strict and self.cpu_mismatch:
             raise ArtifactError(f"{self.artifact_dir}: {self.cpu_mismatch}")
-        self.tokenizer = _load_tokenizer(self.artifact_dir / self.manifest["tokenizer"]["file"])
+        self.tokenizer = read_tokenizer(self.artifact_dir / self.manifest["tokenizer"]["file"], ArtifactError,
+                                        "the artifact is damaged: export it again")
         self.tokenizer.no_padding()  # we pad per batch or per bucket below
         self.input_names: list[str] = [spec["name"] for spec in self.manifest["inputs"]]
         self.pad_id = int(self.manifest["tokenizer"]["pad_token_id"])
@@ -171,14 +171,6 @@ class ArtifactEncoder:
             return np.zeros((0, int(self.manifest["embedding_dim"])), dtype=np.float32)
         texts = [prompt + sentence for sentence in sentences]
         return self._checked(lambda: [self.runner.embed_texts(texts, normalize=normalize)], [len(texts)])[0]
-
-
-def _load_tokenizer(path: Path) -> Tokenizer:
-    data = read_capped(path, MAX_JSON_BYTES, ArtifactError, "tokenizer")
-    try:
-        return Tokenizer.from_str(data.decode("utf-8"))
-    except Exception as exc:  # the tokenizers library raises plain Exception on a malformed file
-        raise ArtifactError(f"{path} is not a valid tokenizer.json ({gist(exc, last=True)})") from None
 
 
 def _scatter(count: int, parts) -> np.ndarray:

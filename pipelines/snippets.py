@@ -7,7 +7,7 @@ from __future__ import annotations
 from converters.mediapipe.tokenizer import NORMALIZATION
 
 # The app-side text normalisation (converters.mediapipe.tokenizer.normalize_for_mediapipe), step for step.
-KOTLIN_IMPORTS = ("import java.text.Normalizer", "import java.util.Locale")
+KOTLIN_IMPORTS = ("import java.text.Normalizer",)
 KOTLIN_NORMALIZE = """\
 // What the model's own (Hugging Face, uncased BERT) tokenizer does and MediaPipe's does not.
 fun normalizeForModel(text: String): String {
@@ -24,15 +24,19 @@ fun normalizeForModel(text: String): String {
             else -> kept.appendCodePoint(cp)
         }
     }
-    val stripped = StringBuilder()
+    // Lowercased one code point at a time, as the model's tokenizer does (String.lowercase would make a
+    // word-final capital sigma a final sigma, another token).
+    val result = StringBuilder()
     Normalizer.normalize(kept, Normalizer.Form.NFD).codePoints().forEach { cp ->
-        if (Character.getType(cp) != Character.NON_SPACING_MARK.toInt()) stripped.appendCodePoint(cp)
+        if (Character.getType(cp) != Character.NON_SPACING_MARK.toInt()) {
+            result.appendCodePoint(Character.toLowerCase(cp))
+        }
     }
-    return stripped.toString().lowercase(Locale.ROOT)
+    return result.toString()
 }
 
 fun isCjk(cp: Int) = cp in 0x4E00..0x9FFF || cp in 0x3400..0x4DBF || cp in 0x20000..0x2A6DF ||
-    cp in 0x2A700..0x2CEAF || cp in 0xF900..0xFAFF || cp in 0x2F800..0x2FA1F"""
+    cp in 0x2A700..0x2B81F || cp in 0x2B920..0x2CEAF || cp in 0xF900..0xFAFF || cp in 0x2F800..0x2FA1F"""
 
 SWIFT_NORMALIZE = """\
 // What the model's own (Hugging Face, uncased BERT) tokenizer does and MediaPipe's does not.
@@ -53,14 +57,19 @@ func normalizeForModel(_ text: String) -> String {
             }
         }
     }
-    let decomposed = String(kept).decomposedStringWithCanonicalMapping.unicodeScalars
-    let stripped = decomposed.filter { $0.properties.generalCategory != .nonspacingMark }
-    return String(String.UnicodeScalarView(stripped)).lowercased()
+    // Lowercased one scalar at a time, as the model's tokenizer does.
+    var result = ""
+    for scalar in String(kept).decomposedStringWithCanonicalMapping.unicodeScalars
+        where scalar.properties.generalCategory != .nonspacingMark {
+        result += scalar.properties.lowercaseMapping
+    }
+    return result
 }
 
 func isCJK(_ v: UInt32) -> Bool {
     (0x4E00...0x9FFF).contains(v) || (0x3400...0x4DBF).contains(v) || (0x20000...0x2A6DF).contains(v) ||
-    (0x2A700...0x2CEAF).contains(v) || (0xF900...0xFAFF).contains(v) || (0x2F800...0x2FA1F).contains(v)
+    (0x2A700...0x2B81F).contains(v) || (0x2B920...0x2CEAF).contains(v) || (0xF900...0xFAFF).contains(v) ||
+    (0x2F800...0x2FA1F).contains(v)
 }"""
 
 
@@ -115,7 +124,7 @@ def _litert(manifest: dict) -> list[str]:
             "beside this one needs no tokenizer code.", ""] + _prompt_note(manifest) + [
             "Android (Kotlin, `com.google.ai.edge.litert:litert`):", "", "```kotlin",
             "import org.tensorflow.lite.Interpreter", "import org.tensorflow.lite.support.common.FileUtil", "",
-            'val interpreter = Interpreter(FileUtil.loadMappedFile(context, "model.tflite"))',
+            f'val interpreter = Interpreter(FileUtil.loadMappedFile(context, "{manifest["file"]}"))',
             "// input, attention, token: IntArray of the signature's length (ids, mask, type ids), padded",
             f"val inputs = mapOf<String, Any>({inputs})",
             f'val outputs = mapOf<String, Any>("{manifest["output"]["name"]}" to Array(1) '

@@ -132,6 +132,9 @@ def print_arm64(console, results: list[dict]) -> None:
                    "max |Δ| vs x86", "verdict"):
         table.add_column(column)
     for r in results:
+        if "error" in r:
+            table.add_row(r["path"], "–", "–", "–", "–", "–", "–", "–", f"[red]ERROR[/red]: {r['error']}")
+            continue
         for i, (cpu, c) in enumerate(r["arm64"]["cpus"].items()):
             if "skipped" in c:
                 table.add_row(r["path"] if i == 0 else "", cpu, c["kernels"], "–", "–", "–", "–", "–",
@@ -140,7 +143,7 @@ def print_arm64(console, results: list[dict]) -> None:
             verdict = "[green]pass[/green]" if c["ok"] else "[red]FAIL[/red]: " + "; ".join(c["failures"])
             table.add_row(r["path"] if i == 0 else "", cpu, c["kernels"], str(c["sentences"]), _cell(c["mean_cosine"]),
                           _cell(c["min_cosine"]), _cell(c["test_vectors_min_cosine"]),
-                          f"{c['max_abs_diff_vs_x86']:.1e}", verdict)
+                          _cell(c["max_abs_diff_vs_x86"], "{:.1e}"), verdict)
     console.print(table)
 
 

@@ -54,11 +54,14 @@ def test_every_phone_artifact_passes_on_every_cpu_model(verified, phone_artifact
         assert "emulated ARM64 CPU kernels" in (Path(row["path"]) / "report.md").read_text(encoding="utf-8")
 
 
-def test_cli_verify_arm64_exits_0_and_prints_the_table(phone_artifacts):
-    result = CliRunner().invoke(main, ["verify", str(phone_artifacts / "tflite"), "--arch", "arm64", "--cpu", "max",
+def test_cli_verify_arm64_exits_0_and_prints_the_table(phone_artifacts, tmp_path):
+    shutil.copytree(phone_artifacts / "tflite", tmp_path / "tflite")  # the shared artifact's figures stay
+    result = CliRunner().invoke(main, ["verify", str(tmp_path / "tflite"), "--arch", "arm64", "--cpu", "max",
                                        "--sentences", "20"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "max" in result.output and "pass" in result.output
+    misplaced = CliRunner().invoke(main, ["verify", str(tmp_path / "tflite"), "--arch", "arm64", "--quick"])
+    assert misplaced.exit_code == 2 and "--quick does not apply to --arch arm64" in misplaced.output
 
 
 def test_a_corrupted_artifact_with_rewritten_checksums_fails_on_arm(phone_artifacts, tmp_path):

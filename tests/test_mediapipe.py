@@ -3,26 +3,31 @@ against the model's, the app-side normalisation, and the families it must refuse
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import unicodedata
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tokenizers import normalizers
 
 from cli import main
 from converters.mediapipe.package import echo_model, package, packed_vocabulary
-from converters.mediapipe.runner import MediaPipeTextEmbedder, mediapipe_ids, structural_checks
+from converters.mediapipe.runner import MediaPipeTextEmbedder, load_runner, mediapipe_ids, structural_checks
 from converters.mediapipe.tokenizer import Unsupported, mediapipe_vocabulary, normalize_for_mediapipe, refusal
 from core.data import TOKENIZER_TEXTS
+from core.errors import ArtifactError
 from core.manifest import checksums, file_sizes
 from core.metrics import row_cosines
 from pipelines.gatekeeper import verify_path
+from pipelines.verify import Parity, gate_failures
+from targets.base import target_gate
 
 
 def _tokenizer_json(source) -> dict:
@@ -56,6 +61,8 @@ SETTLED_CHARACTERS = st.characters(codec="utf-8").filter(lambda c: unicodedata.u
 
 @settings(max_examples=2000, deadline=None)
 @given(st.text(alphabet=SETTLED_CHARACTERS, max_size=40))
+@example("ΟΔΟΣ ΑΘΗΝΑΣ")  # a word-final capital sigma: lowercased alone it is σ, in a word str.lower() makes it ς
+@example("\U0002B820 \u0130 a\u0085b x\u200dy \ufffd")  # outside HF's CJK blocks, İ, NEL, ZWJ, U+FFFD
 def test_normalisation_equals_the_models_own_normaliser_on_any_text(text):
     assert normalize_for_mediapipe(text) == normalizers.BertNormalizer(lowercase=True).normalize_str(text)
 
@@ -98,9 +105,10 @@ def test_cased_and_clashing_vocabularies_are_refused(source):
     cased = {**tokenizer, "normalizer": {**tokenizer["normalizer"], "lowercase": False}}
     with pytest.raises(Unsupported, match="cased"):
         mediapipe_vocabulary(cased)
-    vocab = dict(tokenizer["model"]["vocab"])
-    vocab["[CLS]"], vocab["[unused0]"] = vocab["[unused0]"], vocab["[CLS]"]  # [CLS] now names another id
-    clash = {**tokenizer, "model": {**tokenizer["model"], "vocab": vocab}}
+    # The model frames sentences with [unused0], and its vocabulary holds [CLS] as an ordinary token: renaming
+    # [unused0] to the [CLS] MediaPipe looks up would give one name two ids.
+    single = [{"SpecialToken": {"id": "[unused0]", "type_id": 0}}, *tokenizer["post_processor"]["single"][1:]]
+    clash = {**tokenizer, "post_processor": {**tokenizer["post_processor"], "single": single}}
     with pytest.raises(Unsupported, match=r"\[CLS\]"):
         mediapipe_vocabulary(clash)
 
@@ -165,8 +173,46 @@ def test_a_packed_vocabulary_that_tokenizes_otherwise_fails_the_gate(artifact, t
     manifest = json.loads((broken / "manifest.json").read_text(encoding="utf-8"))
     manifest["files"], manifest["file_bytes"] = checksums(broken), file_sizes(broken)
     report = structural_checks(broken, manifest)
-    (failure,) = report.facts["gate_failures"]
-    assert "other ids than the model's" in failure
+    failures = gate_failures(Parity(**manifest["parity"]), target_gate("mobile", "mediapipe"), report.facts)
+    assert len(failures) == 1 and "other ids than the model's" in failures[0], failures
+
+
+@pytest.mark.parametrize(("damage", "needle"), [
+    ({"shapes": [{"batch": 1, "sequence": 10**12, "name": "text"}]}, "one shape of batch 1"),
+    ({"shapes": [{"batch": "one"}]}, "damaged shape"),
+    ({"shapes": [{"batch": 1, "sequence": 64, "name": "a"}, {"batch": 1, "sequence": 64, "name": "b"}]},
+     "one shape of batch 1"),
+    ({"conversion": ["not", "a", "record"]}, "lacks its 'conversion'"),
+    ({"conversion": {"app_normalization": ["x"]}}, "unknown app normalisation"),
+    ({"conversion": {"app_normalization": "nfkc-please"}}, "unknown app normalisation"),
+])
+def test_a_hostile_manifest_is_one_line(artifact, damage, needle):
+    manifest = {**json.loads((artifact / "manifest.json").read_text(encoding="utf-8")), **damage}
+    with pytest.raises(ArtifactError, match=needle):
+        load_runner(artifact, manifest, None)
+
+
+def test_a_packed_vocabulary_compressed_or_missing_is_one_line():
+    model = echo_model(8)
+    with pytest.raises(ArtifactError, match="no readable vocab.txt"):
+        packed_vocabulary(model)
+    deflated = io.BytesIO()
+    with zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("vocab.txt", "[PAD]\n" * 100_000)  # a small file that unpacks large
+    with pytest.raises(ArtifactError, match="compressed"):
+        packed_vocabulary(model + deflated.getvalue())
+
+
+@pytest.mark.parametrize("damage", [{"normalizer": "BertNormalizer"}, {"pre_tokenizer": 7}, {"model": None},
+                                    {"post_processor": {"type": "TemplateProcessing", "single": [
+                                        {"SpecialToken": 1}, {"Sequence": 2}, {"SpecialToken": 3}]}}])
+def test_a_hostile_tokenizer_json_is_refused_not_a_traceback(source, tmp_path, damage):
+    model = tmp_path / "model"
+    shutil.copytree(source.path, model)
+    tokenizer = {**_tokenizer_json(source), **damage}
+    (model / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    why = refusal(model)
+    assert why is not None and "\n" not in why
 
 
 def test_embed_refuses_the_text_in_artifact_in_one_line(artifact, tmp_path):

@@ -4,15 +4,14 @@
 //
 //   pte_runner MODEL.pte
 //
-// Request: uint32 count (0 ends the process), then that many .npy arrays (little-endian, C order), the method's
-// arguments in order. Reply: uint32 count and the outputs as .npy, or uint32 0xFFFFFFFF, uint32 length and a
-// message. METHOD in the environment picks the method (default: forward).
+// Request: uint32 count (0 ends the process), then that many .npy arrays (little-endian, C order), the forward
+// method's arguments in order. Reply: uint32 count and the outputs as .npy, or uint32 0xFFFFFFFF, uint32 length
+// and a message. A request that cannot be read ends the process after the error reply (the stream is lost).
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
 
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <stdexcept>
@@ -100,7 +99,7 @@ Npy read_npy() {
   return npy;
 }
 
-void write_npy(const executorch::aten::Tensor& t) {
+void append_npy(std::string& out, const executorch::aten::Tensor& t) {
   std::string shape = "(";
   for (auto s : t.sizes()) shape += std::to_string(s) + ",";
   if (t.dim() > 1) shape.pop_back();
@@ -110,17 +109,22 @@ void write_npy(const executorch::aten::Tensor& t) {
   header.append((64 - (10 + header.size() + 1) % 64) % 64, ' ');
   header += '\n';
   uint16_t length = static_cast<uint16_t>(header.size());
-  std::fwrite("\x93NUMPY\x01\x00", 1, 8, stdout);
-  std::fwrite(&length, 2, 1, stdout);
-  std::fwrite(header.data(), 1, header.size(), stdout);
-  std::fwrite(t.const_data_ptr(), 1, t.nbytes(), stdout);
+  out.append("\x93NUMPY\x01\x00", 8);
+  out.append(reinterpret_cast<const char*>(&length), 2);
+  out += header;
+  out.append(static_cast<const char*>(t.const_data_ptr()), t.nbytes());
 }
 
-void write_error(const std::string& message) {
+void write_reply(const std::string& reply) {
+  std::fwrite(reply.data(), 1, reply.size(), stdout);
+  std::fflush(stdout);
+}
+
+std::string error_reply(const std::string& message) {
   uint32_t marker = 0xFFFFFFFFu, length = static_cast<uint32_t>(message.size());
-  std::fwrite(&marker, 4, 1, stdout);
-  std::fwrite(&length, 4, 1, stdout);
-  std::fwrite(message.data(), 1, message.size(), stdout);
+  std::string reply(reinterpret_cast<const char*>(&marker), 4);
+  reply.append(reinterpret_cast<const char*>(&length), 4);
+  return reply + message;
 }
 
 }  // namespace
@@ -130,35 +134,41 @@ int main(int argc, char** argv) {
     std::cerr << "usage: pte_runner MODEL.pte" << std::endl;
     return 2;
   }
-  const char* method_env = std::getenv("METHOD");
-  const std::string method = method_env ? method_env : "forward";
   Module module(argv[1], Module::LoadMode::File);
-  if (module.load_method(method) != executorch::runtime::Error::Ok) {
-    std::cerr << "pte_runner: cannot load method " << method << " of " << argv[1] << std::endl;
+  if (module.load_method("forward") != executorch::runtime::Error::Ok) {
+    std::cerr << "pte_runner: cannot load the forward method of " << argv[1] << std::endl;
     return 2;
   }
   while (true) {
     uint32_t count = 0;
     if (std::fread(&count, 4, 1, stdin) != 1 || count == 0) return 0;
+    std::vector<Npy> arrays;
     try {
-      std::vector<Npy> arrays;
+      for (uint32_t i = 0; i < count; ++i) arrays.push_back(read_npy());
+    } catch (const std::exception& exc) {
+      write_reply(error_reply(std::string("unreadable request: ") + exc.what()));
+      return 2;
+    }
+    try {
       std::vector<TensorPtr> tensors;
       std::vector<EValue> inputs;
-      for (uint32_t i = 0; i < count; ++i) arrays.push_back(read_npy());
       for (auto& a : arrays) {
         tensors.push_back(make_tensor_ptr(a.shape, a.data.data(), {}, {}, a.type));
         inputs.emplace_back(*tensors.back());
       }
-      auto result = module.execute(method, inputs);
+      auto result = module.execute("forward", inputs);
       if (!result.ok()) throw std::runtime_error("execute failed, error " + std::to_string(static_cast<int>(result.error())));
-      std::vector<executorch::aten::Tensor> outputs;
-      for (const auto& value : result.get()) if (value.isTensor()) outputs.push_back(value.toTensor());
-      uint32_t n = static_cast<uint32_t>(outputs.size());
-      std::fwrite(&n, 4, 1, stdout);
-      for (const auto& t : outputs) write_npy(t);
+      std::string reply(4, '\0');
+      uint32_t n = 0;
+      for (const auto& value : result.get()) {
+        if (!value.isTensor()) continue;
+        append_npy(reply, value.toTensor());
+        ++n;
+      }
+      std::memcpy(&reply[0], &n, 4);
+      write_reply(reply);
     } catch (const std::exception& exc) {
-      write_error(exc.what());
+      write_reply(error_reply(exc.what()));
     }
-    std::fflush(stdout);
   }
 }

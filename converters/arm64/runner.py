@@ -4,6 +4,7 @@ uses. One long-lived process per artifact and CPU model serves every batch (conv
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -21,8 +22,8 @@ import numpy as np
 from converters.arm64 import ARM64_FORMATS, CPU_MODELS
 from converters.arm64.guest import GuestError, header, read_arrays, write_arrays
 from converters.base import Runner, Shape, manifest_shapes
-from converters.mediapipe.runner import NORMALIZATIONS
-from core.errors import ArtifactError, ConfigError, ToolchainError
+from converters.mediapipe.runner import Normalize, text_input
+from core.errors import ArtifactError, ConfigError, MissingDependencyError, ToolchainError
 from core.reference import cache_dir
 
 HERE = Path(__file__).resolve().parent
@@ -59,7 +60,10 @@ class Arm64Environment:
 
 def _versions() -> dict[str, str]:
     """The aarch64 runtimes are the versions installed here for x86."""
-    return {variable: metadata.version(package) for variable, package in RUNTIME_PACKAGES.items()}
+    try:
+        return {variable: metadata.version(package) for variable, package in RUNTIME_PACKAGES.items()}
+    except metadata.PackageNotFoundError as exc:
+        raise MissingDependencyError(str(exc.name), "mobile") from None
 
 
 def environment_key() -> str:
@@ -72,8 +76,14 @@ def environment_key() -> str:
 def ensure_environment(log: Callable[[str], None]) -> Arm64Environment:
     """The cached environment, set up on first use (about a minute and 300 MB; Debian's mirrors and PyPI)."""
     folder = cache_dir() / f"arm64-{environment_key()}"
-    if (folder / READY).is_file():
-        return Arm64Environment(folder)
+    with (cache_dir() / ".arm64.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second run waits for the first's set-up, then uses it
+        if not (folder / READY).is_file():
+            _set_up(folder, log)
+    return Arm64Environment(folder)
+
+
+def _set_up(folder: Path, log: Callable[[str], None]) -> None:
     log(f"setting up the emulated ARM64 environment in {folder} (once; Debian packages and PyPI)")
     staging = Path(tempfile.mkdtemp(prefix=".arm64-", dir=cache_dir()))
     try:
@@ -93,7 +103,6 @@ def ensure_environment(log: Callable[[str], None]) -> Arm64Environment:
         staging.rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Arm64Environment(folder)
 
 
 class EmulatedProcess:
@@ -163,11 +172,11 @@ class Arm64ExecuTorchRunner:
 class Arm64MediaPipeRunner:
     """MediaPipe's aarch64 TextEmbedder (a TextRunner: strings in)."""
 
-    def __init__(self, process: EmulatedProcess, shapes: list[Shape], normalization: str | None, cpu: str) -> None:
+    def __init__(self, process: EmulatedProcess, shapes: list[Shape], normalize: Normalize, cpu: str) -> None:
         self.shapes: list[Shape] | None = shapes
         self.description = f"mediapipe {metadata.version('mediapipe')} TextEmbedder on emulated ARM64 {cpu}"
         self._process = process
-        self._normalize = NORMALIZATIONS.get(normalization or "", lambda text: text)
+        self._normalize = normalize
 
     def embed_texts(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
         fed = [self._normalize(text) if normalize else text for text in texts]
@@ -191,8 +200,7 @@ def load_arm64_runner(environment: Arm64Environment, artifact_dir: Path, manifes
         return Arm64ExecuTorchRunner(process, [s["name"] for s in manifest["inputs"]], cpu), process
     python = str(environment.root / "usr" / "bin" / "python3")
     process = EmulatedProcess(environment.command(cpu, python, str(HERE / "guest.py"), fmt, model), log_file)
-    shapes = manifest_shapes(manifest) or []
     if fmt == "mediapipe":
-        normalization = (manifest.get("conversion") or {}).get("app_normalization")
-        return Arm64MediaPipeRunner(process, shapes, normalization, cpu), process
-    return Arm64TFLiteRunner(process, shapes, cpu), process
+        shape, normalize = text_input(manifest)
+        return Arm64MediaPipeRunner(process, [shape], normalize, cpu), process
+    return Arm64TFLiteRunner(process, manifest_shapes(manifest) or [], cpu), process

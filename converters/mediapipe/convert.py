@@ -10,6 +10,7 @@ source model does; a shorter ``sequence_length`` runs faster on short texts and 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,9 +46,7 @@ def convert(
                                    quantization=options.quantization, accuracy=options.accuracy)
     litert = convert_tflite(graph, spec, scratch, tflite_options, calibration)
     single = (scratch / litert.model_file).read_bytes()
-    for leftover in scratch.iterdir():
-        leftover.unlink()
-    scratch.rmdir()
+    shutil.rmtree(scratch)
     description = (f"{spec.family} sentence embedding, {spec.embedding_dim} dims"
                    + (", L2-normalised" if spec.normalized else ""))
     (out_dir / MODEL_FILE).write_bytes(package(single, vocabulary.vocab_txt(), description))

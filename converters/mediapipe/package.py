@@ -20,6 +20,7 @@ import numpy as np
 from core.errors import ArtifactError, require
 
 VOCAB_FILE = "vocab.txt"
+MAX_VOCAB_BYTES = 16 << 20  # 250k-token vocabularies are a few MB
 # Input roles by the graph's input names; MediaPipe tells them apart by these metadata names.
 INPUT_ROLES = {"input_ids": "ids", "attention_mask": "mask", "token_type_ids": "segment_ids"}
 METADATA_NAME = "TFLITE_METADATA"
@@ -132,18 +133,23 @@ def package(tflite: bytes, vocab_txt: bytes, description: str) -> bytes:
     builder.Finish(model.Pack(builder), b"TFL3")
     out = io.BytesIO(bytes(builder.Output()))
     out.seek(0, io.SEEK_END)
-    with zipfile.ZipFile(out, "a", zipfile.ZIP_STORED) as archive:  # appended after the flatbuffer
+    # A new archive written after the flatbuffer ("a" would first search the flatbuffer's tail for one).
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
         archive.writestr(zipfile.ZipInfo(VOCAB_FILE, date_time=(1980, 1, 1, 0, 0, 0)), vocab_txt)
     return out.getvalue()
 
 
 def packed_vocabulary(model_file: bytes) -> bytes:
-    """The vocab.txt packed in a MediaPipe model."""
+    """The vocab.txt packed in a MediaPipe model: stored (as written here), at most MAX_VOCAB_BYTES."""
     try:
         with zipfile.ZipFile(io.BytesIO(model_file)) as archive:
-            return archive.read(VOCAB_FILE)
-    except (zipfile.BadZipFile, KeyError):
-        raise ArtifactError(f"the MediaPipe model packs no {VOCAB_FILE}; it cannot tokenize") from None
+            info = archive.getinfo(VOCAB_FILE)
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size > MAX_VOCAB_BYTES:
+                raise ArtifactError(f"the {VOCAB_FILE} packed in the MediaPipe model is compressed or over "
+                                    f"{MAX_VOCAB_BYTES >> 20} MB; this toolchain stores it uncompressed")
+            return archive.read(info)
+    except (zipfile.BadZipFile, KeyError, RuntimeError, NotImplementedError, ValueError, OSError, EOFError):
+        raise ArtifactError(f"the MediaPipe model packs no readable {VOCAB_FILE}; it cannot tokenize") from None
 
 
 def echo_model(length: int) -> bytes:

@@ -5,25 +5,55 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 
-from converters.base import Shape, StructuralReport, manifest_shapes
+from converters.base import SEQUENCE_LIMIT, Shape, StructuralReport, manifest_shapes
 from converters.mediapipe.package import echo_model, package, packed_vocabulary
 from converters.mediapipe.tokenizer import NORMALIZATION, normalize_for_mediapipe
 from core.data import EDGE_TEXTS, TOKENIZER_TEXTS, load_stsb
-from core.errors import ArtifactError, require
+from core.errors import ArtifactError, gist, require
+from core.model_files import read_tokenizer
+from core.safe_io import read_capped
 
 NORMALIZATIONS = {NORMALIZATION: normalize_for_mediapipe}
+MAX_MODEL_BYTES = 2 << 30  # MediaPipe's loader stops at 2 GiB anyway
+ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+Normalize = Callable[[str], str]
+
+
+def _unchanged(text: str) -> str:
+    return text
+
+
+def text_input(manifest: dict) -> tuple[Shape, Normalize]:
+    """The one length and the app-side normalisation a MediaPipe manifest names, each checked: a damaged or hostile
+    manifest is one ArtifactError, never a TypeError or a multi-gigabyte allocation later."""
+    where = "a MediaPipe manifest"
+    try:
+        shapes = manifest_shapes(manifest) or []
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"{where} lists a damaged shape; export the artifact again") from None
+    if len(shapes) != 1 or shapes[0].batch != 1 or not 2 <= shapes[0].sequence <= SEQUENCE_LIMIT:
+        raise ArtifactError(f"{where} must list one shape of batch 1 and 2 to {SEQUENCE_LIMIT} tokens, "
+                            f"not {[(s.batch, s.sequence) for s in shapes][:3]}")
+    conversion = manifest.get("conversion")
+    if not isinstance(conversion, dict):
+        raise ArtifactError(f"{where} lacks its 'conversion' record; export the artifact again")
+    name = conversion.get("app_normalization")
+    if name is not None and (not isinstance(name, str) or name not in NORMALIZATIONS):
+        raise ArtifactError(f"{where} names an unknown app normalisation {str(name)[:40]!r} "
+                            f"(known: {', '.join(NORMALIZATIONS)})")
+    return shapes[0], NORMALIZATIONS[name] if name else _unchanged
 
 
 class MediaPipeTextEmbedder:
-    """One TextEmbedder; its C++ task holds the model, the tokenizer and the interpreter."""
+    """One TextEmbedder; its C++ task holds the model, the tokenizer and the interpreter. Whatever MediaPipe raises
+    on a damaged model or text is one ArtifactError line."""
 
     def __init__(self, model: Path | bytes) -> None:
         base = require("mediapipe.tasks.python.core.base_options", "mobile")
@@ -31,7 +61,10 @@ class MediaPipeTextEmbedder:
         asset = {"model_asset_buffer": model} if isinstance(model, bytes) else {"model_asset_path": str(model)}
         options = text.TextEmbedderOptions(base_options=base.BaseOptions(**asset), l2_normalize=False,
                                            quantize=False)
-        self._embedder = text.TextEmbedder.create_from_options(options)
+        try:
+            self._embedder = text.TextEmbedder.create_from_options(options)
+        except Exception as exc:  # MediaPipe raises ValueError/RuntimeError with its C++ status text
+            raise ArtifactError(f"MediaPipe's TextEmbedder cannot open the model ({gist(exc, last=True)})") from None
         # Closed with this wrapper, or at exit while MediaPipe's dispatcher thread still runs: concurrent.futures
         # stops that thread in threading's exit hooks, after which MediaPipe's own __del__ prints a traceback. Hooks
         # run newest first, so this one runs before concurrent.futures' (CPython's hook for exactly that purpose).
@@ -40,7 +73,10 @@ class MediaPipeTextEmbedder:
 
     def outputs(self, text: str) -> list[np.ndarray]:
         """Every output head's values for one text."""
-        result = self._embedder.embed(text)
+        try:
+            result = self._embedder.embed(text)
+        except Exception as exc:
+            raise ArtifactError(f"MediaPipe's TextEmbedder failed on a text ({gist(exc, last=True)})") from None
         return [np.asarray(head.embedding, dtype=np.float32) for head in result.embeddings]
 
     def close(self) -> None:
@@ -50,21 +86,19 @@ class MediaPipeTextEmbedder:
 class MediaPipeRunner:
     """A text runner (converters.base.TextRunner): token-id batches are not what this artifact takes."""
 
-    def __init__(self, model_path: Path, shapes: list[Shape], normalization: str | None) -> None:
-        if normalization is not None and normalization not in NORMALIZATIONS:
-            raise ArtifactError(f"the manifest names an unknown app normalisation {normalization!r} "
-                                f"(known: {', '.join(NORMALIZATIONS)})")
+    def __init__(self, model_path: Path, shapes: list[Shape], normalize: Normalize) -> None:
+        self._embedder = MediaPipeTextEmbedder(model_path)
         self.shapes: list[Shape] | None = shapes
         self.description = f"mediapipe {metadata.version('mediapipe')} TextEmbedder"
-        self._normalize = NORMALIZATIONS.get(normalization or "", lambda text: text)
-        self._embedder = MediaPipeTextEmbedder(model_path)
+        self._normalize = normalize
+        # Per runner: the gate embeds STS-B dev normalised, then raw, and most sentences are the same input twice.
+        self._embed = lru_cache(maxsize=4096)(self._embed_one)
 
     def embed_texts(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
         rows = [self._embed(_ascii_lower(self._normalize(text) if normalize else text)) for text in texts]
         return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
-    @lru_cache(maxsize=4096)  # noqa: B019  (one runner per artifact; the gate embeds STS-B raw and normalised)
-    def _embed(self, text: str) -> np.ndarray:
+    def _embed_one(self, text: str) -> np.ndarray:
         return self._embedder.outputs(text)[0]
 
     def run(self, inputs: dict[str, np.ndarray], shape: Shape | None) -> np.ndarray:
@@ -74,19 +108,14 @@ class MediaPipeRunner:
         self._embedder.close()
 
 
-ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
 def _ascii_lower(text: str) -> str:
     """MediaPipe's tokenizer lowercases ASCII letters first, so texts that differ only there are one input."""
     return text.translate(ASCII_LOWER)
 
 
 def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> MediaPipeRunner:
-    if not manifest.get("shapes"):
-        raise ArtifactError("a MediaPipe manifest must list its fixed length; the artifact is incomplete")
-    normalization = (manifest.get("conversion") or {}).get("app_normalization")
-    return MediaPipeRunner(Path(artifact_dir) / manifest["file"], manifest_shapes(manifest), normalization)
+    shape, normalize = text_input(manifest)
+    return MediaPipeRunner(Path(artifact_dir) / manifest["file"], [shape], normalize)
 
 
 def mediapipe_ids(vocab_txt: bytes, length: int, texts: Sequence[str]) -> list[list[int]]:
@@ -112,15 +141,13 @@ def tokenizer_agreement(artifact_dir: Path, manifest: dict, texts: Sequence[str]
     """On each text: do MediaPipe's ids equal the model's tokenizer's (the artifact's tokenizer.json, which
     truncates at the same length), raw and after the app normalisation the manifest names?"""
     texts = agreement_texts() if texts is None else texts
-    (shape,) = manifest_shapes(manifest) or [None]
-    if shape is None:
-        raise ArtifactError("a MediaPipe manifest must list its fixed length; the artifact is incomplete")
-    vocab = packed_vocabulary((Path(artifact_dir) / manifest["file"]).read_bytes())
-    tokenizer = Tokenizer.from_file(str(Path(artifact_dir) / manifest["tokenizer"]["file"]))
+    shape, normalize = text_input(manifest)
+    vocab = packed_vocabulary(read_capped(Path(artifact_dir) / manifest["file"], MAX_MODEL_BYTES, ArtifactError,
+                                          "MediaPipe model"))
+    tokenizer = read_tokenizer(Path(artifact_dir) / manifest["tokenizer"]["file"], ArtifactError,
+                               "the artifact is damaged: export it again")
     tokenizer.no_padding()
     expected = [encoding.ids for encoding in tokenizer.encode_batch(list(texts))]
-    normalize = NORMALIZATIONS.get((manifest.get("conversion") or {}).get("app_normalization") or "",
-                                   lambda text: text)
     raw = mediapipe_ids(vocab, shape.sequence, texts)
     normalized = mediapipe_ids(vocab, shape.sequence, [normalize(text) for text in texts])
     differ = [text for text, ids, want in zip(texts, normalized, expected, strict=True) if ids != want]

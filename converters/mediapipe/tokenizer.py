@@ -42,6 +42,11 @@ class MediaPipeVocabulary:
         return "".join(token + "\n" for token in self.tokens).encode("utf-8")
 
 
+def _object(value: object) -> dict:
+    """A tokenizer.json section as a dict; anything else (a damaged or hostile file) reads as empty."""
+    return value if isinstance(value, dict) else {}
+
+
 def _special_ends(post_processor: dict) -> tuple[str, str]:
     """The tokens the model puts first and last around a single sentence."""
     kind = post_processor.get("type")
@@ -50,10 +55,10 @@ def _special_ends(post_processor: dict) -> tuple[str, str]:
         if isinstance(cls, list) and isinstance(sep, list) and cls and sep:
             return str(cls[0]), str(sep[0])
     if kind == "TemplateProcessing":
-        single = post_processor.get("single") or []
+        single = post_processor.get("single") if isinstance(post_processor.get("single"), list) else []
         pieces = [next(iter(item.items())) for item in single if isinstance(item, dict) and len(item) == 1]
         if [k for k, _ in pieces] == ["SpecialToken", "Sequence", "SpecialToken"]:
-            return str(pieces[0][1].get("id")), str(pieces[2][1].get("id"))
+            return str(_object(pieces[0][1]).get("id")), str(_object(pieces[2][1]).get("id"))
     raise Unsupported("its tokenizer does not frame a sentence as one special token, the text, one special token "
                       "(MediaPipe always adds [CLS] first and [SEP] last)")
 
@@ -61,13 +66,13 @@ def _special_ends(post_processor: dict) -> tuple[str, str]:
 def mediapipe_vocabulary(tokenizer: dict) -> MediaPipeVocabulary:
     """The vocabulary MediaPipe needs for this tokenizer.json; Unsupported where no app-side fix can make
     MediaPipe's ids equal the model's."""
-    model = tokenizer.get("model") if isinstance(tokenizer.get("model"), dict) else {}
+    model = _object(tokenizer.get("model"))
     kind = model.get("type")
     if kind != "WordPiece":
         what = {"BPE": "a byte-level BPE", "Unigram": "a SentencePiece Unigram"}.get(str(kind), f"a {kind}")
         raise Unsupported(f"its tokenizer is {what} tokenizer; MediaPipe's text tasks tokenize BERT WordPiece "
                           "(and plain SentencePiece without fairseq ids) only")
-    normalizer = tokenizer.get("normalizer") or {}
+    normalizer = _object(tokenizer.get("normalizer"))
     if normalizer.get("type") != "BertNormalizer" or normalizer.get("lowercase") is not True:
         raise Unsupported("its WordPiece vocabulary is cased (or not BERT-normalised); MediaPipe lowercases ASCII "
                           "letters whatever the vocabulary")
@@ -75,16 +80,19 @@ def mediapipe_vocabulary(tokenizer: dict) -> MediaPipeVocabulary:
             or not normalizer.get("handle_chinese_chars", True):
         raise Unsupported("its BERT normaliser keeps accents or control characters, which the app-side "
                           f"normalisation {NORMALIZATION!r} removes")
-    if (tokenizer.get("pre_tokenizer") or {}).get("type") != "BertPreTokenizer":
+    if _object(tokenizer.get("pre_tokenizer")).get("type") != "BertPreTokenizer":
         raise Unsupported("its pre-tokenizer is not BERT's (whitespace and punctuation splits)")
     if model.get("continuing_subword_prefix", WORDPIECE_PREFIX) != WORDPIECE_PREFIX:
         raise Unsupported(f"its word pieces continue with {model.get('continuing_subword_prefix')!r}, not '##'")
-    first, last = _special_ends(tokenizer.get("post_processor") or {})
+    first, last = _special_ends(_object(tokenizer.get("post_processor")))
     vocab = model.get("vocab")
     if not isinstance(vocab, dict) or not vocab:
         raise Unsupported("its tokenizer.json holds no WordPiece vocabulary")
-    by_id = {int(i): str(token) for token, i in vocab.items() if isinstance(i, int)}
-    for added in tokenizer.get("added_tokens") or []:
+    by_id = {i: str(token) for token, i in vocab.items() if isinstance(i, int) and not isinstance(i, bool)}
+    if len(by_id) != len(vocab):
+        raise Unsupported("its vocabulary gives two tokens one id, or a token no integer id")
+    added_tokens = tokenizer.get("added_tokens") if isinstance(tokenizer.get("added_tokens"), list) else []
+    for added in added_tokens:
         if isinstance(added, dict) and isinstance(added.get("id"), int):
             by_id.setdefault(added["id"], str(added.get("content")))
     if sorted(by_id) != list(range(len(by_id))):
@@ -119,11 +127,14 @@ def refusal(model_dir: Path) -> str | None:
     return None
 
 
+# The CJK ideograph blocks Hugging Face's BERT normaliser puts spaces around (its is_chinese_char; note the gap
+# U+2B820-U+2B91F, which it leaves out).
+CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B81F), (0x2B920, 0x2CEAF),
+              (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+
+
 def _is_cjk(code: int) -> bool:
-    """The CJK ideograph blocks Hugging Face's BERT normaliser puts spaces around."""
-    return (0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0x20000 <= code <= 0x2A6DF
-            or 0x2A700 <= code <= 0x2B73F or 0x2B740 <= code <= 0x2B81F or 0x2B820 <= code <= 0x2CEAF
-            or 0xF900 <= code <= 0xFAFF or 0x2F800 <= code <= 0x2FA1F)
+    return any(low <= code <= high for low, high in CJK_RANGES)
 
 
 def normalize_for_mediapipe(text: str) -> str:
@@ -142,4 +153,6 @@ def normalize_for_mediapipe(text: str) -> str:
         else:
             kept.append(char)
     decomposed = unicodedata.normalize("NFD", "".join(kept))
-    return "".join(char for char in decomposed if unicodedata.category(char) != "Mn").lower()
+    # Lowercased one character at a time, as Hugging Face does: a word-final capital sigma becomes σ, not the ς
+    # that str.lower() (and Kotlin's String.lowercase) would make of it, which is another token.
+    return "".join(char.lower() for char in decomposed if unicodedata.category(char) != "Mn")
