@@ -4,7 +4,6 @@ iOS or web app calls it (the wheel runs the same C++ task as the phone). Needs m
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from importlib import metadata
@@ -65,11 +64,12 @@ class MediaPipeTextEmbedder:
             self._embedder = text.TextEmbedder.create_from_options(options)
         except Exception as exc:  # MediaPipe raises ValueError/RuntimeError with its C++ status text
             raise ArtifactError(f"MediaPipe's TextEmbedder cannot open the model ({gist(exc, last=True)})") from None
-        # Closed with this wrapper, or at exit while MediaPipe's dispatcher thread still runs: concurrent.futures
-        # stops that thread in threading's exit hooks, after which MediaPipe's own __del__ prints a traceback. Hooks
-        # run newest first, so this one runs before concurrent.futures' (CPython's hook for exactly that purpose).
-        self._finalizer = weakref.finalize(self, self._embedder.close)
-        threading._register_atexit(self._finalizer)
+        # Closed by close(), or at exit while MediaPipe's dispatcher thread still runs: concurrent.futures stops that
+        # thread in threading's exit hooks, after which MediaPipe's own __del__ prints a traceback; hooks run newest
+        # first, so this one runs before concurrent.futures'. Never from a garbage-collector finalizer: closing
+        # submits to MediaPipe's executor, and a collection that fires inside another executor's submit (holding
+        # concurrent.futures' global lock) would deadlock. The hook keeps the task alive until then.
+        threading._register_atexit(self._embedder.close)
 
     def outputs(self, text: str) -> list[np.ndarray]:
         """Every output head's values for one text."""
@@ -79,8 +79,11 @@ class MediaPipeTextEmbedder:
             raise ArtifactError(f"MediaPipe's TextEmbedder failed on a text ({gist(exc, last=True)})") from None
         return [np.asarray(head.embedding, dtype=np.float32) for head in result.embeddings]
 
+    def first_output(self, text: str) -> np.ndarray:
+        return self.outputs(text)[0]
+
     def close(self) -> None:
-        self._finalizer()
+        self._embedder.close()  # idempotent
 
 
 class MediaPipeRunner:
@@ -92,14 +95,12 @@ class MediaPipeRunner:
         self.description = f"mediapipe {metadata.version('mediapipe')} TextEmbedder"
         self._normalize = normalize
         # Per runner: the gate embeds STS-B dev normalised, then raw, and most sentences are the same input twice.
-        self._embed = lru_cache(maxsize=4096)(self._embed_one)
+        # (A function of the embedder, not of this runner, so the cache makes no reference cycle through it.)
+        self._embed = lru_cache(maxsize=4096)(self._embedder.first_output)
 
     def embed_texts(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
         rows = [self._embed(_ascii_lower(self._normalize(text) if normalize else text)) for text in texts]
         return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
-
-    def _embed_one(self, text: str) -> np.ndarray:
-        return self._embedder.outputs(text)[0]
 
     def run(self, inputs: dict[str, np.ndarray], shape: Shape | None) -> np.ndarray:
         raise ArtifactError("the MediaPipe artifact takes strings (TextEmbedder tokenizes inside); use embed_texts")
