@@ -110,6 +110,8 @@ SWEEP_ROW_FIELDS = {"dims": int, "precision": str, "bytes_per_vector": int, "spe
                     "spearman_drop": NUMBER, "recall_at_10": NUMBER, "mrr": NUMBER, "mrr_drop": NUMBER}
 DISTILLATION_FIELDS = {"teacher": str, "kept_layers": list, "teacher_layers": int, "spearman_teacher": NUMBER,
                        "spearman_student": NUMBER, "seconds": NUMBER, "matryoshka_dims": (list, type(None))}
+# The gate the artifact passed at export: a record that layouts copy for apps (verify applies the target's own).
+GATE_FIELDS = {"min_mean_cosine": NUMBER, "min_cosine": NUMBER, "max_spearman_drop": NUMBER, "pca_extra_drop": NUMBER}
 SHA256_HEX = frozenset("0123456789abcdef")
 
 
@@ -135,6 +137,7 @@ def validate_manifest(manifest: dict[str, Any], artifact_dir: Path, where: str) 
         field(spec if isinstance(spec, dict) else {}, "name", str, ArtifactError, f"{where} inputs")
     for key in ("name", "source", "sha256"):
         field(manifest["model"], key, str, ArtifactError, f"{where} model")
+    check_fields(manifest["gate"], GATE_FIELDS, ArtifactError, f"{where} gate")
     check_fields(manifest["model"].get("distillation"), DISTILLATION_FIELDS, ArtifactError,
                  f"{where} model.distillation")
     sweep = manifest.get("dims_sweep")
