@@ -57,7 +57,7 @@ from pipelines.distill import read_distillation
 from pipelines.report import model_card, write_artifact_report
 from pipelines.runtime import ArtifactEncoder
 from pipelines.staging import output_lock, recover, staging_dir, swap_into_place
-from pipelines.verify import gate_failures, measure_artifact, structural_checks, write_test_vectors
+from pipelines.verify import check, write_test_vectors
 from targets.base import ArtifactPlan, Target, get_targets
 
 PCA_FILE = "pca.safetensors"
@@ -324,14 +324,11 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
         if session.config.verify:
             log(f"{target.name}: verifying {plan.description} on STS-B dev")
             started = time.perf_counter()
-            parity = measure_artifact(tmp, encoder, session.reference)
-            manifest["parity"] = parity.to_dict()
-            manifest["structure"] = structural_checks(tmp, manifest)
+            verdict = check(tmp, manifest, encoder, session.reference, plan.gate)
+            manifest.update(verdict.manifest_fields())
             timings["verify_s"] = round(time.perf_counter() - started, 1)
-            failures = gate_failures(parity, plan.gate, manifest["structure"])
-            manifest["verdict"] = "pass" if not failures else "fail"
-            if failures:
-                raise GateError(f"{target.name} ({plan.description}) failed its gate: " + "; ".join(failures))
+            if not verdict.ok:
+                raise GateError(f"{target.name} ({plan.description}) failed its gate: " + "; ".join(verdict.failures))
         manifest["timings"] = timings
         write_json_atomic(tmp / MANIFEST, manifest)
         write_artifact_report(tmp, manifest)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from core.errors import ArtifactError, ToolchainError
@@ -12,7 +12,7 @@ from core.pca import Projection
 from core.reference import Reference
 from pipelines.package import open_artifact_source
 from pipelines.runtime import ArtifactEncoder
-from pipelines.verify import gate_failures, measure_artifact, structural_checks
+from pipelines.verify import check
 from targets.base import Gate, target_gate
 
 
@@ -45,25 +45,18 @@ def verify_artifact(
     manifest = read_manifest(artifact_dir)
     check_files(artifact_dir, manifest)
     reference = references.reference_for(artifact_dir, manifest)
-    structure = structural_checks(artifact_dir, manifest)
     encoder = ArtifactEncoder(artifact_dir, strict=strict)
-    probe = encoder.encode(["dimension probe"])
-    if probe.shape[1] != manifest["embedding_dim"]:
-        raise ArtifactError(
-            f"{manifest['file']} outputs {probe.shape[1]} dims but the manifest says {manifest['embedding_dim']}"
-        )
-    parity = measure_artifact(artifact_dir, encoder, reference, limit=limit)
     gate = gate or target_gate(manifest["target"], manifest["format"])
-    failures = gate_failures(parity, gate, structure)
+    verdict = check(artifact_dir, manifest, encoder, reference, gate, limit=limit)
     return {
         "path": str(artifact_dir),
         "target": manifest["target"],
         "artifact": manifest["artifact"],
-        "ok": not failures,
-        "failures": failures,
-        "parity": parity.to_dict(),
-        "structure": structure,
-        "gate": gate.__dict__,
+        "ok": verdict.ok,
+        "failures": list(verdict.failures),
+        "parity": verdict.parity.to_dict(),
+        "structure": verdict.structure,
+        "gate": asdict(gate),
         "cpu": encoder.cpu_mismatch,
     }
 

@@ -148,6 +148,37 @@ def measure_artifact(artifact_dir: Path, encoder: ArtifactEncoder, reference: Re
     return parity
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What the gate decided about one artifact, and everything it measured to decide it."""
+
+    parity: Parity
+    structure: dict | None  # the format's own checks (converters' structural_checks facts)
+    gate: Gate
+    failures: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def manifest_fields(self) -> dict:
+        """The manifest's record of this verdict."""
+        return {"parity": self.parity.to_dict(), "structure": self.structure, "verdict": "pass" if self.ok else "fail"}
+
+
+def check(artifact_dir: Path, manifest: dict, encoder: ArtifactEncoder, reference: Reference, gate: Gate,
+          limit: int | None = None) -> Verdict:
+    """The one verification, for export's gate and for ``verify``: the format's structural checks, the output's
+    dims, parity on STS-B dev (its first ``limit`` pairs), the test vectors and, for a text-in artifact, strings;
+    judged against ``gate``."""
+    structure = structural_checks(artifact_dir, manifest)
+    dims = encoder.encode(["dimension probe"]).shape[1]
+    if dims != manifest["embedding_dim"]:
+        raise ArtifactError(f"{manifest['file']} outputs {dims} dims but the manifest says {manifest['embedding_dim']}")
+    parity = measure_artifact(artifact_dir, encoder, reference, limit=limit)
+    return Verdict(parity, structure, gate, tuple(gate_failures(parity, gate, structure)))
+
+
 def write_test_vectors(artifact_dir: Path, encoder: ArtifactEncoder, reference: Reference) -> None:
     """A dozen sentences with their token ids and the fp32 embeddings an app's CI can check against."""
     rows = encoder.tokenize(TEST_SENTENCES)

@@ -162,8 +162,29 @@ def test_verify_judges_by_the_targets_gate_whatever_the_manifest_says(artifact):
             initializer.raw_data = np.random.default_rng(0).permutation(values).tobytes()
     onnx.save(model, str(artifact / "model.onnx"))
     manifest = _manifest(artifact)
-    manifest["gate"] = {"min_mean_cosine": -5.0, "min_cosine": -5.0, "max_spearman_drop": 500.0}
+    manifest["gate"] = {"min_mean_cosine": -5.0, "min_cosine": -5.0, "max_spearman_drop": 500.0, "pca_extra_drop": 9.0}
     write_json_atomic(artifact / "manifest.json", manifest)
     _resign(artifact)
     (row,) = verify_path(artifact, limit=QUICK)
     assert not row["ok"] and row["gate"]["min_mean_cosine"] == 0.995, row
+
+
+@pytest.mark.parametrize("folder", ["x86", "mobile/mediapipe"])
+def test_verify_reaches_the_verdict_export_recorded(tiny_exports, folder):
+    """One verification: `verify` on an exported artifact measures and decides what export's gate recorded
+    (the MediaPipe artifact adds structural facts and app-text strings to compare)."""
+    exported = tiny_exports("bert")[folder]
+    (row,) = verify_path(exported.folder)
+    manifest = exported.manifest
+    assert row["ok"] and manifest["verdict"] == "pass" and row["failures"] == []
+    assert row["gate"] == manifest["gate"] and row["structure"] == manifest["structure"]
+    assert row["parity"].keys() == manifest["parity"].keys()
+    for key, recorded in manifest["parity"].items():
+        measured = row["parity"][key]
+        if isinstance(recorded, float):
+            assert measured == pytest.approx(recorded, abs=1e-5), key
+        elif key != "app_text":
+            assert measured == recorded, key
+    for kind in ("normalized", "raw"):
+        for subset, figures in (manifest["parity"]["app_text"] or {}).get(kind, {}).items():
+            assert row["parity"]["app_text"][kind][subset] == pytest.approx(figures, abs=1e-5), (kind, subset)
