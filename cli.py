@@ -317,8 +317,8 @@ def embed(artifact, input_path, output, text_field, id_field, engine, ray_addres
             from pipelines.embed_ray import ray_engine, shutdown
 
             try:
-                result = embed_corpus(artifact, corpus, output, ray_engine(artifact, ray_address, actors), encoder,
-                                      chunk_rows, batch_size, precision, progress.advance)
+                result = embed_corpus(artifact, corpus, output, ray_engine(artifact, ray_address, actors, batch_size),
+                                      encoder, chunk_rows, batch_size, precision, progress.advance)
             finally:
                 shutdown()
         else:

@@ -98,9 +98,10 @@ class TextRunner(Protocol):
         ...
 
 
+@runtime_checkable
 class ManyBatchRunner(Runner, Protocol):
     """A dynamic-shape runner that runs several batches at once (parallel streams): the runtime wrapper hands it
-    every batch of an ``encode`` call instead of one at a time, each padded to its longest row."""
+    every planned batch of a call (``encode``, an ``embed`` chunk) instead of one at a time."""
 
     def run_batches(self, batches: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
         """Each batch's output, in order."""

@@ -6,9 +6,10 @@ fixed-size list: float32, or int8 / packed binary with ``precision``) written at
 job finishes with no row missing and none twice. ``job.json`` pins what a chunk depends on (artifact, input
 bytes, batching, precision); another job into the same folder is refused.
 
-Batches are planned here, not by the engine: within a chunk, rows sorted by token count (stable) and cut
-into batches of ``batch_size``. A dynamic int8 artifact picks activation scales per batch, so the same batches
-on every engine are what makes the local and the Ray results identical row for row.
+Batches are planned per chunk by one rule (``runtime.plan_batches``: rows sorted by token count, stable, cut into
+batches of ``batch_size``) and a chunk runs as one call wherever it runs (``embed_chunk``). A dynamic int8
+artifact picks activation scales per batch, so the same batches on every engine are what makes the local and the
+Ray results identical row for row; one call per chunk lets a runner with parallel streams (OpenVINO) use them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from core.manifest import check_files, read_manifest, sha256_file, write_json_at
 from core.safe_io import read_json
 from core.vectors import PRECISIONS, VectorCodec
 from pipelines.corpus import Corpus
-from pipelines.runtime import ArtifactEncoder
+from pipelines.runtime import ArtifactEncoder, plan_batches
 
 LEDGER = "ledger.json"
 JOB = "job.json"
@@ -76,25 +77,24 @@ def vector_codec(manifest: dict, precision: str) -> VectorCodec | None:
     return VectorCodec.from_dict(manifest["vectors"], int(manifest["embedding_dim"]))
 
 
-def embed_batch(encoder: ArtifactEncoder, texts: Sequence[str]) -> np.ndarray:
-    """One planned batch, as every engine runs it."""
-    return encoder.run_tokenized(encoder.tokenize(list(texts)))
-
-
-def plan_batches(encoder: ArtifactEncoder, texts: Sequence[str], batch_size: int,
-                 tokens: list[dict] | None = None) -> list[np.ndarray]:
-    """Row positions of each batch: longest first (little padding), stable, ``batch_size`` rows each."""
-    lengths = [len(row["input_ids"]) for row in (tokens or encoder.tokenize(list(texts)))]
-    order = np.argsort([-n for n in lengths], kind="stable")
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-
-
 @dataclass(frozen=True)
 class ChunkWork:
     index: int
     texts: list[str]
-    tokens: list[dict]  # the texts tokenized once: planning and the local engine share them
-    batches: list[np.ndarray]  # row positions within the chunk, one array per batch
+    tokens: list[dict]  # the texts tokenized once: planning and running share them
+    batches: list[np.ndarray]  # row positions within the chunk, one array per batch (runtime.plan_batches)
+
+
+def chunk_work(encoder: ArtifactEncoder, index: int, texts: list[str], batch_size: int) -> ChunkWork:
+    """One chunk tokenized and planned, the same wherever it runs."""
+    tokens = encoder.tokenize(texts)
+    return ChunkWork(index, texts, tokens, plan_batches([len(row["input_ids"]) for row in tokens], batch_size))
+
+
+def embed_chunk(encoder: ArtifactEncoder, chunk: ChunkWork) -> np.ndarray:
+    """A chunk's vectors in row order, as every engine computes them (all its batches in one call, so a runner
+    with parallel streams runs them side by side)."""
+    return encoder.run_planned(chunk.tokens, chunk.batches)
 
 
 # An engine embeds chunks and yields each as soon as all its rows are done: (index, (rows, dims) in row order).
@@ -104,10 +104,7 @@ Engine = Callable[[Iterable[ChunkWork]], Iterator[tuple[int, np.ndarray]]]
 def local_engine(encoder: ArtifactEncoder) -> Engine:
     def run(chunks: Iterable[ChunkWork]) -> Iterator[tuple[int, np.ndarray]]:
         for chunk in chunks:
-            out = np.zeros((len(chunk.texts), int(encoder.manifest["embedding_dim"])), dtype=np.float32)
-            for batch in chunk.batches:
-                out[batch] = encoder.run_tokenized([chunk.tokens[i] for i in batch])
-            yield chunk.index, out
+            yield chunk.index, embed_chunk(encoder, chunk)
 
     return run
 
@@ -208,9 +205,7 @@ def embed_corpus(artifact_dir: Path, corpus: Corpus, output: Path, engine: Engin
     def pending() -> Iterator[ChunkWork]:
         for index in (i for i in range(job.chunks) if i not in done):
             rows = job.chunk_range(index)
-            texts = corpus.texts[rows.start : rows.stop]
-            tokens = encoder.tokenize(texts)
-            yield ChunkWork(index, texts, tokens, plan_batches(encoder, texts, batch_size, tokens))
+            yield chunk_work(encoder, index, corpus.texts[rows.start : rows.stop], batch_size)
 
     for index, vectors in engine(pending()):
         rows = job.chunk_range(index)

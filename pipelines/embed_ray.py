@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import ToolchainError, gist, require
-from pipelines.embed import ChunkWork, Engine, embed_batch
+from pipelines.embed import ChunkWork, Engine, chunk_work, embed_chunk
 from pipelines.package import safe_extract
 from pipelines.runtime import ArtifactEncoder
 
@@ -39,25 +39,28 @@ def artifact_tar(artifact_dir: Path) -> bytes:
 class ArtifactActor:
     """One per Ray actor: the artifact unpacked once, its encoder kept warm for every batch."""
 
-    def __init__(self, artifact: list, threads: int) -> None:
+    def __init__(self, artifact: list, threads: int, batch_size: int) -> None:
         ray = require("ray", "ray")
         self.folder = Path(tempfile.mkdtemp(prefix="embed-artifact-"))
         archive = self.folder / "artifact.tar"
         archive.write_bytes(ray.get(artifact[0]))
         safe_extract(archive, self.folder)
         self.encoder = ArtifactEncoder(self.folder / "artifact", threads=threads)
+        self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         chunks, rows, vectors = [], [], []
-        for chunk, positions, texts in zip(batch["chunk"], batch["rows"], batch["texts"], strict=True):
-            chunks.append(np.full(len(positions), chunk))
-            rows.append(np.asarray(positions))
-            vectors.append(embed_batch(self.encoder, list(texts)))
+        for index, texts in zip(batch["chunk"], batch["texts"], strict=True):
+            chunk = chunk_work(self.encoder, int(index), list(texts), self.batch_size)
+            chunks.append(np.full(len(texts), index))
+            rows.append(np.arange(len(texts)))
+            vectors.append(embed_chunk(self.encoder, chunk))
         return {"chunk": np.concatenate(chunks), "row": np.concatenate(rows), "vector": np.concatenate(vectors)}
 
 
-def ray_engine(artifact_dir: Path, address: str | None, actors: int) -> Engine:
-    """Start (or join, with ``address``) Ray and return an engine that runs the planned batches on it."""
+def ray_engine(artifact_dir: Path, address: str | None, actors: int, batch_size: int) -> Engine:
+    """Start (or join, with ``address``) Ray and return an engine that runs whole chunks on it, each planned by the
+    actor with the local engine's rule (``embed.chunk_work``)."""
     ray = require("ray", "ray")
     require("ray.data", "ray")
     cores = os.cpu_count() or 1
@@ -73,15 +76,14 @@ def ray_engine(artifact_dir: Path, address: str | None, actors: int) -> Engine:
     threads = max(cores // actors, 1)
 
     def run(chunks: Iterable[ChunkWork]) -> Iterator[tuple[int, np.ndarray]]:
-        """One dataset over every pending chunk's batches, so the actors start once; a chunk is yielded when its
-        last row comes back."""
+        """One dataset over every pending chunk, so the actors start once; a chunk is yielded when its rows come
+        back."""
         work = {chunk.index: chunk for chunk in chunks}
-        items = [{"chunk": chunk.index, "rows": batch.tolist(), "texts": [chunk.texts[i] for i in batch]}
-                 for chunk in work.values() for batch in chunk.batches]
+        items = [{"chunk": chunk.index, "texts": chunk.texts} for chunk in work.values()]
         if not items:
             return
         dataset = ray.data.from_items(items).map_batches(
-            ArtifactActor, fn_constructor_kwargs={"artifact": [artifact], "threads": threads},
+            ArtifactActor, fn_constructor_kwargs={"artifact": [artifact], "threads": threads, "batch_size": batch_size},
             batch_size=1, concurrency=actors, num_cpus=per_actor_cpus,
         )
         vectors: dict[int, np.ndarray] = {}
