@@ -40,14 +40,19 @@ demo: $(STAMP)
 	$(PYTHON) cli.py verify $(MODEL_DIR)/release/all-MiniLM-L6-v2-x86.tar.gz
 	$(PYTHON) cli.py report dist
 
-# 100k sentences (STS-B train + dev, repeated) embedded with the x86 artifact, locally and on a local Ray with
-# two actors; each run prints its sentences/s. The vectors of the two runs are identical.
+# 100k sentences (STS-B train + dev, repeated) embedded with the x86 and x86-openvino artifacts, after `bench`
+# timed both (embed's last line puts its rate beside bench's batch-32 figure), and with x86 on a local Ray with
+# two actors. The vectors of the x86 runs are identical.
 EMBED := dist/embed
 bench-embed: $(STAMP)
 	$(PYTHON) cli.py export --target x86 --out $(EMBED)
+	$(PYTHON) cli.py export --target x86-openvino --out $(EMBED)
+	$(PYTHON) cli.py bench $(EMBED)/all-MiniLM-L6-v2
 	$(PYTHON) -c "from core.data import load_stsb; s = load_stsb('train').unique_sentences() + load_stsb('dev').unique_sentences(); open('$(EMBED)/corpus-100k.txt', 'w', encoding='utf-8').write(''.join(s[i % len(s)] + '\n' for i in range(100_000)))"
-	rm -rf $(EMBED)/vectors-local $(EMBED)/vectors-ray
+	rm -rf $(EMBED)/vectors-local $(EMBED)/vectors-openvino $(EMBED)/vectors-ray
 	$(PYTHON) cli.py embed $(EMBED)/all-MiniLM-L6-v2/x86 --input $(EMBED)/corpus-100k.txt --output $(EMBED)/vectors-local
+	$(PYTHON) cli.py embed $(EMBED)/all-MiniLM-L6-v2/x86-openvino --input $(EMBED)/corpus-100k.txt \
+		--output $(EMBED)/vectors-openvino
 	RAY_USAGE_STATS_ENABLED=0 $(PYTHON) cli.py embed $(EMBED)/all-MiniLM-L6-v2/x86 --input $(EMBED)/corpus-100k.txt \
 		--output $(EMBED)/vectors-ray --engine ray --actors 2
 
