@@ -19,6 +19,7 @@ from typing import Any
 from converters.base import Runner, StructuralReport
 from core.config import BuildConfig
 from core.errors import ArtifactError, ConfigError
+from core.model_source import ModelSource
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class ArtifactFormat:
     sequence_multiple: int = 1
     # Why a model cannot take this format, read from the model's files before anything loads (None: it can); the
     # export reports the refusal in one line and builds the target's other artifacts.
-    refusal: Callable[[Path], str | None] | None = None
+    refusal: Callable[[ModelSource], str | None] | None = None
 
     def converter_module(self) -> ModuleType:
         return importlib.import_module(self.converter)

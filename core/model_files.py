@@ -19,6 +19,7 @@ import json
 import math
 import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -157,10 +158,29 @@ def check_links_stay_inside(path: Path) -> None:
             raise ModelSourceError(f"{entry} is a symlink leading out of the model directory; copy the file in")
 
 
-def check_model_files(path: Path) -> None:
-    """Every file of every module that sentence-transformers will read, before it reads them."""
+@dataclass(frozen=True)
+class ModelLayout:
+    """What the checks of a model directory read, so nothing reads it again: its modules and the Transformer's."""
+
+    modules: tuple[dict, ...]  # modules.json, every entry checked
+    transformer_dir: Path  # the first module's folder, inside the model directory
+    model_type: str  # config.json's model_type there
+
+
+def check_model_dir(path: Path, spec: str) -> list[dict]:
+    """A sentence-transformers directory: modules.json present and checked, no symlink leading out; its modules."""
+    if not (path / "modules.json").is_file():
+        raise ModelSourceError(f"{spec!r} is not a sentence-transformers model directory (no modules.json in {path})")
     check_links_stay_inside(path)
-    for entry in check_modules(path):
+    return check_modules(path)
+
+
+def check_model_files(path: Path, spec: str) -> ModelLayout:
+    """Every file of every module that sentence-transformers will read, before it reads them: the one check of a
+    model directory (its result travels with the ModelSource)."""
+    modules = check_model_dir(path, spec)
+    config: dict = {}
+    for entry in modules:
         folder = contained(path, entry.get("path", ""), ModelSourceError, f"{path / 'modules.json'}")
         for name in JSON_FILES:
             if (folder / name).exists():
@@ -168,9 +188,12 @@ def check_model_files(path: Path) -> None:
         check_module_config(folder, MODULE_TYPES[entry["type"]])
         headers = [safetensors_header(p) for p in sorted(folder.glob("*.safetensors"))]
         if MODULE_TYPES[entry["type"]] == "Transformer":
-            config = check_transformer_config(folder / "config.json", headers)
+            checked = check_transformer_config(folder / "config.json", headers)
+            config = config or checked  # the first module's: the one the graph is built from
             if (folder / "tokenizer.json").exists():
-                check_tokenizer(folder / "tokenizer.json", config)
+                check_tokenizer(folder / "tokenizer.json", checked)
+    transformer_dir = contained(path, modules[0].get("path", ""), ModelSourceError, f"{path / 'modules.json'}")
+    return ModelLayout(tuple(modules), transformer_dir, config["model_type"])
 
 
 def read_tokenizer(path: Path, error: type[ToolchainError], fix: str) -> Tokenizer:

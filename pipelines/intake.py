@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from core.errors import ModelSourceError, OutputError
-from core.model_source import check_model_dir
+from core.model_files import check_model_dir
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 PART = re.compile(r"\.zip\.(\d{3})$")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from core.config import BuildConfig
 from core.errors import ToolchainError, gist
+from core.model_source import ModelSource
 from pipelines.export import ArtifactResult, PrintProgress, Progress, export, preflight, sigterm_as_interrupt
 from pipelines.staging import recover_if_free
 
@@ -50,11 +51,11 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child(config: BuildConfig, events: multiprocessing.Queue, parent: int) -> None:
+def _child(config: BuildConfig, source: ModelSource, events: multiprocessing.Queue, parent: int) -> None:
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     try:
-        events.put(("done", export(config, _QueueProgress(events))))
+        events.put(("done", export(config, _QueueProgress(events), source)))
     except ToolchainError as exc:
         events.put(("error", (str(exc), exc.exit_code)))
     except BaseException as exc:  # a bug: the full trace goes to the log, one line to the user
@@ -65,10 +66,10 @@ def _child(config: BuildConfig, events: multiprocessing.Queue, parent: int) -> N
 def export_isolated(config: BuildConfig, progress: Progress | None = None) -> list[ArtifactResult]:
     """``pipelines.export.export`` in a child process; same results, same errors, prompt interruption."""
     progress = progress or PrintProgress()
-    preflight(config)  # bad input fails here at once, without starting a process
+    source, _, _ = preflight(config)  # bad input fails here at once, without starting a process; checked once
     context = multiprocessing.get_context("spawn")
     events = context.Queue()
-    child = context.Process(target=_child, args=(config, events, os.getpid()), name="export", daemon=True)
+    child = context.Process(target=_child, args=(config, source, events, os.getpid()), name="export", daemon=True)
     with sigterm_as_interrupt():
         try:
             child.start()

@@ -21,6 +21,7 @@ import shutil
 import sys
 import tarfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,13 +29,14 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import core.model_files as model_files
 from cli import main
 from core.config import BuildConfig
 from core.data import read_corpus
 from core.errors import ToolchainError
 from core.manifest import read_manifest, sha256_file, write_json_atomic
 from core.model_source import load_sentence_transformer
-from pipelines.export import check_build, export
+from pipelines.export import check_build, export, preflight
 from pipelines.gatekeeper import verify_path
 from pipelines.package import write_archive
 from tests.tiny_models import FAMILIES, build_tiny_model
@@ -248,6 +250,21 @@ def test_kept_aside_model_cases_are_one_line_exit_2(tiny_model, workspace, case,
     assert result.exit_code == 2, result.output
     assert len(result.stderr.strip().splitlines()) == 1 and needle in result.stderr, result.stderr
     assert not out.exists()
+
+
+def test_one_export_checks_the_model_folder_once(tiny_model, workspace, monkeypatch):
+    """The checked model (ModelSource.layout) travels: preflight checks the folder, and the build, in process or in
+    the isolated child that is handed the checked source, reads nothing of it again to decide anything."""
+    checked = []
+    check_modules = model_files.check_modules
+    monkeypatch.setattr(model_files, "check_modules", lambda path: checked.append(path) or check_modules(path))
+    config = BuildConfig(model=str(tiny_model), target="all", out=str(workspace / "checked-once"))
+    source, _, refused = preflight(config)  # every target's formats asked whether they refuse it (MediaPipe reads)
+    assert len(checked) == 1 and not refused
+    (child,) = export(replace(config, target="x86"), source=source)  # what export_isolated's child runs
+    assert child.ok and len(checked) == 1
+    (in_process,) = export(replace(config, target="gpu"))
+    assert in_process.ok and len(checked) == 2
 
 
 def _rename_tensor(path: Path, old: str, new: str) -> None:

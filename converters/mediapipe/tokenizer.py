@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
 
 from core.errors import ModelSourceError
-from core.model_files import check_modules
-from core.safe_io import MAX_JSON_BYTES, contained, read_json
+from core.model_source import ModelSource
+from core.safe_io import MAX_JSON_BYTES, read_json
 
 # The names MediaPipe's BERT tokenizer looks up, by the role the model's own special token plays.
 MEDIAPIPE_SPECIALS = {"cls": "[CLS]", "sep": "[SEP]", "unk": "[UNK]"}
@@ -108,16 +107,9 @@ def mediapipe_vocabulary(tokenizer: dict) -> MediaPipeVocabulary:
     return MediaPipeVocabulary(tuple(tokens), renamed, NORMALIZATION)
 
 
-def transformer_tokenizer(model_dir: Path) -> Path:
-    """The tokenizer.json of the model's Transformer module."""
-    entry = check_modules(model_dir)[0]
-    folder = contained(model_dir, entry.get("path", ""), ModelSourceError, str(model_dir / "modules.json"))
-    return folder / "tokenizer.json"
-
-
-def refusal(model_dir: Path) -> str | None:
+def refusal(source: ModelSource) -> str | None:
     """Why MediaPipe cannot take this model (read from its files, nothing loaded); None when it can."""
-    path = transformer_tokenizer(model_dir)
+    path = source.layout.transformer_dir / "tokenizer.json"
     if not path.is_file():
         return "it has no tokenizer.json, from which the MediaPipe vocabulary is made"
     try:
