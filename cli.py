@@ -1,5 +1,6 @@
-"""Command line: export, verify, bench and package sentence-embedding artifacts.
+"""Command line: export, verify, bench, package and embed with sentence-embedding artifacts.
 
+    python cli.py targets   # the registered targets (x86, x86-openvino, mobile, apple, gpu, web, ...) and gates
     python cli.py export --target x86 [--model DIR|PACKAGE|HUB-ID] [--dims 128|auto [--max-drop 0.5]] [--out dist/]
     python cli.py verify dist/all-MiniLM-L6-v2/x86
     python cli.py bench  dist/all-MiniLM-L6-v2/x86
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import click
 
+from core.config import QUANTIZATION_MODES
 from core.cpu import ARM_CPU_MODELS, ISA_CLASSES
 from core.errors import ToolchainError
+from targets import TARGETS
 
 # Converters print pages of third-party progress bars and warnings; the CLI shows its own progress,
 # and what goes wrong reaches the user as one error line.
@@ -86,7 +89,7 @@ class DimsParam(click.ParamType):
 
 @main.command()
 @click.option("--target", "target", default="x86", show_default=True,
-              help="x86, x86-openvino, mobile, apple, gpu or all")
+              help=f"{', '.join(TARGETS)} or all (`cli.py targets` lists their artifacts and gates)")
 @click.option("--model", default=None, help="model dir, pip package or hub id [default: bundled all-MiniLM-L6-v2]")
 @click.option("--dims", type=DimsParam(), default=None,
               help="PCA output dimensions folded into the graph, or 'auto': the smallest within --max-drop")
@@ -100,7 +103,7 @@ class DimsParam(click.ParamType):
                    "manifest's checksums (other options are ignored, but pickle and remote code need "
                    "--allow-pickle / --trust-remote-code here whatever the file says)")
 @click.option("--check", is_flag=True, help="with --config: exit 1 unless the rebuilt bytes match the manifest")
-@click.option("--quantization", type=click.Choice(["dynamic", "static"]), default=None,
+@click.option("--quantization", type=click.Choice(QUANTIZATION_MODES), default=None,
               help="int8 ONNX: dynamic (default) or static QDQ calibrated on STS-B train sentences")
 @click.option("--isa", type=click.Choice(list(ISA_CLASSES)), default=None,
               help="x86 int8: the CPU class it will run on [default: avx2, correct on any x86-64 server]")

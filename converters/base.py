@@ -108,6 +108,15 @@ class ManyBatchRunner(Runner, Protocol):
         ...
 
 
+@runtime_checkable
+class TimedInsideRunner(Protocol):
+    """A runtime timed inside itself (the web artifact in the browser page: no Python round trip per batch)."""
+
+    def latency_ms(self, batches: list[dict[str, np.ndarray]], repeats: int) -> list[float]:
+        """Milliseconds per run of each batch, ``repeats`` passes over ``batches`` in order."""
+        ...
+
+
 @dataclass
 class StructuralReport:
     """A format's own checks of an artifact beyond parity (spec, program)."""

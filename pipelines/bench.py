@@ -5,7 +5,8 @@ Workload: STS-B dev sentences sorted by length (as sentence-transformers batches
 - throughput: batch 32 over ``throughput_sentences`` sentences, median of ``repeats`` passes;
 - latency: batch 1 over ``latency_sentences`` sentences spread over the length range, p50/p95;
 - fixed-shape artifacts also report batch-1 latency per sequence bucket.
-Tokenization is inside every timing, as an app would see it.
+Tokenization is inside every timing, as an app would see it, except where the runtime times itself
+(``TimedInsideRunner``: the web artifact, timed inside the browser page on token ids).
 
 Each worker imports only its own engine's stack (torch for the baseline, the format's runtime for an
 artifact), so the peak memory a row reports is that engine's own.
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from converters.base import TextRunner
+from converters.base import TextRunner, TimedInsideRunner
 from core.cpu import compute_precision, cpu_isa, cpu_mismatch, cpu_name, peak_gops
 from core.data import load_stsb
 from core.errors import ArtifactError
@@ -170,7 +171,7 @@ def run_worker(job: dict) -> dict:
         encoder = ArtifactEncoder(Path(job["artifact"]), threads=config.threads)
         if encoder.emulated:  # timing a stand-in would mislead: report why there is no figure instead
             return {**result, "skipped": f"{encoder.runtime_name}: no speed figure on this OS"}
-        timed_inside = hasattr(encoder.runner, "latency_ms")
+        timed_inside = isinstance(encoder.runner, TimedInsideRunner)
         result.update(time_inside_runtime(encoder, config) if timed_inside else time_engine(encoder.encode, config))
         result["label"] = artifact_label(encoder.manifest)
         result["runtime"] = encoder.runtime_name

@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 
 from converters.base import Calibration, Conversion
 from converters.registry import get_format
-from core.config import BuildConfig
+from core.config import QUANTIZATION_MODES, BuildConfig
 from core.cpu import cpu_isa, isa_class
 from core.data import load_stsb, read_corpus
 from core.errors import ConfigError, GateError, OutputError, ToolchainError
@@ -122,8 +122,9 @@ def check_build(config: BuildConfig, source: ModelSource | None = None) -> tuple
                           f"--dims {config.dims}")
     if config.isa is not None:
         isa_class(config.isa)
-    if config.quantization not in (None, "dynamic", "static"):
-        raise ConfigError(f"--quantization must be 'dynamic' or 'static', got {config.quantization!r}")
+    if config.quantization not in (None, *QUANTIZATION_MODES):
+        raise ConfigError(f"--quantization must be one of {', '.join(QUANTIZATION_MODES)}, "
+                          f"got {config.quantization!r}")
     if config.fit_corpus:
         read_corpus(Path(config.fit_corpus))
     check_output_dir(Path(config.out))

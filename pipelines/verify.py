@@ -54,6 +54,9 @@ class Parity:
     # Text-in artifacts (MediaPipe): STS-B dev and core.data.TOKENIZER_TEXTS, as raw strings and after the app-side
     # normalisation, each {"mean_cosine", "min_cosine"}; None for artifacts that take token ids.
     app_text: dict | None = None
+    # Texts the source model itself embeds as the zero vector (a degenerate model): no cosine can judge the
+    # artifact on them, so they are left out of the cosines and the gate says so.
+    zero_reference_rows: int = 0
 
     def to_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -69,7 +72,9 @@ def measure_parity(embed, reference: Reference, limit: int | None = None, pairs:
     source = reference.source_embeddings(sentences)
     expected = reference.project(source)
     finite = np.isfinite(got).all(axis=1)
-    cos = np.nan_to_num(np.where(finite, row_cosines(got, expected), -1.0), nan=-1.0)
+    judged = np.linalg.norm(expected, axis=1) > 0
+    cos = np.nan_to_num(np.where(finite, row_cosines(got, expected), -1.0), nan=-1.0)[judged | ~finite]
+    cos = cos if cos.size else np.ones(1)
     spearman = sts_spearman(np.nan_to_num(got), sentences, pairs) if finite.all() else float("nan")
     spearman_source = sts_spearman(source, sentences, pairs)
     return Parity(
@@ -83,6 +88,7 @@ def measure_parity(embed, reference: Reference, limit: int | None = None, pairs:
         spearman_source=spearman_source,
         spearman_drop=spearman_source - spearman,
         pca_dims=reference.projection.dims if reference.projection is not None else None,
+        zero_reference_rows=int((~judged).sum()),
     )
 
 
@@ -90,6 +96,9 @@ def gate_failures(parity: Parity, gate: Gate, structure: dict | None = None) -> 
     """Every way the parity (and the format's own program runs in ``structure``) misses the gate, as readable
     sentences; empty means pass."""
     failures = []
+    if parity.zero_reference_rows:
+        failures.append(f"the source model embeds {parity.zero_reference_rows} of {parity.sentences} texts as the "
+                        "zero vector (a degenerate model): the artifact cannot be judged on them; fix the model")
     if parity.nonfinite_rows:
         failures.append(f"{parity.nonfinite_rows} of {parity.sentences} embeddings contain NaN or inf")
     if not parity.mean_cosine >= gate.min_mean_cosine:
@@ -97,7 +106,7 @@ def gate_failures(parity: Parity, gate: Gate, structure: dict | None = None) -> 
     if not parity.min_cosine >= gate.min_cosine:
         failures.append(f"min cosine {parity.min_cosine:.4f} < {gate.min_cosine}")
     max_drop = gate.max_spearman_drop + (gate.pca_extra_drop if parity.pca_dims else 0.0)
-    if not parity.spearman_drop <= max_drop:
+    if not parity.spearman_drop <= max_drop and not parity.zero_reference_rows:  # else the source's own is NaN
         failures.append(f"STS-B Spearman drop {parity.spearman_drop:.2f} > {max_drop} points vs the fp32 model")
     if parity.test_vectors_min_cosine is not None and not parity.test_vectors_min_cosine >= gate.min_cosine:
         failures.append(f"test vectors: min cosine {parity.test_vectors_min_cosine:.4f} < {gate.min_cosine}")

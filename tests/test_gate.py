@@ -14,8 +14,11 @@ from onnx import helper
 
 from core.errors import ArtifactError
 from core.manifest import checksums, file_sizes, write_json_atomic
+from core.reference import Reference
 from pipelines.gatekeeper import verify_path
 from pipelines.package import package_all, safe_extract
+from pipelines.verify import gate_failures, measure_parity
+from targets.base import target_gate
 
 QUICK = 60  # STS-B dev pairs per verify here; the full set runs in test_x86
 
@@ -189,3 +192,21 @@ def test_verify_reaches_the_verdict_export_recorded(tiny_exports, folder):
     for kind in ("normalized", "raw"):
         for subset, figures in (manifest["parity"]["app_text"] or {}).get(kind, {}).items():
             assert row["parity"]["app_text"][kind][subset] == pytest.approx(figures, abs=1e-5), (kind, subset)
+
+
+class _ZeroForFirstRows(Reference):
+    """The bundled model made degenerate: it embeds the first three STS-B dev sentences as the zero vector."""
+
+    def source_embeddings(self, sentences):
+        embeddings = super().source_embeddings(sentences).copy()
+        embeddings[:3] = 0.0
+        return embeddings
+
+
+def test_a_source_model_that_embeds_zero_vectors_is_named_not_a_cosine_of_minus_one(st_model, source):
+    reference = _ZeroForFirstRows(st_model, source)
+    faithful = Reference(st_model, source)  # an artifact that reproduces the model, except its zero rows
+    parity = measure_parity(faithful.source_embeddings, reference, limit=QUICK)
+    failures = gate_failures(parity, target_gate("x86", "onnx"))
+    assert parity.zero_reference_rows == 3 and parity.min_cosine > 0.9999
+    assert len(failures) == 1 and "zero vector (a degenerate model)" in failures[0], failures

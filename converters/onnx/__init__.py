@@ -12,7 +12,6 @@ from converters.base import AccuracyTarget
 from converters.registry import ArtifactFormat, register_format
 from core.config import BuildConfig
 from core.cpu import PORTABLE_ISA, isa_class
-from core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -69,9 +68,7 @@ def with_build(options: OnnxOptions, config: BuildConfig) -> OnnxOptions:
     if options.precision != "int8":
         return options
     quant = options.quant
-    if config.quantization is not None:
-        if config.quantization not in ("dynamic", "static"):
-            raise ConfigError(f"--quantization must be 'dynamic' or 'static', got {config.quantization!r}")
+    if config.quantization is not None:  # one of core.config.QUANTIZATION_MODES: the build checked it
         quant = replace(quant, mode=config.quantization)
         if quant.mode == "static":
             # QDQ quantizes the standard ops only (a fused Attention would stay fp32): ONNX Runtime fuses the

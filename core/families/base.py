@@ -43,7 +43,6 @@ class Family:
     fuses_attention: bool = True
     # Config field names where the family's config differs from BERT's (DistilBERT: hidden_dim, ...).
     config_fields: Mapping[str, str] = field(default_factory=dict)
-    causal: bool = False
     # Artifact formats this family cannot be converted to, with the reason (one line each).
     refused_formats: Mapping[str, str] = field(default_factory=dict)
 
@@ -86,8 +85,6 @@ class SlidingWindowEncoder(Family):
 class Decoder(Family):
     """Causal decoder used as an embedder (last-token pooling, right padding: the last real token sees the
     whole sentence and no padding)."""
-
-    causal: bool = True
 
     def attention_masks(self, attention_mask: torch.Tensor, dtype: torch.dtype, config: Any) -> Any:
         padding = padding_bias(attention_mask, dtype)
