@@ -33,6 +33,8 @@ VERSIONED_PACKAGES = (
     "ai-edge-litert",
     "executorch",
     "coremltools",
+    "openvino",
+    "mediapipe",
     "numpy",
 )
 
