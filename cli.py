@@ -118,9 +118,10 @@ def export(target, model, dims, max_drop, fit_corpus, out, config_file, check, q
     """Convert, verify and gate the model for one target (or all)."""
     from core.config import BuildConfig
     from pipelines.chatter import log_path
-    from pipelines.export import count_artifacts, rebuild_config, rebuild_differences
     from pipelines.isolated import export_isolated as run_export
     from pipelines.layouts import layout_folder, layouts_for_target, write_layout
+    from pipelines.preflight import count_artifacts
+    from pipelines.rebuild import rebuild_config, rebuild_differences
     from pipelines.summary import RichProgress, print_summary
 
     original = None

@@ -10,7 +10,7 @@ from core.errors import ConfigError
 from core.safe_io import read_json
 
 MAX_CONFIG_BYTES = 16 << 20
-QUANTIZATION_MODES = ("dynamic", "static")  # --quantization: checked once, in pipelines.export.check_build
+QUANTIZATION_MODES = ("dynamic", "static")  # --quantization: checked once, in pipelines.preflight.check_build
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from core.errors import ModelSourceError, ToolchainError, gist
+from core.manifest import DISTILLATION_FIELDS, check_fields
 from core.safe_io import MAX_JSON_BYTES, contained, read_capped, read_json
 
 # modules.json types, by full import path: the names sentence-transformers writes now and wrote before.
@@ -39,6 +40,7 @@ MODULE_TYPES: dict[str, str] = {
     for kind, homes in _MODULE_HOMES.items()
     for home in ("models", *homes)
 }
+DISTILL_RECORD = "distillation.json"  # written by `distill` beside the model it made
 JSON_FILES = ("config.json", "sentence_bert_config.json", "config_sentence_transformers.json",
               "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
 MAX_SAFETENSORS_HEADER = 100 << 20
@@ -165,6 +167,7 @@ class ModelLayout:
     modules: tuple[dict, ...]  # modules.json, every entry checked
     transformer_dir: Path  # the first module's folder, inside the model directory
     model_type: str  # config.json's model_type there
+    distillation: dict | None  # the record `distill` left (its manifests' model.distillation); None if none
 
 
 def check_model_dir(path: Path, spec: str) -> list[dict]:
@@ -193,7 +196,25 @@ def check_model_files(path: Path, spec: str) -> ModelLayout:
             if (folder / "tokenizer.json").exists():
                 check_tokenizer(folder / "tokenizer.json", checked)
     transformer_dir = contained(path, modules[0].get("path", ""), ModelSourceError, f"{path / 'modules.json'}")
-    return ModelLayout(tuple(modules), transformer_dir, config["model_type"])
+    return ModelLayout(tuple(modules), transformer_dir, config["model_type"], read_distillation(path))
+
+
+def read_distillation(model_dir: Path) -> dict | None:
+    """What a model directory's distillation record says about where it came from, for its artifacts' manifests;
+    None for a model that was not distilled here."""
+    path = model_dir / DISTILL_RECORD
+    if not path.is_file():
+        return None
+    record = read_json(path, ModelSourceError, "distillation record")
+    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    # The manifest's entry, checked by the same schema the manifest reader uses (core.manifest).
+    entry = {**{key: record.get(key) for key in DISTILLATION_FIELDS if key != "matryoshka_dims"},
+             "matryoshka_dims": config.get("matryoshka_dims")}
+    where = f"{path} is damaged (delete it if the model was not distilled, or distill again)"
+    check_fields(entry, DISTILLATION_FIELDS, ModelSourceError, where)
+    if not all(isinstance(i, int) for i in entry["kept_layers"] + (entry["matryoshka_dims"] or [])):
+        raise ModelSourceError(f"{where}: layer indices and sizes must be whole numbers")
+    return entry
 
 
 def read_tokenizer(path: Path, error: type[ToolchainError], fix: str) -> Tokenizer:

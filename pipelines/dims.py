@@ -65,7 +65,7 @@ def vector_quality(fit: np.ndarray, dev: np.ndarray, projection: Projection | No
 def sweep(fit: np.ndarray, dev: np.ndarray, max_drop: float | None = None,
           candidates: Sequence[int] = CANDIDATE_DIMS) -> DimsSweep:
     """``fit``/``dev``: the source model's embeddings of the fit corpus and of the STS-B dev sentences."""
-    max_drop = DEFAULT_MAX_DROP if max_drop is None else max_drop  # checked by pipelines.export.check_build
+    max_drop = DEFAULT_MAX_DROP if max_drop is None else max_drop  # checked by pipelines.preflight.check_build
     rows = vector_quality(fit, dev, None)
     for dims in sorted(d for d in candidates if d < min(fit.shape[1], len(fit))):
         rows += vector_quality(fit, dev, fit_pca(fit, dims))

@@ -21,13 +21,11 @@ import numpy as np
 import torch
 
 from core.data import load_stsb, read_corpus
-from core.errors import ConfigError, ModelSourceError, OutputError
-from core.manifest import DISTILLATION_FIELDS, check_fields, write_json_atomic
+from core.errors import ConfigError, OutputError
+from core.manifest import write_json_atomic
 from core.metrics import sts_spearman
+from core.model_files import DISTILL_RECORD
 from core.pca import fit_pca
-from core.safe_io import read_json
-
-DISTILL_RECORD = "distillation.json"
 
 
 @dataclass(frozen=True)
@@ -188,24 +186,6 @@ def distill(teacher, teacher_name: str, config: DistillConfig, sentences: list[s
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
-
-
-def read_distillation(model_dir: Path) -> dict | None:
-    """What a model directory's distillation record says about where it came from, for its artifacts' manifests;
-    None for a model that was not distilled here."""
-    path = model_dir / DISTILL_RECORD
-    if not path.is_file():
-        return None
-    record = read_json(path, ModelSourceError, "distillation record")
-    config = record.get("config") if isinstance(record.get("config"), dict) else {}
-    # The manifest's entry, checked by the same schema the manifest reader uses (core.manifest).
-    entry = {**{key: record.get(key) for key in DISTILLATION_FIELDS if key != "matryoshka_dims"},
-             "matryoshka_dims": config.get("matryoshka_dims")}
-    where = f"{path} is damaged (delete it if the model was not distilled, or distill again)"
-    check_fields(entry, DISTILLATION_FIELDS, ModelSourceError, where)
-    if not all(isinstance(i, int) for i in entry["kept_layers"] + (entry["matryoshka_dims"] or [])):
-        raise ModelSourceError(f"{where}: layer indices and sizes must be whole numbers")
-    return entry
 
 
 def training_sentences(corpus: str | None) -> list[str]:

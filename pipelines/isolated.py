@@ -20,8 +20,9 @@ from pathlib import Path
 from core.config import BuildConfig
 from core.errors import ToolchainError, gist
 from core.model_source import ModelSource
-from pipelines.export import ArtifactResult, PrintProgress, Progress, export, preflight, sigterm_as_interrupt
-from pipelines.staging import recover_if_free
+from pipelines.export import ArtifactResult, PrintProgress, Progress, export
+from pipelines.preflight import preflight
+from pipelines.staging import recover_if_free, sigterm_as_interrupt
 
 PR_SET_PDEATHSIG = 1
 POLL_S = 0.2

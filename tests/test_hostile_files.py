@@ -36,9 +36,10 @@ from core.data import read_corpus
 from core.errors import ToolchainError
 from core.manifest import read_manifest, sha256_file, write_json_atomic
 from core.model_source import load_sentence_transformer
-from pipelines.export import check_build, export, preflight
+from pipelines.export import export
 from pipelines.gatekeeper import verify_path
 from pipelines.package import write_archive
+from pipelines.preflight import check_build, preflight
 from tests.tiny_models import FAMILIES, build_tiny_model
 
 HONEYPOT = "outside"

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from cli import main
 from core.config import BuildConfig
 from core.manifest import sha256_file
-from pipelines.export import export, rebuild_config
+from pipelines.export import export
+from pipelines.rebuild import rebuild_config
 
 
 def test_rebuild_from_manifest_goes_to_out_and_checks_every_byte(x86_artifact, tmp_path):

@@ -1,0 +1,77 @@
+"""Every check of an export that needs no model loaded: options, corpus, output folder, the model folder (checked
+once, by ``resolve_model``), its family, and the artifacts the family or the model's own files refuse."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from converters.registry import get_format
+from core.config import QUANTIZATION_MODES, BuildConfig
+from core.cpu import isa_class
+from core.data import read_corpus
+from core.errors import ConfigError, OutputError
+from core.families import Family, family_for
+from core.model_source import ModelSource, check_weights_are_safe, resolve_model
+from targets.base import Target, get_targets
+
+
+def check_build(config: BuildConfig, source: ModelSource | None = None) -> tuple[ModelSource, Family]:
+    """Every check that needs no model loaded: options, corpus, output folder, model directory and family. A
+    ``source`` already resolved (and so checked: the parent of an isolated build) is not checked again."""
+    if isinstance(config.dims, str) and config.dims != "auto" or isinstance(config.dims, int) and config.dims <= 0:
+        raise ConfigError(f"--dims must be a positive number of dimensions or 'auto', got {config.dims}")
+    if config.max_drop is not None and (config.dims != "auto" or config.max_drop < 0):
+        raise ConfigError(f"--max-drop (STS-B points, >= 0) goes with --dims auto, got {config.max_drop} with "
+                          f"--dims {config.dims}")
+    if config.isa is not None:
+        isa_class(config.isa)
+    if config.quantization not in (None, *QUANTIZATION_MODES):
+        raise ConfigError(f"--quantization must be one of {', '.join(QUANTIZATION_MODES)}, "
+                          f"got {config.quantization!r}")
+    if config.fit_corpus:
+        read_corpus(Path(config.fit_corpus))
+    check_output_dir(Path(config.out))
+    source = source or resolve_model(config.model, trust_remote_code=config.trust_remote_code)
+    check_weights_are_safe(source.path, config.allow_pickle)
+    return source, family_for(source.layout.model_type)
+
+
+def refusals(family: Family, source: ModelSource, targets: list[Target]) -> dict[tuple[str, str], str]:
+    """(target, folder) -> why, for every planned artifact whose format the family, or this model's own files
+    (a tokenizer the format's runtime cannot reproduce), cannot take."""
+    refused = {}
+    for target in targets:
+        for plan in target.plans:
+            check = get_format(plan.format).refusal
+            what = f"cannot be exported to {target.name} {plan.description}"
+            if plan.format in family.refused_formats:
+                reason = family.refused_formats[plan.format]
+                refused[target.name, plan.folder] = f"{family.name} models {what}: {reason}"
+            elif check and (reason := check(source)):
+                refused[target.name, plan.folder] = f"{source.name} ({family.name}) {what}: {reason}"
+    return refused
+
+
+def check_output_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output path {str(out)!r} is a file; pass a directory to --out")
+    probe_dir = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(probe_dir, os.W_OK):
+        raise OutputError(f"output directory {str(probe_dir)!r} is not writable; pass a writable --out")
+
+
+def count_artifacts(config: BuildConfig) -> int:
+    return sum(len(t.plans) for t in get_targets(config.target))
+
+
+def preflight(config: BuildConfig, source: ModelSource | None = None
+              ) -> tuple[ModelSource, list[Target], dict[tuple[str, str], str]]:
+    """Every check that needs no model loaded, and the artifacts the model's family refuses; raises the first
+    bad input as one line."""
+    targets = get_targets(config.target)
+    source, family = check_build(config, source)
+    refused = refusals(family, source, targets)
+    if len(refused) == count_artifacts(config):  # nothing left to build: one line, before any work
+        raise ConfigError(next(iter(refused.values())))
+    return source, targets, refused
