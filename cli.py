@@ -20,7 +20,7 @@ import click
 from core.config import QUANTIZATION_MODES
 from core.cpu import ARM_CPU_MODELS, ISA_CLASSES
 from core.errors import ToolchainError
-from targets import TARGETS
+from pipelines.summary import target_names
 
 # Converters print pages of third-party progress bars and warnings; the CLI shows its own progress,
 # and what goes wrong reaches the user as one error line.
@@ -89,7 +89,7 @@ class DimsParam(click.ParamType):
 
 @main.command()
 @click.option("--target", "target", default="x86", show_default=True,
-              help=f"{', '.join(TARGETS)} or all (`cli.py targets` lists their artifacts and gates)")
+              help=f"{', '.join(target_names())} or all (`cli.py targets` lists their artifacts and gates)")
 @click.option("--model", default=None, help="model dir, pip package or hub id [default: bundled all-MiniLM-L6-v2]")
 @click.option("--dims", type=DimsParam(), default=None,
               help="PCA output dimensions folded into the graph, or 'auto': the smallest within --max-drop")

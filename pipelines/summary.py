@@ -147,6 +147,11 @@ def print_arm64(console, results: list[dict]) -> None:
     console.print(table)
 
 
+def target_names() -> list[str]:
+    """The registered targets, in the order of ``--target all``."""
+    return list(TARGETS)
+
+
 def print_targets(console) -> None:
     table = Table(title="Targets")
     for column in ("target", "folder", "artifact", "gate: mean cos / min cos / max STS-B drop", "target is"):
