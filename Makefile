@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   creates .venv if missing, installs, exports the bundled model to every target, verifies (the phone
-#               artifacts on emulated ARM64 CPUs too), benchmarks
+#               artifacts on emulated ARM64 CPUs too), benchmarks, packages signed release archives (a key it
+#               generates in dist/keys) and verifies one against the public key
 #   make test   creates .venv if missing, installs, runs the test suite
 PY ?= python3
 VENV := .venv
@@ -28,6 +29,7 @@ $(STAMP): pyproject.toml constraints.txt converters/web/package-lock.json
 	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	npm ci --prefix converters/web --ignore-scripts --no-audit --no-fund --loglevel=error
+	$(PYTHON) -c "from pipelines.signing import signing_python; signing_python()"  # model-signing's own venv
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -36,8 +38,8 @@ demo: $(STAMP)
 	$(PYTHON) cli.py export --target x86 --dims auto --max-drop 0.5
 	$(PYTHON) cli.py bench dist --json dist/bench.json
 	$(PYTHON) cli.py verify $(MODEL_DIR)/mobile --arch arm64 --sentences 50
-	$(PYTHON) cli.py package $(MODEL_DIR)
-	$(PYTHON) cli.py verify $(MODEL_DIR)/release/all-MiniLM-L6-v2-x86.tar.gz
+	$(PYTHON) cli.py package $(MODEL_DIR) --new-key dist/keys
+	$(PYTHON) cli.py verify $(MODEL_DIR)/release/all-MiniLM-L6-v2-x86.tar.gz --public-key dist/keys/signing-key.pub.pem
 	$(PYTHON) cli.py report dist
 
 # 100k sentences (STS-B train + dev, repeated) embedded with the x86 and x86-openvino artifacts, after `bench`

@@ -184,11 +184,15 @@ def list_targets() -> None:
               help="with --arch arm64: the CPU model(s) [default: all: " + ", ".join(ARM_CPU_MODELS) + "]")
 @click.option("--sentences", type=int, default=None,
               help="with --arch arm64: STS-B dev sentences per CPU model (the test vectors always run) [default: 300]")
-def verify(path, min_cosine, max_spearman_drop, model, as_json, quick, strict, arch, cpus, sentences) -> None:
+@click.option("--public-key", type=click.Path(path_type=Path), default=None,
+              help="refuse any artifact whose model-signing signature this PEM public key does not verify (checked "
+                   "first; `package --sign-key` signs)")
+def verify(path, min_cosine, max_spearman_drop, model, as_json, quick, strict, arch, cpus, sentences,
+           public_key) -> None:
     """Gate before deployment: checksums, test vectors, STS-B parity. Exits 1 on a failed gate, 2 on a damaged
     artifact. With --arch arm64, the phone artifacts run on emulated ARM64 CPU kernels instead."""
     host_only = {"--min-cosine": min_cosine is not None, "--max-spearman-drop": max_spearman_drop is not None,
-                 "--quick": quick, "--strict": strict}
+                 "--quick": quick, "--strict": strict, "--public-key": public_key is not None}
     arm64_only = {"--cpu": bool(cpus), "--sentences": sentences is not None}
     misplaced = [name for name, given in (host_only if arch == "arm64" else arm64_only).items() if given]
     if misplaced:
@@ -204,7 +208,8 @@ def verify(path, min_cosine, max_spearman_drop, model, as_json, quick, strict, a
 
         with _third_party_output("verify"):
             results = verify_path(path, model=model, min_mean_cosine=min_cosine,
-                                  max_spearman_drop=max_spearman_drop, limit=200 if quick else None, strict=strict)
+                                  max_spearman_drop=max_spearman_drop, limit=200 if quick else None, strict=strict,
+                                  public_key=public_key)
     if as_json:
         click.echo(json.dumps({"ok": all(r["ok"] for r in results), "artifacts": results}, indent=2))
     else:
@@ -266,13 +271,25 @@ def bench(path, threads, repeats, json_out, vs_peers, device, batch_size, strict
 @click.option("--layout", "layout_name", default=None,
               help="archive each artifact in a library's layout instead: sentence-transformers, fastembed, "
                    "transformers.js")
-def package(path, out, layout_name) -> None:
+@click.option("--sign-key", type=click.Path(path_type=Path), default=None,
+              help="sign each artifact with this PEM private key (OpenSSF model-signing; provenance.json and "
+                   "model.sig go into the folder and the archive)")
+@click.option("--new-key", type=click.Path(path_type=Path), default=None,
+              help="generate an ECDSA P-256 key pair into this folder and sign with it (demos; keep real keys "
+                   "offline)")
+def package(path, out, layout_name, sign_key, new_key) -> None:
     """One release archive (.tar.gz) per artifact: model, tokenizer, manifest, model card, test vectors."""
     from pipelines.layouts import get_layout
     from pipelines.package import package_all
+    from pipelines.signing import generate_key
 
+    if sign_key and new_key:
+        raise click.UsageError("--sign-key and --new-key both choose the signing key: pass one")
+    if new_key:
+        sign_key, public = generate_key(new_key)
+        click.echo(f"signing with a new key: {sign_key} (public key: {public}; verify with --public-key {public})")
     layout = get_layout(layout_name) if layout_name else None
-    for archive in package_all(path, out, layout):
+    for archive in package_all(path, out, layout, sign_key):
         click.echo(f"{archive}  ({archive.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -1,7 +1,8 @@
 """manifest.json: the contract an app reads, and the record that lets `verify` and `export --config` work.
 
 Every file in the artifact except manifest.json and report.md (which record results about the
-others) is listed with its sha256; `check_files` fails on a missing, extra-large or altered file.
+others), and a signed release's model.sig and provenance.json (written after it, covering it), is listed with its
+sha256; `check_files` fails on a missing, extra-large or altered file.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from core.safe_io import contained, field, read_json
 
 MANIFEST = "manifest.json"
 SCHEMA = "embedding-toolchain/manifest/1"
-UNCHECKED_FILES = {MANIFEST, "report.md"}
+SIGNATURE = "model.sig"  # model-signing's bundle over every file of a signed artifact (pipelines.signing)
+PROVENANCE = "provenance.json"  # the in-toto statement signed with it
+UNCHECKED_FILES = {MANIFEST, "report.md", SIGNATURE, PROVENANCE}
 MAX_MANIFEST_BYTES = 4 << 20  # manifest.json and report.md: a few kB in practice
 VERSIONED_PACKAGES = (
     "torch",

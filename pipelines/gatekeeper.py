@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from core.errors import ArtifactError, ToolchainError
@@ -12,6 +12,7 @@ from core.pca import Projection
 from core.reference import Reference
 from pipelines.package import open_artifact_source
 from pipelines.runtime import ArtifactEncoder
+from pipelines.signing import check_signature
 from pipelines.verify import check
 from targets.base import Gate, target_gate
 
@@ -39,14 +40,26 @@ class ReferenceCache:
         return reference
 
 
-def verify_artifact(
-    artifact_dir: Path, references: ReferenceCache, gate: Gate | None, limit: int | None, strict: bool = False
-) -> dict:
+@dataclass(frozen=True)
+class GateOverrides:
+    """`verify --min-cosine / --max-spearman-drop`: the target's gate with these fields replaced."""
+
+    min_mean_cosine: float | None = None
+    max_spearman_drop: float | None = None
+
+    def apply(self, gate: Gate) -> Gate:
+        return replace(gate, **{k: v for k, v in asdict(self).items() if v is not None})
+
+
+def verify_artifact(artifact_dir: Path, references: ReferenceCache, overrides: GateOverrides, limit: int | None,
+                    strict: bool = False, public_key: Path | None = None) -> dict:
+    if public_key is not None:  # first: nothing of a bundle that is not the signed one gets parsed
+        check_signature(artifact_dir, public_key)
     manifest = read_manifest(artifact_dir)
     check_files(artifact_dir, manifest)
     reference = references.reference_for(artifact_dir, manifest)
     encoder = ArtifactEncoder(artifact_dir, strict=strict)
-    gate = gate or target_gate(manifest["target"], manifest["format"])
+    gate = overrides.apply(target_gate(manifest["target"], manifest["format"]))
     verdict = check(artifact_dir, manifest, encoder, reference, gate, limit=limit)
     return {
         "path": str(artifact_dir),
@@ -69,25 +82,19 @@ def verify_path(
     max_spearman_drop: float | None = None,
     limit: int | None = None,
     strict: bool = False,
+    public_key: Path | None = None,
 ) -> list[dict]:
-    """Verify every artifact at or below ``path``; a broken artifact is a failed row, not a crash."""
+    """Verify every artifact at or below ``path``; a broken artifact is a failed row, not a crash. With
+    ``public_key``, each artifact's model-signing signature is checked before anything else."""
     results = []
     references = ReferenceCache(model)
+    overrides = GateOverrides(min_mean_cosine, max_spearman_drop)
     with open_artifact_source(Path(path)) as root:
         for artifact_dir in find_artifacts(root):
-            gate = None
-            if min_mean_cosine is not None or max_spearman_drop is not None:
-                manifest = read_manifest(artifact_dir)
-                base = target_gate(manifest["target"], manifest["format"])
-                gate = replace(
-                    base,
-                    min_mean_cosine=base.min_mean_cosine if min_mean_cosine is None else min_mean_cosine,
-                    max_spearman_drop=base.max_spearman_drop if max_spearman_drop is None else max_spearman_drop,
-                )
             # Name what the user passed: an archive's members live in a temporary folder.
             shown = str(path) if root == path else f"{path}:{artifact_dir.relative_to(root).as_posix()}"
             try:
-                row = verify_artifact(artifact_dir, references, gate, limit, strict)
+                row = verify_artifact(artifact_dir, references, overrides, limit, strict, public_key)
             except ToolchainError as exc:  # bad input, not a parity verdict: the CLI exits 2 for it
                 row = {"ok": False, "failures": [str(exc)], "error": str(exc)}
             results.append({**row, "path": shown if root != path else str(artifact_dir)})

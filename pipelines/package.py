@@ -16,6 +16,7 @@ from pathlib import Path
 from core.errors import ArtifactError, ConfigError, gist
 from core.manifest import MANIFEST, MAX_MANIFEST_BYTES, UNCHECKED_FILES, check_files, find_artifacts, read_manifest
 from pipelines.layouts import Layout, write_layout
+from pipelines.signing import sign
 
 MAX_MEMBERS = 10_000
 MAX_ARCHIVE_BYTES = 8 << 30  # unpacked; larger than any artifact this toolchain writes
@@ -138,9 +139,13 @@ def archive_name(root: Path, artifact_dir: Path, manifest: dict) -> str:
     return "-".join((model, *parts))
 
 
-def package_all(root: Path, out: Path | None = None, layout: Layout | None = None) -> list[Path]:
+def package_all(root: Path, out: Path | None = None, layout: Layout | None = None,
+                sign_key: Path | None = None) -> list[Path]:
     """One archive per artifact under ``root`` into ``out`` (default: <root>/release); with a layout, one per
-    artifact the layout takes, holding that layout (pipelines.layouts) instead of the artifact."""
+    artifact the layout takes, holding that layout (pipelines.layouts) instead of the artifact. With ``sign_key``,
+    each artifact folder is signed first (pipelines.signing), so its archive carries the signature."""
+    if sign_key is not None and layout is not None:
+        raise ConfigError("--sign-key signs artifact bundles; a library layout is archived unsigned: drop one option")
     out = out or root / "release"
     archives = []
     for artifact_dir in find_artifacts(root):
@@ -149,6 +154,9 @@ def package_all(root: Path, out: Path | None = None, layout: Layout | None = Non
         manifest = read_manifest(artifact_dir)
         name = archive_name(root, artifact_dir, manifest)
         if layout is None:
+            if sign_key is not None:
+                check_files(artifact_dir, manifest)  # never sign a tampered artifact
+                sign(artifact_dir, manifest, sign_key)
             archives.append(write_archive(artifact_dir, out / f"{name}.tar.gz"))
         elif manifest["format"] in layout.formats:
             unpacked = f"{name}-{layout.name}"  # the folder the archive unpacks to, as its usage lines name it

@@ -18,13 +18,19 @@ from core.cpu import cpu_mismatch
 from core.errors import ArtifactError, ToolchainError, gist
 from core.manifest import read_manifest
 from core.model_files import read_tokenizer
+from pipelines.signing import check_signature
 
 
 class ArtifactEncoder:
     def __init__(
-        self, artifact_dir: Path, threads: int | None = None, runner: Runner | None = None, strict: bool = False
+        self, artifact_dir: Path, threads: int | None = None, runner: Runner | None = None, strict: bool = False,
+        public_key: Path | None = None,
     ) -> None:
+        """``public_key``: load only an artifact whose model-signing signature that key verifies (pipelines.signing),
+        checked before any of its files is read."""
         self.artifact_dir = Path(artifact_dir)
+        if public_key is not None:
+            check_signature(self.artifact_dir, public_key)
         self.manifest = read_manifest(self.artifact_dir)
         # An int8 artifact built for one CPU class on another: a note to show, or, with strict, an error.
         self.cpu_mismatch = cpu_mismatch((self.manifest.get("isa") or {}).get("class"))
