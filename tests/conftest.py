@@ -12,18 +12,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items) -> None:
-    """pytest-xdist runs each xdist_group on one worker (--dist loadgroup, pyproject.toml), so an expensive shared
-    fixture is built once: a module's tests stay together (its module fixtures), a family's parametrized tests go to
-    the worker that builds that family's export, and a test marked ``xdist_group("tiny-<family>")`` joins them."""
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        family = item.callspec.params.get("exported") if hasattr(item, "callspec") else None
-        item.add_marker(pytest.mark.xdist_group(f"tiny-{family}" if family else item.module.__name__))
-
-
 @pytest.fixture(scope="session")
 def source():
     from core.model_source import resolve_model

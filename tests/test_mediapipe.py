@@ -30,9 +30,6 @@ from pipelines.gatekeeper import verify_path
 from pipelines.verify import Parity, gate_failures
 from targets.base import target_gate
 
-# The bundled model's mobile export (conftest.mobile_export) is built once, on one pytest-xdist worker.
-pytestmark = pytest.mark.xdist_group("mobile-minilm")
-
 
 def _tokenizer_json(source) -> dict:
     return json.loads((source.path / "tokenizer.json").read_text(encoding="utf-8"))

@@ -10,9 +10,6 @@ from core.config import BuildConfig
 from core.errors import MissingDependencyError, require
 from pipelines.export import export
 
-# The bundled model's mobile export (conftest.mobile_export) is built once, on one pytest-xdist worker.
-pytestmark = pytest.mark.xdist_group("mobile-minilm")
-
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, mobile_export):
