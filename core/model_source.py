@@ -93,8 +93,10 @@ def _download(hub_id: str, trust_remote_code: bool) -> Path:
         ) from None
 
 
-def resolve_model(spec: str | None = None, *, trust_remote_code: bool = False) -> ModelSource:
-    """Turn --model into a ModelSource, or raise ModelSourceError with one actionable line."""
+def resolve_model(spec: str | None = None, *, trust_remote_code: bool = False,
+                  allow_pickle: bool = False) -> ModelSource:
+    """Turn --model into a ModelSource, every file checked once, or raise ModelSourceError with one actionable line
+    (pickle-only weights are refused first, unless ``allow_pickle``)."""
     spec = spec or DEFAULT_MODEL_PACKAGE
     candidate = Path(spec).expanduser()
     if candidate.exists():
@@ -111,6 +113,8 @@ def resolve_model(spec: str | None = None, *, trust_remote_code: bool = False) -
         raise ModelSourceError(
             f"model {spec!r} is neither a directory, an installed package carrying a model, nor a hub id (org/name)"
         )
+    if (path / "modules.json").is_file():  # else check_model_files names what this directory is not
+        check_weights_are_safe(path, allow_pickle)
     return ModelSource(spec=spec, path=path, name=_name_for(spec, path), layout=check_model_files(path, spec))
 
 

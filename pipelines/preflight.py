@@ -12,7 +12,7 @@ from core.cpu import isa_class
 from core.data import read_corpus
 from core.errors import ConfigError, OutputError
 from core.families import Family, family_for
-from core.model_source import ModelSource, check_weights_are_safe, resolve_model
+from core.model_source import ModelSource, resolve_model
 from targets.base import Target, get_targets
 
 
@@ -32,8 +32,8 @@ def check_build(config: BuildConfig, source: ModelSource | None = None) -> tuple
     if config.fit_corpus:
         read_corpus(Path(config.fit_corpus))
     check_output_dir(Path(config.out))
-    source = source or resolve_model(config.model, trust_remote_code=config.trust_remote_code)
-    check_weights_are_safe(source.path, config.allow_pickle)
+    source = source or resolve_model(config.model, trust_remote_code=config.trust_remote_code,
+                                     allow_pickle=config.allow_pickle)
     return source, family_for(source.layout.model_type)
 
 

@@ -40,7 +40,7 @@ def test_pickle_weights_import_to_safetensors_and_load(pickled_model, tmp_path):
     result = CliRunner().invoke(main, ["import-weights", str(pickled_model), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert (out / "model.safetensors").is_file() and not list(out.rglob("*.bin"))
-    original = load_sentence_transformer(resolve_model(str(pickled_model)), allow_pickle=True)
+    original = load_sentence_transformer(resolve_model(str(pickled_model), allow_pickle=True), allow_pickle=True)
     imported = load_sentence_transformer(resolve_model(str(out)))
     sentences = ["A man plays a guitar.", "Stocks fell."]
     expected = torch.from_numpy(original.encode(sentences))
