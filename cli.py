@@ -343,8 +343,8 @@ def embed(artifact, input_path, output, text_field, id_field, engine, ray_addres
             finally:
                 shutdown()
         else:
-            result = embed_corpus(artifact, corpus, output, local_engine(encoder), encoder, chunk_rows, batch_size,
-                                  precision, progress.advance)
+            result = embed_corpus(artifact, corpus, output, local_engine(encoder, batch_size), encoder, chunk_rows,
+                                  batch_size, precision, progress.advance)
     speed = manifest.get("speed") or {}
     versus = (f"; bench measured {speed['throughput_sps']:,.0f} sent/s at batch {speed['config']['batch_size']}"
               if speed.get("throughput_sps") and isinstance(speed.get("config"), dict) else "")

@@ -7,7 +7,7 @@ job finishes with no row missing and none twice. ``job.json`` pins what a chunk 
 bytes, batching, precision); another job into the same folder is refused.
 
 Batches are planned per chunk by one rule (``runtime.plan_batches``: rows sorted by token count, stable, cut into
-batches of ``batch_size``) and a chunk runs as one call wherever it runs (``embed_chunk``). A dynamic int8
+batches of ``batch_size``) and a chunk runs as one ``ArtifactEncoder.encode`` call wherever it runs. A dynamic int8
 artifact picks activation scales per batch, so the same batches on every engine are what makes the local and the
 Ray results identical row for row; one call per chunk lets a runner with parallel streams (OpenVINO) use them.
 """
@@ -29,7 +29,7 @@ from core.manifest import check_files, read_manifest, sha256_file, write_json_at
 from core.safe_io import read_json
 from core.vectors import PRECISIONS, VectorCodec
 from pipelines.corpus import Corpus
-from pipelines.runtime import ArtifactEncoder, plan_batches
+from pipelines.runtime import ArtifactEncoder
 
 LEDGER = "ledger.json"
 JOB = "job.json"
@@ -78,33 +78,21 @@ def vector_codec(manifest: dict, precision: str) -> VectorCodec | None:
 
 
 @dataclass(frozen=True)
-class ChunkWork:
+class Chunk:
     index: int
     texts: list[str]
-    tokens: list[dict]  # the texts tokenized once: planning and running share them
-    batches: list[np.ndarray]  # row positions within the chunk, one array per batch (runtime.plan_batches)
-
-
-def chunk_work(encoder: ArtifactEncoder, index: int, texts: list[str], batch_size: int) -> ChunkWork:
-    """One chunk tokenized and planned, the same wherever it runs."""
-    tokens = encoder.tokenize(texts)
-    return ChunkWork(index, texts, tokens, plan_batches([len(row["input_ids"]) for row in tokens], batch_size))
-
-
-def embed_chunk(encoder: ArtifactEncoder, chunk: ChunkWork) -> np.ndarray:
-    """A chunk's vectors in row order, as every engine computes them (all its batches in one call, so a runner
-    with parallel streams runs them side by side)."""
-    return encoder.run_planned(chunk.tokens, chunk.batches)
 
 
 # An engine embeds chunks and yields each as soon as all its rows are done: (index, (rows, dims) in row order).
-Engine = Callable[[Iterable[ChunkWork]], Iterator[tuple[int, np.ndarray]]]
+# Every engine runs a chunk as ``encoder.encode(chunk.texts, batch_size)``: tokenized where it runs, planned by
+# runtime.plan_batches, all its batches in one call (a runner with parallel streams runs them side by side).
+Engine = Callable[[Iterable[Chunk]], Iterator[tuple[int, np.ndarray]]]
 
 
-def local_engine(encoder: ArtifactEncoder) -> Engine:
-    def run(chunks: Iterable[ChunkWork]) -> Iterator[tuple[int, np.ndarray]]:
+def local_engine(encoder: ArtifactEncoder, batch_size: int) -> Engine:
+    def run(chunks: Iterable[Chunk]) -> Iterator[tuple[int, np.ndarray]]:
         for chunk in chunks:
-            yield chunk.index, embed_chunk(encoder, chunk)
+            yield chunk.index, encoder.encode(chunk.texts, batch_size)
 
     return run
 
@@ -202,10 +190,10 @@ def embed_corpus(artifact_dir: Path, corpus: Corpus, output: Path, engine: Engin
     if progress:
         progress(sum(len(job.chunk_range(i)) for i in done))
 
-    def pending() -> Iterator[ChunkWork]:
+    def pending() -> Iterator[Chunk]:
         for index in (i for i in range(job.chunks) if i not in done):
             rows = job.chunk_range(index)
-            yield chunk_work(encoder, index, corpus.texts[rows.start : rows.stop], batch_size)
+            yield Chunk(index, corpus.texts[rows.start : rows.stop])
 
     for index, vectors in engine(pending()):
         rows = job.chunk_range(index)

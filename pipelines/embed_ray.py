@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import ToolchainError, gist, require
-from pipelines.embed import ChunkWork, Engine, chunk_work, embed_chunk
+from pipelines.embed import Chunk, Engine
 from pipelines.package import safe_extract
 from pipelines.runtime import ArtifactEncoder
 
@@ -51,16 +51,15 @@ class ArtifactActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         chunks, rows, vectors = [], [], []
         for index, texts in zip(batch["chunk"], batch["texts"], strict=True):
-            chunk = chunk_work(self.encoder, int(index), list(texts), self.batch_size)
             chunks.append(np.full(len(texts), index))
             rows.append(np.arange(len(texts)))
-            vectors.append(embed_chunk(self.encoder, chunk))
+            vectors.append(self.encoder.encode(list(texts), self.batch_size))  # as the local engine runs a chunk
         return {"chunk": np.concatenate(chunks), "row": np.concatenate(rows), "vector": np.concatenate(vectors)}
 
 
 def ray_engine(artifact_dir: Path, address: str | None, actors: int, batch_size: int) -> Engine:
-    """Start (or join, with ``address``) Ray and return an engine that runs whole chunks on it, each planned by the
-    actor with the local engine's rule (``embed.chunk_work``)."""
+    """Start (or join, with ``address``) Ray and return an engine that runs whole chunks on it, each run by the actor
+    as the local engine runs it (one ``encode`` call: nothing is tokenized on the driver)."""
     ray = require("ray", "ray")
     require("ray.data", "ray")
     cores = os.cpu_count() or 1
@@ -75,7 +74,7 @@ def ray_engine(artifact_dir: Path, address: str | None, actors: int, batch_size:
     per_actor_cpus = max(cores - 0.5, 0.5) / actors  # leave half a core to Ray Data's own tasks
     threads = max(cores // actors, 1)
 
-    def run(chunks: Iterable[ChunkWork]) -> Iterator[tuple[int, np.ndarray]]:
+    def run(chunks: Iterable[Chunk]) -> Iterator[tuple[int, np.ndarray]]:
         """One dataset over every pending chunk, so the actors start once; a chunk is yielded when its rows come
         back."""
         work = {chunk.index: chunk for chunk in chunks}
