@@ -20,6 +20,7 @@ import click
 from core.config import QUANTIZATION_MODES
 from core.cpu import ARM_CPU_MODELS, ISA_CLASSES
 from core.errors import ToolchainError
+from core.output_paths import check_output_folder
 from pipelines.summary import target_names
 
 # Converters print pages of third-party progress bars and warnings; the CLI shows its own progress,
@@ -239,10 +240,9 @@ def verify(path, min_cosine, max_spearman_drop, model, as_json, quick, strict, a
 @click.option("--strict", is_flag=True, help="refuse an x86 artifact built for another CPU class than this one")
 def bench(path, threads, repeats, json_out, vs_peers, device, batch_size, strict) -> None:
     """Speed vs the fp32 PyTorch model, measured in the same run; recorded in each manifest."""
-    from core.manifest import find_artifacts, read_manifest, write_json_atomic
-    from pipelines.bench import BenchConfig, default_device, markdown_table
+    from core.manifest import find_artifacts
+    from pipelines.bench import BenchConfig, default_device, markdown_table, record_speed
     from pipelines.bench import bench as run_bench
-    from pipelines.report import write_artifact_report
 
     artifacts = find_artifacts(path)
     device = default_device() if device == "auto" else device
@@ -255,11 +255,7 @@ def bench(path, threads, repeats, json_out, vs_peers, device, batch_size, strict
     console = _console()
     table = markdown_table(result)
     console.print(table)
-    for row in (r for r in result["rows"] if "path" in r):
-        manifest = read_manifest(Path(row["path"]))
-        manifest["speed"] = {**row, "config": result["config"], "cpu": result["cpu"], "table_md": table}
-        write_json_atomic(Path(row["path"]) / "manifest.json", manifest)
-        write_artifact_report(Path(row["path"]), manifest)
+    record_speed(result, table)
     if json_out:
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         json_out.with_suffix(".md").write_text(table + "\n", encoding="utf-8")
@@ -267,7 +263,8 @@ def bench(path, threads, repeats, json_out, vs_peers, device, batch_size, strict
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="archive folder [default: PATH/release]")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="archive folder [default: PATH/release; beside PATH when PATH is one artifact]")
 @click.option("--layout", "layout_name", default=None,
               help="archive each artifact in a library's layout instead: sentence-transformers, fastembed, "
                    "transformers.js")
@@ -330,6 +327,7 @@ def embed(artifact, input_path, output, text_field, id_field, engine, ray_addres
     from pipelines.runtime import ArtifactEncoder
     from pipelines.summary import RateProgress
 
+    check_output_folder(output, "--output", {"artifact": artifact, "corpus": input_path})
     manifest = open_artifact(artifact)
     corpus = read_corpus_input(input_path, text_field, id_field)
     encoder = ArtifactEncoder(artifact, threads=os.cpu_count())
@@ -345,9 +343,8 @@ def embed(artifact, input_path, output, text_field, id_field, engine, ray_addres
         else:
             result = embed_corpus(artifact, corpus, output, local_engine(encoder, batch_size), encoder, chunk_rows,
                                   batch_size, precision, progress.advance)
-    speed = manifest.get("speed") or {}
-    versus = (f"; bench measured {speed['throughput_sps']:,.0f} sent/s at batch {speed['config']['batch_size']}"
-              if speed.get("throughput_sps") and isinstance(speed.get("config"), dict) else "")
+    speed = manifest.speed
+    versus = f"; bench measured {speed.throughput_sps:,.0f} sent/s at batch {speed.batch_size}" if speed else ""
     click.echo(f"{result.rows} vectors in {output} ({result.embedded} embedded by this run in {result.seconds:.1f} s: "
                f"{result.sentences_per_second:,.0f} sent/s with the {engine} engine{versus})")
 
@@ -381,6 +378,7 @@ def distill(teacher, layers, keep, corpus, epochs, learning_rate, matryoshka, ou
     sentences = training_sentences(config.corpus)
     with _third_party_output("distill") as terminal:  # loading torch models prints warnings of its own
         source = resolve_model(teacher)
+        check_output_folder(out, "--out", {"teacher model folder": source.path})
         model = load_sentence_transformer(source)
         steps = config.epochs * -(-len(sentences) // config.batch_size)
         with RateProgress(_console(terminal), steps, "training", "batches/s") as bar:
@@ -407,6 +405,7 @@ def import_weights(model_dir, out) -> None:
     Loads with torch.load(weights_only=True): tensors and plain containers only; anything else is refused."""
     from pipelines.intake import import_weights as convert
 
+    check_output_folder(out, "--out", {"model folder": model_dir})
     for path in convert(model_dir, out):
         click.echo(f"wrote {path}")
 

@@ -2,7 +2,7 @@
 and ``runner`` (the format's own runtime). See converters.registry for the module contract."""
 
 from converters import coreml, executorch, mediapipe, onnx, openvino, tflite, web  # noqa: F401  (each registers its format)
-from converters.base import Calibration, Conversion, Runner, Shape, StructuralReport, manifest_shapes
+from converters.base import Calibration, Conversion, Runner, Shape, StructuralReport
 from converters.registry import FORMATS, ArtifactFormat, get_format, register_format
 
 __all__ = [
@@ -14,6 +14,5 @@ __all__ = [
     "Shape",
     "StructuralReport",
     "get_format",
-    "manifest_shapes",
     "register_format",
 ]

@@ -11,6 +11,7 @@ import numpy as np
 
 from core.data import EDGE_TEXTS
 from core.errors import ConfigError
+from core.manifest import Shape
 
 # Fixed-shape formats trace the graph once per sequence bucket and ExecuTorch plans memory for its bound:
 # past this length the artifact grows for little gain on sentences, so longer inputs truncate here (the
@@ -49,15 +50,6 @@ def fixed_shapes(
     return [(b, s) for b in sorted(set(batch_sizes)) for s in buckets]
 
 
-@dataclass(frozen=True)
-class Shape:
-    """A fixed input shape a static-shape format was built for (a bucket)."""
-
-    batch: int
-    sequence: int
-    name: str  # signature name or file this shape runs through
-
-
 @dataclass
 class Conversion:
     """What a converter wrote: the model file(s) and facts the manifest records."""
@@ -72,12 +64,6 @@ class Conversion:
     details: dict[str, Any] = field(default_factory=dict)
     weight_files: tuple[str, ...] = ()  # files the main file loads beside it (OpenVINO's .bin)
     output_name: str | None = None  # where a format names the output for its consumers; None: the graph's own
-
-
-def manifest_shapes(manifest: dict) -> list[Shape] | None:
-    """The fixed shapes a manifest lists (None: any shape)."""
-    listed = manifest.get("shapes")
-    return None if listed is None else [Shape(int(s["batch"]), int(s["sequence"]), str(s["name"])) for s in listed]
 
 
 class Runner(Protocol):
@@ -123,8 +109,9 @@ class StructuralReport:
 
     facts: dict[str, Any]
     # Other ways to run the artifact's own program (Core ML's saved program op by op off macOS): verify runs
-    # the test vectors through each and records the worst cosine as facts[f"{name}_test_vectors_min_cosine"].
+    # the test vectors through each and records the worst cosine (core.manifest.Structure).
     program_runners: dict[str, Runner] = field(default_factory=dict)
+    gate_failures: list[str] = field(default_factory=list)  # what the check found that must stop the artifact
 
 
 @dataclass(frozen=True)

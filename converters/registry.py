@@ -19,6 +19,7 @@ from typing import Any
 from converters.base import Runner, StructuralReport
 from core.config import BuildConfig
 from core.errors import ArtifactError, ConfigError
+from core.manifest import Manifest
 from core.model_source import ModelSource
 
 
@@ -45,10 +46,10 @@ class ArtifactFormat:
     def runner_module(self) -> ModuleType:
         return importlib.import_module(self.runner)
 
-    def load_runner(self, artifact_dir: Path, manifest: dict, threads: int | None = None) -> Runner:
+    def load_runner(self, artifact_dir: Path, manifest: Manifest, threads: int | None = None) -> Runner:
         return self.runner_module().load_runner(Path(artifact_dir), manifest, threads)
 
-    def structural_checks(self, artifact_dir: Path, manifest: dict) -> StructuralReport | None:
+    def structural_checks(self, artifact_dir: Path, manifest: Manifest) -> StructuralReport | None:
         checks = getattr(self.runner_module(), "structural_checks", None)
         return checks(Path(artifact_dir), manifest) if checks else None
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args, get_type_hints
 
 from core.errors import ConfigError
 from core.safe_io import read_json
+from core.schema import decode
 
 MAX_CONFIG_BYTES = 16 << 20
 QUANTIZATION_MODES = ("dynamic", "static")  # --quantization: checked once, in pipelines.preflight.check_build
@@ -27,22 +27,9 @@ class BuildConfig:
     allow_pickle: bool = False
     trust_remote_code: bool = False
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict) -> BuildConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"build config has unknown keys {sorted(map(str, unknown))[:3]}; known: {sorted(known)}")
-        for name, kind in get_type_hints(cls).items():
-            allowed = get_args(kind) or (kind,)
-            value = data.get(name)
-            if name in data and (isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed)):
-                names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
-                raise ConfigError(f"build config: {name!r} must be {names}, got {type(value).__name__}")
-        return cls(**data)
+        return decode(cls, data, ConfigError, "build config")
 
     @classmethod
     def from_file(cls, path: Path) -> BuildConfig:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import CorpusError
-from core.safe_io import MAX_TEXT_BYTES, read_capped
+from core.safe_io import MAX_CORPUS_ROWS, MAX_TEXT_BYTES, MAX_TEXT_CHARS, read_capped
 
 STSB_DIR = Path(__file__).resolve().parent.parent / "data" / "stsb"
 # Short, symbolic and mixed-script texts: where one activation scale per tensor hurts quantized models most.
@@ -70,6 +70,13 @@ def read_corpus(path: Path) -> list[str]:
             f"corpus file {str(path)!r} is not UTF-8 (bad byte at line {line}); re-save it as UTF-8"
         ) from None
     sentences = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(sentences) > MAX_CORPUS_ROWS:
+        raise CorpusError(f"corpus file {str(path)!r} has {len(sentences):,} sentences, more than the "
+                          f"{MAX_CORPUS_ROWS:,} a fit corpus may have; pass a sample of it")
+    longest = max(sentences, key=len, default="")
+    if len(longest) > MAX_TEXT_CHARS:
+        raise CorpusError(f"corpus file {str(path)!r} holds a line of {len(longest):,} characters, more than the "
+                          f"{MAX_TEXT_CHARS:,} one text may have; shorten or split it")
     if not sentences:
         raise CorpusError(f"corpus file {str(path)!r} is empty; it needs at least one sentence per line")
     return sentences

@@ -8,39 +8,16 @@ produces the ids.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from core.errors import ConfigError
 from core.families import Family, family_for
 from core.families.base import MASK_FILL
+from core.manifest import GraphSpec
 from core.pca import Projection
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
-
-
-@dataclass(frozen=True)
-class GraphSpec:
-    """What the graph computes, recorded in every manifest."""
-
-    family: str
-    model_type: str
-    input_names: tuple[str, ...]
-    output_name: str
-    pooling: str
-    dense_layers: int
-    normalized: bool
-    source_dim: int
-    embedding_dim: int
-    pca_dims: int | None
-    max_seq_length: int
-    hidden_size: int
-    intermediate_size: int
-    num_attention_heads: int
-    num_hidden_layers: int
-    vocab_size: int
 
 
 def model_config(spec: GraphSpec, pad_token_id: int) -> dict:

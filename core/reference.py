@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import ModelSourceError
 from core.model_source import ModelSource
 from core.pca import Projection
+from core.tokenizer_guard import tokenizer_errors
 
 
 def cache_dir() -> Path:
@@ -44,7 +46,9 @@ class Reference:
             cached = np.load(path, allow_pickle=False)
             if cached.shape[0] == len(sentences):
                 return cached
-        embeddings = self.st_model.encode(list(sentences), batch_size=32, convert_to_numpy=True).astype(np.float32)
+        with tokenizer_errors(ModelSourceError, f"the source model {self.source.spec!r} failed on the texts"):
+            embeddings = self.st_model.encode(list(sentences), batch_size=32, convert_to_numpy=True)
+        embeddings = embeddings.astype(np.float32)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, embeddings)
         os.replace(tmp, path)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import ArtifactError
+from core.manifest import BinaryCut, Int8Ranges, VectorsRecord
 
 PRECISIONS = ("float32", "int8", "binary")
 
@@ -66,27 +67,19 @@ class VectorCodec:
         steps = (self.high - self.low) / np.float32(255)
         return np.where(steps == 0, np.float32(1), steps)  # a constant dimension, as sentence-transformers treats it
 
-    def to_dict(self) -> dict:
-        return {
-            "calibration": self.calibration,
-            "int8": {"low": self.low.tolist(), "high": self.high.tolist()},
-            "binary": {"threshold": self.threshold.tolist(), "bit_order": "numpy.packbits, most significant first"},
-        }
+    def record(self) -> VectorsRecord:
+        """The manifest's ``vectors`` entry."""
+        return VectorsRecord(self.calibration, Int8Ranges(tuple(self.low.tolist()), tuple(self.high.tolist())),
+                             BinaryCut(tuple(self.threshold.tolist()), "numpy.packbits, most significant first"))
 
     @classmethod
-    def from_dict(cls, entry: dict, dims: int) -> VectorCodec:
-        """From a manifest's ``vectors`` entry, checked: it may come from a damaged or hostile file."""
-        try:
-            arrays = [np.asarray(v, dtype=np.float32) for v in
-                      (entry["int8"]["low"], entry["int8"]["high"], entry["binary"]["threshold"])]
-            calibration = str(entry["calibration"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(f"the manifest's 'vectors' entry is damaged ({type(exc).__name__}: {exc}); "
-                                "re-export the artifact") from None
+    def from_record(cls, record: VectorsRecord, dims: int) -> VectorCodec:
+        """From a manifest's ``vectors`` entry (typed by core.manifest), its sizes and values checked."""
+        arrays = [np.asarray(v, dtype=np.float32) for v in (record.int8.low, record.int8.high, record.binary.threshold)]
         if any(a.shape != (dims,) or not np.isfinite(a).all() for a in arrays) or (arrays[1] < arrays[0]).any():
             raise ArtifactError(f"the manifest's 'vectors' ranges are not {dims} finite low <= high values; "
                                 "re-export the artifact")
-        return cls(*arrays, calibration)
+        return cls(*arrays, record.calibration)
 
 
 def bytes_per_vector(dims: int, precision: str) -> int:

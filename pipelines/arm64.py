@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +23,12 @@ from converters.arm64.runner import Arm64Environment, ensure_environment, load_a
 from core.cpu import ARM_CPU_MODELS as CPU_MODELS
 from core.data import StsPairs, load_stsb
 from core.errors import ArtifactError, ConfigError, ToolchainError
-from core.manifest import MANIFEST, check_files, find_artifacts, read_manifest, write_json_atomic
+from core.manifest import Arm64Cpu, Arm64Record, Manifest, check_files, find_artifacts, read_manifest
 from core.metrics import row_cosines
 from core.reference import Reference, cache_dir
 from pipelines.gatekeeper import ReferenceCache
 from pipelines.package import open_artifact_source
-from pipelines.report import write_artifact_report
+from pipelines.report import record_results
 from pipelines.runtime import ArtifactEncoder
 from pipelines.verify import gate_failures, measure_parity, test_vector_min_cosine
 from targets.base import Gate, target_gate
@@ -58,8 +58,8 @@ class HostRun:
     x86: np.ndarray  # the same artifact on this machine's runtime, rows in pairs.unique_sentences() order
 
 
-def check_on_cpu(environment: Arm64Environment, artifact_dir: Path, manifest: dict, cpu: str, host: HostRun,
-                 gate: Gate) -> dict:
+def check_on_cpu(environment: Arm64Environment, artifact_dir: Path, manifest: Manifest, cpu: str, host: HostRun,
+                 gate: Gate) -> Arm64Cpu:
     """One CPU model: parity against the fp32 model, the test vectors, and the difference from x86."""
     logs = cache_dir() / "logs"
     logs.mkdir(exist_ok=True)
@@ -69,27 +69,21 @@ def check_on_cpu(environment: Arm64Environment, artifact_dir: Path, manifest: di
             encoder = ArtifactEncoder(artifact_dir, runner=runner)
             started = time.perf_counter()
             vectors = encoder.encode(host.pairs.unique_sentences())
-            parity = measure_parity(lambda _: vectors, host.reference, pairs=host.pairs)
-            parity.test_vectors_min_cosine = test_vector_min_cosine(artifact_dir, encoder)
-            parity.runtime, parity.emulated = encoder.runtime_name, True
+            parity = replace(measure_parity(lambda _: vectors, host.reference, pairs=host.pairs),
+                             test_vectors_min_cosine=test_vector_min_cosine(artifact_dir, encoder),
+                             runtime=encoder.runtime_name, emulated=True)
             seconds = time.perf_counter() - started
         finally:
             process.close()
     failures = gate_failures(parity, gate)
-    return {
-        "kernels": CPU_MODELS[cpu],
-        "sentences": parity.sentences,
-        "mean_cosine": round(parity.mean_cosine, 6),
-        "min_cosine": round(parity.min_cosine, 6),
-        "spearman_drop": round(parity.spearman_drop, 4),
-        "test_vectors_min_cosine": round(parity.test_vectors_min_cosine, 6),
-        "max_abs_diff_vs_x86": _finite(np.abs(vectors - host.x86).max()),
-        "min_cosine_vs_x86": _finite(row_cosines(vectors, host.x86).min()),
-        "runtime": parity.runtime,
-        "emulated_seconds": round(seconds, 1),  # qemu's software emulation: not a speed
-        "ok": not failures,
-        "failures": failures,
-    }
+    return Arm64Cpu(
+        kernels=CPU_MODELS[cpu], ok=not failures, failures=tuple(failures), sentences=parity.sentences,
+        mean_cosine=round(parity.mean_cosine, 6), min_cosine=round(parity.min_cosine, 6),
+        spearman_drop=round(parity.spearman_drop, 4), test_vectors_min_cosine=round(parity.test_vectors_min_cosine, 6),
+        max_abs_diff_vs_x86=_finite(np.abs(vectors - host.x86).max()),
+        min_cosine_vs_x86=_finite(row_cosines(vectors, host.x86).min()), runtime=parity.runtime,
+        emulated_seconds=round(seconds, 1),
+    )
 
 
 def _finite(value: float) -> float | None:
@@ -97,15 +91,15 @@ def _finite(value: float) -> float | None:
     return round(float(value), 8) if np.isfinite(value) else None
 
 
-def check_cpus(environment: Arm64Environment, artifact_dir: Path, manifest: dict, cpus: Sequence[str],
-                   host: HostRun, log: Callable[[str], None]) -> dict[str, dict]:
+def check_cpus(environment: Arm64Environment, artifact_dir: Path, manifest: Manifest, cpus: Sequence[str],
+                   host: HostRun, log: Callable[[str], None]) -> dict[str, Arm64Cpu]:
     """Every CPU model, each in its own emulated process, as many at once as this machine has cores."""
-    gate = target_gate(manifest["target"], manifest["format"])
-    skipped = {cpu: {"kernels": CPU_MODELS[cpu], "skipped": UNSUPPORTED[manifest["format"], cpu], "ok": True,
-                     "failures": []} for cpu in cpus if (manifest["format"], cpu) in UNSUPPORTED}
+    gate = target_gate(manifest.target, manifest.format)
+    skipped = {cpu: Arm64Cpu(CPU_MODELS[cpu], ok=True, skipped=UNSUPPORTED[manifest.format, cpu])
+               for cpu in cpus if (manifest.format, cpu) in UNSUPPORTED}
     runnable = [cpu for cpu in cpus if cpu not in skipped]
     for cpu in runnable:
-        log(f"{manifest['target']} {manifest['format']}: emulated ARM64 {cpu} ({CPU_MODELS[cpu]})")
+        log(f"{manifest.target} {manifest.format}: emulated ARM64 {cpu} ({CPU_MODELS[cpu]})")
     with ThreadPoolExecutor(max_workers=max(1, min(len(runnable), os.cpu_count() or 1))) as pool:
         figures = dict(zip(runnable, pool.map(
             lambda cpu: check_on_cpu(environment, artifact_dir, manifest, cpu, host, gate), runnable), strict=True))
@@ -125,7 +119,7 @@ def verify_arm64(path: Path, *, cpus: Sequence[str] = tuple(CPU_MODELS), sentenc
         raise ConfigError(f"--sentences must be at least 1, got {sentences}")
     references, rows = ReferenceCache(model), []
     with open_artifact_source(Path(path)) as root:
-        artifacts = [a for a in find_artifacts(root) if read_manifest(a)["format"] in ARM64_FORMATS]
+        artifacts = [a for a in find_artifacts(root) if read_manifest(a).format in ARM64_FORMATS]
         if not artifacts:
             raise ArtifactError(f"no phone artifact ({', '.join(ARM64_FORMATS)}) at or below {str(path)!r}; "
                                 "--arch arm64 checks those")
@@ -138,16 +132,14 @@ def verify_arm64(path: Path, *, cpus: Sequence[str] = tuple(CPU_MODELS), sentenc
                 rows.append({"path": shown, "ok": False, "failures": [str(exc)], "error": str(exc)})
                 continue
             if root == Path(path):  # a folder, not an archive extracted for the check
-                write_json_atomic(artifact_dir / MANIFEST, {**manifest, "arm64": record})
-                write_artifact_report(artifact_dir, {**manifest, "arm64": record})
-            rows.append({"path": shown, "target": manifest["target"], "artifact": manifest["artifact"],
-                         "ok": all(c["ok"] for c in record["cpus"].values()), "arm64": record,
-                         "failures": [f"{cpu}: {f}" for cpu, c in record["cpus"].items() for f in c["failures"]]})
+                record_results(artifact_dir, replace(manifest, arm64=record))
+            rows.append({"path": shown, "target": manifest.target, "artifact": manifest.artifact,
+                         "ok": record.ok, "arm64": record, "failures": record.failures()})
     return rows
 
 
 def _check_artifact(environment: Arm64Environment, artifact_dir: Path, references: ReferenceCache,
-                    cpus: Sequence[str], sentences: int, log: Callable[[str], None]) -> tuple[dict, dict]:
+                    cpus: Sequence[str], sentences: int, log: Callable[[str], None]) -> tuple[Manifest, Arm64Record]:
     """One artifact's files and manifest checked, then every CPU model; its manifest and ``arm64`` record."""
     manifest = read_manifest(artifact_dir)
     check_files(artifact_dir, manifest)
@@ -156,4 +148,4 @@ def _check_artifact(environment: Arm64Environment, artifact_dir: Path, reference
     reference.source_embeddings(pairs.unique_sentences())  # computed (and cached) before the threads
     host = HostRun(pairs, reference, ArtifactEncoder(artifact_dir).encode(pairs.unique_sentences()))
     per_cpu = check_cpus(environment, artifact_dir, manifest, cpus, host, log)
-    return manifest, {"qemu": environment.qemu_version(), "cpus": per_cpu}
+    return manifest, Arm64Record(environment.qemu_version(), per_cpu)

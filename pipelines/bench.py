@@ -21,20 +21,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from converters.base import TextRunner, TimedInsideRunner
 from core.cpu import compute_precision, cpu_isa, cpu_mismatch, cpu_name, peak_gops
 from core.data import load_stsb
 from core.errors import ArtifactError
-from core.manifest import read_manifest
+from core.manifest import Manifest, Speed, read_manifest
+from core.model_files import read_tokenizer
 from core.model_source import load_sentence_transformer, resolve_model
 from core.reference import Reference
+from core.schema import encode
+from core.tokenizer_guard import encode_rows
 from pipelines.peers import PEER_PRECISION, PEERS, build_peer, ensure_peer_venv, flops_per_sentence
+from pipelines.report import record_results
 from pipelines.runtime import ArtifactEncoder
 from pipelines.verify import measure_parity
 
@@ -126,10 +129,10 @@ def _bucket_latency(encoder, config: BenchConfig) -> dict[str, float]:
     return out
 
 
-def artifact_label(manifest: dict) -> str:
-    pca = f" PCA→{manifest['embedding_dim']}d" if manifest.get("pca") else ""
-    isa = f" (--isa {manifest['isa']['class']})" if manifest.get("isa") else ""
-    return f"{manifest['target']} {manifest['artifact']}{pca}{isa}"
+def artifact_label(manifest: Manifest) -> str:
+    pca = f" PCA→{manifest.embedding_dim}d" if manifest.pca else ""
+    isa = f" (--isa {manifest.isa.class_})" if manifest.isa else ""
+    return f"{manifest.target} {manifest.artifact}{pca}{isa}"
 
 
 def peak_rss_mb() -> float:
@@ -175,8 +178,8 @@ def run_worker(job: dict) -> dict:
         result.update(time_inside_runtime(encoder, config) if timed_inside else time_engine(encoder.encode, config))
         result["label"] = artifact_label(encoder.manifest)
         result["runtime"] = encoder.runtime_name
-        result["size_bytes"] = encoder.manifest.get("size_bytes")
-        result["compute"] = compute_precision(encoder.manifest.get("precision", "fp32"))
+        result["size_bytes"] = encoder.manifest.size_bytes
+        result["compute"] = compute_precision(encoder.manifest.precision)
         if encoder.runner.shapes and not isinstance(encoder.runner, TextRunner):  # a text runner has no buckets
             result["bucket_latency_ms"] = _bucket_latency(encoder, config)
     result["peak_rss_mb"] = peak_rss_mb()
@@ -215,7 +218,7 @@ def _peer_rows(model: str, config: BenchConfig, progress) -> list[dict]:
                 rows.append({"engine": "peer", "path": f"peer {name}", "skipped": str(exc)})
                 continue
             embeddings = np.load(out, allow_pickle=False)
-        row["parity"] = measure_parity(lambda sentences, e=embeddings: e, reference).to_dict()
+        row["parity"] = encode(measure_parity(lambda sentences, e=embeddings: e, reference).rounded())
         rows.append(row)
     return rows
 
@@ -224,10 +227,11 @@ def _roofline(rows: list[dict], artifacts: list[Path], config: BenchConfig) -> d
     """Achieved GOP/s of each engine on the throughput workload, against this CPU's peak in the precision
     the engine computes in."""
     manifest = read_manifest(artifacts[0])
-    tokenizer = Tokenizer.from_file(str(artifacts[0] / manifest["tokenizer"]["file"]))
-    model_config = manifest["graph"]
+    tokenizer = read_tokenizer(artifacts[0] / manifest.tokenizer.file, ArtifactError,
+                               "the artifact is damaged: export it again")
     sentences, _ = workload(config)
-    total = sum(flops_per_sentence(model_config, len(e.ids)) for e in tokenizer.encode_batch(sentences))
+    rows = encode_rows(tokenizer, sentences, ArtifactError, f"{artifacts[0]}: its tokenizer failed on the texts")
+    total = sum(flops_per_sentence(manifest.graph, len(row["input_ids"])) for row in rows)
     peak = peak_gops()
     for row in rows:
         row["gops"] = total / len(sentences) * row["throughput_sps"] / 1e9
@@ -244,7 +248,7 @@ def cpu_notes(artifacts: list[Path], strict: bool = False) -> dict[str, str]:
     """Artifacts built for another CPU class than this one; ArtifactError under ``strict``."""
     notes = {}
     for artifact in artifacts:
-        note = cpu_mismatch((read_manifest(artifact).get("isa") or {}).get("class"))
+        note = cpu_mismatch(isa.class_ if (isa := read_manifest(artifact).isa) else None)
         if note and strict:
             raise ArtifactError(f"{artifact}: {note}")
         if note:
@@ -260,11 +264,11 @@ def bench(artifacts: list[Path], config: BenchConfig, progress=lambda msg: None,
     notes = cpu_notes(artifacts, strict)
     groups: dict[str, list[Path]] = {}
     for artifact in artifacts:
-        groups.setdefault(read_manifest(artifact)["model"]["source"], []).append(artifact)
+        groups.setdefault(read_manifest(artifact).model.source, []).append(artifact)
     rows, skipped, flops = [], [], {}
     roofline = None
     for model, group in groups.items():
-        name = read_manifest(group[0])["model"]["name"]
+        name = read_manifest(group[0]).model.name
         group_rows = _bench_model(model, group, config, progress, peers)
         skipped += [row for row in group_rows if "skipped" in row]
         group_rows = [row for row in group_rows if "skipped" not in row]
@@ -292,7 +296,7 @@ def _bench_model(model: str, artifacts: list[Path], config: BenchConfig, progres
         progress(str(artifact))
         row = run_in_subprocess({"engine": "artifact", "artifact": str(artifact), "config": asdict(config)})
         row["path"] = str(artifact)
-        row["parity"] = read_manifest(artifact).get("parity")
+        row["parity"] = encode(read_manifest(artifact).parity)
         rows.append(row)
     timed = [row for row in rows if "skipped" not in row]
     sources = [r["parity"]["spearman_source"] for r in timed if (r.get("parity") or {}).get("spearman_source")]
@@ -305,6 +309,18 @@ def _bench_model(model: str, artifacts: list[Path], config: BenchConfig, progres
         if row is not baseline:
             row["baseline"] = summary
     return rows
+
+
+def record_speed(result: dict, table: str) -> None:
+    """Each timed artifact's row into its manifest (and report), with the run's baseline, settings and CPU."""
+    for row in (r for r in result["rows"] if "path" in r and "skipped" not in r):
+        artifact = Path(row["path"])
+        speed = Speed(label=row["label"], runtime=row["runtime"], throughput_sps=row["throughput_sps"],
+                      latency_p50_ms=row["latency_p50_ms"], latency_p95_ms=row["latency_p95_ms"],
+                      throughput_ratio=row["throughput_ratio"], latency_p50_ratio=row["latency_p50_ratio"],
+                      baseline_size_bytes=row["baseline"]["size_bytes"] or 0, batch_size=result["config"]["batch_size"],
+                      threads=result["config"]["threads"], cpu=result["cpu"], table_md=table)
+        record_results(artifact, replace(read_manifest(artifact), speed=speed))
 
 
 def markdown_table(result: dict) -> str:

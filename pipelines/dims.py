@@ -9,30 +9,18 @@ the manifest, so the report shows the trade-off the choice was made on.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from core.data import load_stsb
+from core.manifest import DimsSweepRecord, Gate, SweepRow
 from core.metrics import retrieval_scores, sts_spearman
 from core.pca import Projection, fit_pca
 from core.vectors import PRECISIONS, VectorCodec, bytes_per_vector
-from targets.base import Gate
 
 CANDIDATE_DIMS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768)
 DEFAULT_MAX_DROP = Gate.pca_extra_drop  # STS-B points: what the gate allows a projection to cost
-
-
-@dataclass(frozen=True)
-class SweepRow:
-    dims: int  # output size; the model's own size is the row without a projection
-    precision: str
-    bytes_per_vector: int
-    spearman: float
-    spearman_drop: float  # against the full model's float32 vectors
-    recall_at_10: float
-    mrr: float
-    mrr_drop: float
 
 
 @dataclass(frozen=True)
@@ -41,9 +29,8 @@ class DimsSweep:
     max_drop: float
     chosen: int  # the smallest float32 size within max_drop (the model's own size if none smaller is)
 
-    def to_dict(self) -> dict:
-        return {"evaluated_on": "STS-B dev", "max_drop": self.max_drop, "smallest_within_max_drop": self.chosen,
-                "rows": [asdict(r) for r in self.rows]}
+    def record(self) -> DimsSweepRecord:
+        return DimsSweepRecord("STS-B dev", self.max_drop, self.chosen, tuple(self.rows))
 
 
 def vector_quality(fit: np.ndarray, dev: np.ndarray, projection: Projection | None) -> list[SweepRow]:
@@ -70,8 +57,8 @@ def sweep(fit: np.ndarray, dev: np.ndarray, max_drop: float | None = None,
     for dims in sorted(d for d in candidates if d < min(fit.shape[1], len(fit))):
         rows += vector_quality(fit, dev, fit_pca(fit, dims))
     full = rows[0]
-    rows = sorted((SweepRow(**{**asdict(r), "spearman_drop": round(full.spearman - r.spearman, 2),
-                               "mrr_drop": round(full.mrr - r.mrr, 2)}) for r in rows),
+    rows = sorted((replace(r, spearman_drop=round(full.spearman - r.spearman, 2), mrr_drop=round(full.mrr - r.mrr, 2))
+                   for r in rows),
                   key=lambda r: (PRECISIONS.index(r.precision), r.dims))
     chosen = min(r.dims for r in rows if r.precision == "float32" and r.spearman_drop <= max_drop)
     return DimsSweep(rows, max_drop, chosen)

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from core.data import load_stsb, read_corpus
-from core.errors import ConfigError, OutputError
+from core.errors import ConfigError, ModelSourceError, OutputError
 from core.manifest import write_json_atomic
 from core.metrics import sts_spearman
 from core.model_files import DISTILL_RECORD
 from core.pca import fit_pca
+from core.tokenizer_guard import tokenizer_errors
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def distill(teacher, teacher_name: str, config: DistillConfig, sentences: list[s
     total = len(layer_stack(teacher[0].auto_model)[2])
     everything = config.layers is None and not config.keep and config.matryoshka_dims  # Matryoshka training only
     keep = list(range(total)) if everything else layers_to_keep(total, config.layers, config.keep)
-    with torch.no_grad():
+    with torch.no_grad(), tokenizer_errors(ModelSourceError, f"the teacher {teacher_name!r} failed on the texts"):
         targets = teacher.encode(sentences, batch_size=64, convert_to_numpy=True).astype(np.float32)
     student = make_student(teacher, keep)
     losses = train_student(student, sentences, targets, config, progress)

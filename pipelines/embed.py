@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import ArtifactError, ConfigError, OutputError, require
-from core.manifest import check_files, read_manifest, sha256_file, write_json_atomic
+from core.manifest import Manifest, check_files, read_manifest, sha256_file, write_json_atomic
 from core.safe_io import read_json
 from core.vectors import PRECISIONS, VectorCodec
 from pipelines.corpus import Corpus
@@ -54,27 +54,24 @@ class EmbedJob:
         return range(index * self.chunk_rows, min((index + 1) * self.chunk_rows, self.rows))
 
 
-def artifact_checksum(manifest: dict) -> str:
-    return hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
+def artifact_checksum(manifest: Manifest) -> str:
+    return hashlib.sha256(json.dumps(manifest.files, sort_keys=True).encode()).hexdigest()
 
 
-def open_artifact(artifact_dir: Path) -> dict:
+def open_artifact(artifact_dir: Path) -> Manifest:
     """The artifact's manifest, after its files passed their checksums: a damaged artifact never fills an index."""
     manifest = read_manifest(artifact_dir)
     check_files(artifact_dir, manifest)
     return manifest
 
 
-def vector_codec(manifest: dict, precision: str) -> VectorCodec | None:
+def vector_codec(manifest: Manifest, precision: str) -> VectorCodec | None:
     """The artifact's calibrated ranges for int8 / binary vectors; None for float32."""
     if precision == "float32":
         return None
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if not manifest.get("vectors"):
-        raise ArtifactError(f"the artifact declares no ranges for {precision} vectors (built before they existed); "
-                            "re-export it, or embed with --precision float32")
-    return VectorCodec.from_dict(manifest["vectors"], int(manifest["embedding_dim"]))
+    return VectorCodec.from_record(manifest.vectors, manifest.embedding_dim)
 
 
 @dataclass(frozen=True)
@@ -179,13 +176,13 @@ def embed_corpus(artifact_dir: Path, corpus: Corpus, output: Path, engine: Engin
     """Embed every chunk the ledger does not hold yet; ``progress`` gets the rows done after each chunk."""
     encoder.require_token_input()
     manifest = encoder.manifest
-    job = EmbedJob(artifact_checksum(manifest), corpus.fingerprint, len(corpus), int(manifest["embedding_dim"]),
+    job = EmbedJob(artifact_checksum(manifest), corpus.fingerprint, len(corpus), manifest.embedding_dim,
                    chunk_rows, batch_size, precision)
     codec = vector_codec(manifest, precision)
     done = start_job(output, job)
     metadata = {"artifact_checksum": job.artifact_checksum, "dims": job.dims, "dtype": precision,
-                "model": manifest["model"]["name"], "target": manifest["target"], "artifact": manifest["artifact"],
-                "normalized": manifest.get("normalized"), "input_fingerprint": corpus.fingerprint}
+                "model": manifest.model.name, "target": manifest.target, "artifact": manifest.artifact,
+                "normalized": manifest.normalized, "input_fingerprint": corpus.fingerprint}
     started, embedded = time.perf_counter(), 0
     if progress:
         progress(sum(len(job.chunk_range(i)) for i in done))

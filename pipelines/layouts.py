@@ -19,8 +19,9 @@ import onnx
 
 from converters.onnx.outputs import as_one_token_sequence, rename_output
 from converters.web import WASM_FILE, WEB_OUTPUT, WEBGPU_FILE
-from core.errors import ConfigError
-from core.manifest import check_files, read_manifest
+from core.errors import ArtifactError, ConfigError, gist
+from core.manifest import Manifest, check_files, read_manifest
+from core.schema import encode
 from pipelines.staging import staging_dir, swap_into_place
 from targets import get_targets
 
@@ -76,52 +77,65 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def _load(path: Path) -> onnx.ModelProto:
+    """The artifact's ONNX graph, weights inside: ours never keep external data (their files stay under protobuf's
+    2 GB), and a graph that points at some would make onnx read files the manifest does not vouch for."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others on a damaged file
+        raise ArtifactError(f"{path} is not a readable ONNX model ({gist(exc, last=True)}); export it again") from None
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        raise ArtifactError(f"{path} keeps its weights in external data files; a layout takes a self-contained "
+                            "model: export the artifact again")
+    return model
+
+
 def _json(path: Path, data: dict | list) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def sentence_transformers_file(manifest: dict) -> str:
+def sentence_transformers_file(manifest: Manifest) -> str:
     """sentence-transformers' own names: model_qint8_<CPU class>.onnx (its presets avx2, avx512, avx512_vnni;
     ours adds amx), model_O4.onnx for fp16 with fusions, model.onnx for fp32."""
-    if manifest["precision"] == "int8":
-        return f"onnx/model_qint8_{manifest['isa']['class']}.onnx"
-    return "onnx/model_O4.onnx" if manifest["precision"] == "fp16" else "onnx/model.onnx"
+    if manifest.precision == "int8":
+        return f"onnx/model_qint8_{manifest.isa.class_}.onnx"
+    return "onnx/model_O4.onnx" if manifest.precision == "fp16" else "onnx/model.onnx"
 
 
-def write_sentence_transformers(artifact_dir: Path, manifest: dict, out: Path, final: Path) -> str:
+def write_sentence_transformers(artifact_dir: Path, manifest: Manifest, out: Path, final: Path) -> str:
     file_name = sentence_transformers_file(manifest)
-    model = onnx.load(str(artifact_dir / manifest["file"]))
+    model = _load(artifact_dir / manifest.file)
     _save(as_one_token_sequence(model, ST_OUTPUT), out / file_name)
     _copy_tokenizer(artifact_dir, out)
-    dim = int(manifest["embedding_dim"])
+    dim = manifest.embedding_dim
     # The graph already pools (and normalises, as the source model does); the one-token sequence passes whole.
     _json(out / "modules.json", [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
     ])
     _json(out / "sentence_bert_config.json",
-          {"max_seq_length": int(manifest["max_seq_length"]), "do_lower_case": False})
+          {"max_seq_length": manifest.max_seq_length, "do_lower_case": False})
     _json(out / "1_Pooling" / "config.json", {"word_embedding_dimension": dim, "pooling_mode_cls_token": True,
                                               "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
                                               "pooling_mode_mean_sqrt_len_tokens": False})
     _json(out / "config_sentence_transformers.json", {
-        "prompts": manifest.get("prompts") or {}, "default_prompt_name": manifest.get("default_prompt_name"),
+        "prompts": manifest.prompts, "default_prompt_name": manifest.default_prompt_name,
         "similarity_fn_name": "cosine"})
     return ("from sentence_transformers import SentenceTransformer\n"
             f'model = SentenceTransformer("{final}", backend="onnx", model_kwargs={{"file_name": "{file_name}"}})\n'
             'embeddings = model.encode(["A man is playing a guitar."])')
 
 
-def write_fastembed(artifact_dir: Path, manifest: dict, out: Path, final: Path) -> str:
-    shutil.copyfile(artifact_dir / manifest["file"], out / "model.onnx")
+def write_fastembed(artifact_dir: Path, manifest: Manifest, out: Path, final: Path) -> str:
+    shutil.copyfile(artifact_dir / manifest.file, out / "model.onnx")
     _copy_tokenizer(artifact_dir, out)
-    name = f"local/{manifest['model']['name']}-{manifest['target']}"
+    name = f"local/{manifest.model.name}-{manifest.target}"
     # The graph pools and normalises inside: no pooling, no normalisation on fastembed's side.
     return ("from fastembed import TextEmbedding\n"
             "from fastembed.common.model_description import ModelSource, PoolingType\n"
             f'TextEmbedding.add_custom_model(model="{name}", pooling=PoolingType.DISABLED, normalization=False,\n'
-            f'    sources=ModelSource(hf="{name}"), dim={int(manifest["embedding_dim"])}, model_file="model.onnx")\n'
+            f'    sources=ModelSource(hf="{name}"), dim={manifest.embedding_dim}, model_file="model.onnx")\n'
             f'model = TextEmbedding("{name}", specific_model_path="{final}")\n'
             'embeddings = list(model.embed(["A man is playing a guitar."]))')
 
@@ -131,17 +145,17 @@ TRANSFORMERS_JS_FILE = {"int8": WASM_FILE, "fp16": WEBGPU_FILE, "fp32": "onnx/mo
 TRANSFORMERS_JS_DTYPE = {"int8": "q8", "fp16": "fp16", "fp32": "fp32"}
 
 
-def write_transformers_js(artifact_dir: Path, manifest: dict, out: Path, final: Path) -> str:
-    if manifest["format"] == "onnx_web":  # already its layout: both files, output named as it reads it
+def write_transformers_js(artifact_dir: Path, manifest: Manifest, out: Path, final: Path) -> str:
+    if manifest.format == "onnx_web":  # already its layout: both files, output named as it reads it
         for name in (WASM_FILE, WEBGPU_FILE):
             if (artifact_dir / name).is_file():
                 (out / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(artifact_dir / name, out / name)
     else:
-        model = onnx.load(str(artifact_dir / manifest["file"]))
-        _save(rename_output(model, WEB_OUTPUT), out / TRANSFORMERS_JS_FILE[manifest["precision"]])
+        model = _load(artifact_dir / manifest.file)
+        _save(rename_output(model, WEB_OUTPUT), out / TRANSFORMERS_JS_FILE[manifest.precision])
     _copy_tokenizer(artifact_dir, out)
-    dtype = TRANSFORMERS_JS_DTYPE[manifest["precision"]]
+    dtype = TRANSFORMERS_JS_DTYPE[manifest.precision]
     return ('import { pipeline, env } from "@huggingface/transformers";\n'
             f'env.localModelPath = "{final.parent}/"; env.allowRemoteModels = false;\n'
             f'const extractor = await pipeline("feature-extraction", "{final.name}", {{ dtype: "{dtype}" }});\n'
@@ -161,9 +175,9 @@ def write_layout(layout: Layout, artifact_dir: Path, out: Path, location: Path |
     lines load it from ``location`` (default: ``out``; a release archive names the folder it unpacks to)."""
     manifest = read_manifest(artifact_dir)
     check_files(artifact_dir, manifest)
-    if manifest["format"] not in layout.formats:
+    if manifest.format not in layout.formats:
         raise ConfigError(f"the {layout.name} layout takes {' or '.join(layout.formats)} artifacts; "
-                          f"{artifact_dir} is {manifest['format']}")
+                          f"{artifact_dir} is {manifest.format}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_dir(out)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -174,9 +188,9 @@ def write_layout(layout: Layout, artifact_dir: Path, out: Path, location: Path |
         # The model file's sha256 as the manifest lists it (check_files verified it above).
         _json(tmp / LAYOUT_RECORD, {
             "layout": layout.name, "library": layout.library,
-            "artifact": {"target": manifest["target"], "artifact": manifest["artifact"], "file": manifest["file"],
-                         "sha256": manifest["files"][manifest["file"]], "gate": manifest["gate"],
-                         "parity": manifest.get("parity")},
+            "artifact": {"target": manifest.target, "artifact": manifest.artifact, "file": manifest.file,
+                         "sha256": manifest.files[manifest.file], "gate": encode(manifest.gate),
+                         "parity": encode(manifest.parity)},
             "usage": usage,
         })
         swap_into_place(tmp, out)
@@ -185,9 +199,9 @@ def write_layout(layout: Layout, artifact_dir: Path, out: Path, location: Path |
     return out
 
 
-def layout_folder(artifact_dir: Path, manifest: dict, layout: Layout) -> Path:
+def layout_folder(artifact_dir: Path, manifest: Manifest, layout: Layout) -> Path:
     """<model>/layouts/<layout>/<target>[-<plan folder>] for an artifact at <model>/<target>[/<plan folder>]."""
-    target_dir = next((p for p in (artifact_dir, *artifact_dir.parents) if p.name == manifest["target"]), artifact_dir)
+    target_dir = next((p for p in (artifact_dir, *artifact_dir.parents) if p.name == manifest.target), artifact_dir)
     name = "-".join(artifact_dir.relative_to(target_dir.parent).parts)
     return target_dir.parent / "layouts" / layout.name / name
 

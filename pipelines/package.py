@@ -9,16 +9,25 @@ import json
 import os
 import tarfile
 import tempfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from core.errors import ArtifactError, ConfigError, gist
-from core.manifest import MANIFEST, MAX_MANIFEST_BYTES, UNCHECKED_FILES, check_files, find_artifacts, read_manifest
+from core.errors import ArtifactError, ConfigError, OutputError
+from core.manifest import (
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    UNCHECKED_FILES,
+    Manifest,
+    check_files,
+    find_artifacts,
+    parse_manifest,
+    read_manifest,
+)
+from core.output_paths import check_output_folder
+from core.safe_io import UnpackBudget, reading_archive
 from pipelines.layouts import Layout, write_layout
 from pipelines.signing import sign
 
-MAX_MEMBERS = 10_000
 MAX_ARCHIVE_BYTES = 8 << 30  # unpacked; larger than any artifact this toolchain writes
 
 
@@ -27,19 +36,16 @@ def safe_extract(archive: Path, destination: Path) -> None:
     ``destination`` and listed once, each file of the size its manifest records (read first, size-capped), so
     a hostile archive writes nothing outside and nothing larger than it claims."""
     destination = destination.resolve()
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = _checked_members(archive, tar, destination)
-            tar.extractall(destination, members=members, filter="data")
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise ArtifactError(f"{archive} is not a readable release archive ({gist(exc)})") from None
+    with reading_archive(archive, ArtifactError, "release archive"), tarfile.open(archive, "r:*") as tar:
+        members = _checked_members(archive, tar, destination)
+        tar.extractall(destination, members=members, filter="data")
 
 
 def _checked_members(archive: Path, tar: tarfile.TarFile, destination: Path) -> list[tarfile.TarInfo]:
-    members, seen, total = [], set(), 0
+    members, seen = [], set()
+    budget = UnpackBudget(archive, MAX_ARCHIVE_BYTES, ArtifactError)
     for member in tar:
-        if len(members) >= MAX_MEMBERS:
-            raise ArtifactError(f"archive {archive.name} has more than {MAX_MEMBERS} members; it is not a release")
+        budget.admit(member.name, member.size)  # on its header: the stream is not read past a bomb
         target = (destination / member.name).resolve()
         if member.name.startswith("/") or not target.is_relative_to(destination) or target == destination:
             raise ArtifactError(f"archive {archive.name} has a member escaping its folder: {member.name!r}")
@@ -48,9 +54,6 @@ def _checked_members(archive: Path, tar: tarfile.TarFile, destination: Path) -> 
         if target in seen:
             raise ArtifactError(f"archive {archive.name} lists {member.name!r} twice")
         seen.add(target)
-        total += member.size
-        if total > MAX_ARCHIVE_BYTES:
-            raise ArtifactError(f"archive {archive.name} unpacks to more than {MAX_ARCHIVE_BYTES >> 30} GiB")
         members.append(member)
     _check_sizes_against_manifest(archive, tar, members)
     return members
@@ -67,19 +70,20 @@ def _check_sizes_against_manifest(archive: Path, tar: tarfile.TarFile, members: 
     for name in manifests:
         handle = tar.extractfile(files[name])
         try:
-            manifest = json.loads(handle.read(MAX_MANIFEST_BYTES).decode("utf-8")) if handle else None
+            data = json.loads(handle.read(MAX_MANIFEST_BYTES).decode("utf-8")) if handle else None
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            manifest = None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            data = None
+        if not isinstance(data, dict):
             raise ArtifactError(f"archive {archive.name}: {name} is not a readable manifest")
+        manifest = parse_manifest(data, f"archive {archive.name}: {name}")
         root = name.rsplit("/", 1)[0] + "/" if "/" in name else ""
-        sizes = manifest.get("file_bytes") if isinstance(manifest.get("file_bytes"), dict) else {}
+        sizes = manifest.file_bytes
         for unchecked in UNCHECKED_FILES:
             member = files.get(f"{root}{unchecked}")
             if member is not None and member.size > MAX_MANIFEST_BYTES:
                 raise ArtifactError(f"archive {archive.name}: {member.name} is larger than any {unchecked}")
             covered.add(f"{root}{unchecked}")
-        for listed in manifest["files"]:
+        for listed in manifest.files:
             member = files.get(f"{root}{listed}")
             if member is not None and listed in sizes and member.size != sizes[listed]:
                 raise ArtifactError(f"archive {archive.name}: {member.name} has {member.size} bytes, its manifest "
@@ -133,22 +137,29 @@ def archive_folder(folder: Path, archive: Path) -> Path:
     return archive
 
 
-def archive_name(root: Path, artifact_dir: Path, manifest: dict) -> str:
-    parts = artifact_dir.relative_to(root).parts if artifact_dir != root else (manifest["target"],)
-    model = manifest["model"]["name"] + (f"-pca{manifest['embedding_dim']}" if manifest.get("pca") else "")
+def archive_name(root: Path, artifact_dir: Path, manifest: Manifest) -> str:
+    parts = artifact_dir.relative_to(root).parts if artifact_dir != root else (manifest.target,)
+    model = manifest.model.name + (f"-pca{manifest.embedding_dim}" if manifest.pca else "")
     return "-".join((model, *parts))
 
 
 def package_all(root: Path, out: Path | None = None, layout: Layout | None = None,
                 sign_key: Path | None = None) -> list[Path]:
-    """One archive per artifact under ``root`` into ``out`` (default: <root>/release); with a layout, one per
+    """One archive per artifact under ``root`` into ``out`` (default: <root>/release, beside ``root`` when it is one
+    artifact: never inside an artifact, whose checksums it would break); with a layout, one per
     artifact the layout takes, holding that layout (pipelines.layouts) instead of the artifact. With ``sign_key``,
     each artifact folder is signed first (pipelines.signing), so its archive carries the signature."""
     if sign_key is not None and layout is not None:
         raise ConfigError("--sign-key signs artifact bundles; a library layout is archived unsigned: drop one option")
-    out = out or root / "release"
+    artifacts = find_artifacts(root)
+    out = out or (root.parent if (root / MANIFEST).is_file() else root) / "release"
+    written = check_output_folder(out, "--out")
+    inside = next((a for a in artifacts if written.is_relative_to(a.resolve())), None)
+    if inside is not None:
+        raise OutputError(f"--out {str(out)!r} is inside the artifact {str(inside)!r}: an archive there would change "
+                          "it; pass a folder outside it to --out")
     archives = []
-    for artifact_dir in find_artifacts(root):
+    for artifact_dir in artifacts:
         if out in artifact_dir.parents:
             continue
         manifest = read_manifest(artifact_dir)
@@ -158,7 +169,7 @@ def package_all(root: Path, out: Path | None = None, layout: Layout | None = Non
                 check_files(artifact_dir, manifest)  # never sign a tampered artifact
                 sign(artifact_dir, manifest, sign_key)
             archives.append(write_archive(artifact_dir, out / f"{name}.tar.gz"))
-        elif manifest["format"] in layout.formats:
+        elif manifest.format in layout.formats:
             unpacked = f"{name}-{layout.name}"  # the folder the archive unpacks to, as its usage lines name it
             with tempfile.TemporaryDirectory() as scratch:
                 folder = write_layout(layout, artifact_dir, Path(scratch) / unpacked, location=Path(unpacked))

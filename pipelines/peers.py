@@ -28,6 +28,7 @@ from pathlib import Path
 
 from core.cpu import cpu_flags, cpu_isa
 from core.data import load_stsb
+from core.manifest import GraphSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_VENV = ROOT / ".venv-peer"
@@ -149,9 +150,9 @@ def build_peer(name: str, model_path: str, threads: int):
     return PEERS[name](model_path, threads)
 
 
-def flops_per_sentence(config: dict, tokens: int) -> float:
+def flops_per_sentence(spec: GraphSpec, tokens: int) -> float:
     """Matrix FLOPs of a BERT encoder forward pass for one sentence of ``tokens`` tokens (2 FLOPs per MAC)."""
-    hidden, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    hidden, inter, layers = spec.hidden_size, spec.intermediate_size, spec.num_hidden_layers
     projections = tokens * (4 * hidden * hidden + 2 * hidden * inter)  # Q, K, V, output; FFN up and down
     attention = 2 * tokens * tokens * hidden  # QK^T and attention x V
     return 2.0 * layers * (projections + attention)

@@ -3,16 +3,17 @@ once, by ``resolve_model``), its family, and the artifacts the family or the mod
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from converters.registry import get_format
 from core.config import QUANTIZATION_MODES, BuildConfig
 from core.cpu import isa_class
 from core.data import read_corpus
-from core.errors import ConfigError, OutputError
+from core.errors import ConfigError
 from core.families import Family, family_for
 from core.model_source import ModelSource, resolve_model
+from core.output_paths import check_output_folder
+from pipelines.staging import check_free
 from targets.base import Target, get_targets
 
 
@@ -31,9 +32,10 @@ def check_build(config: BuildConfig, source: ModelSource | None = None) -> tuple
                           f"got {config.quantization!r}")
     if config.fit_corpus:
         read_corpus(Path(config.fit_corpus))
-    check_output_dir(Path(config.out))
     source = source or resolve_model(config.model, trust_remote_code=config.trust_remote_code,
                                      allow_pickle=config.allow_pickle)
+    check_output_folder(config.out, "--out", {"model folder": source.path})
+    check_free(Path(config.out))  # a folder another export holds: refused before anything slow
     return source, family_for(source.layout.model_type)
 
 
@@ -51,14 +53,6 @@ def refusals(family: Family, source: ModelSource, targets: list[Target]) -> dict
             elif check and (reason := check(source)):
                 refused[target.name, plan.folder] = f"{source.name} ({family.name}) {what}: {reason}"
     return refused
-
-
-def check_output_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output path {str(out)!r} is a file; pass a directory to --out")
-    probe_dir = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not os.access(probe_dir, os.W_OK):
-        raise OutputError(f"output directory {str(probe_dir)!r} is not writable; pass a writable --out")
 
 
 def count_artifacts(config: BuildConfig) -> int:

@@ -8,8 +8,21 @@ from pathlib import Path
 import markdown_it
 import numpy as np
 
-from core.manifest import find_artifacts, read_manifest, write_text_atomic
+from core.manifest import (
+    AppText,
+    Arm64Record,
+    DimsSweepRecord,
+    Manifest,
+    find_artifacts,
+    read_manifest,
+    write_manifest,
+    write_text_atomic,
+)
+from core.schema import encode
 from pipelines.snippets import TEXT_IN_FORMATS, app_snippets
+
+# Manifests and folder names are untrusted: HTML inside them is shown as text in report.html, never run.
+MARKDOWN = markdown_it.MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -20,85 +33,78 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
-def _size_mb(manifest: dict) -> float:
-    return manifest.get("size_bytes", 0) / 1e6
-
-
-def artifact_report(manifest: dict) -> str:
-    parity = manifest.get("parity") or {}
-    speed = manifest.get("speed") or {}
+def artifact_report(manifest: Manifest) -> str:
+    m = manifest
     lines = [
-        f"# {manifest['model']['name']} — {manifest['target']} ({manifest['artifact']})",
+        f"# {m.model.name} — {m.target} ({m.artifact})",
         "",
-        f"- format: {manifest['format']} (`{manifest['file']}`), precision {manifest['precision']}, "
-        f"runtime {manifest['runtime']}",
-        f"- inputs: {', '.join(i['name'] + ':' + i['dtype'] for i in manifest['inputs'])}; "
-        f"output `{manifest['output']['name']}` float32 × {manifest['embedding_dim']}",
-        f"- pooling {manifest['pooling']}, normalised: {manifest['normalized']}, "
-        f"max sequence length {manifest['max_seq_length']} tokens (longer texts are truncated as by the source model)",
+        f"- format: {m.format} (`{m.file}`), precision {m.precision}, runtime {m.runtime}",
+        f"- inputs: {', '.join(i.name + ':' + i.dtype for i in m.inputs)}; "
+        f"output `{m.output.name}` float32 × {m.embedding_dim}",
+        f"- pooling {m.pooling}, normalised: {m.normalized}, "
+        f"max sequence length {m.max_seq_length} tokens (longer texts are truncated as by the source model)",
     ]
-    if manifest.get("shapes"):
-        shapes = ", ".join(f"{s['batch']}×{s['sequence']}" for s in manifest["shapes"])
+    if m.shapes:
+        shapes = ", ".join(f"{s.batch}×{s.sequence}" for s in m.shapes)
         lines.append(f"- fixed shapes (batch×sequence buckets; inputs are padded to the smallest that fits): {shapes}")
-    if manifest.get("pca"):
-        pca = manifest["pca"]
-        lines.append(f"- PCA {pca['source_dim']} → {pca['dims']} (explained variance "
-                     f"{pca['explained_variance_ratio']:.3f}, fit on {pca['fit_corpus']})")
-    if parity:
-        label = " (EMULATED: the native runtime cannot run on this OS)" if parity.get("emulated") else ""
+    if m.pca:
+        lines.append(f"- PCA {m.pca.source_dim} → {m.pca.dims} (explained variance "
+                     f"{m.pca.explained_variance_ratio:.3f}, fit on {m.pca.fit_corpus})")
+    if parity := m.parity:
+        label = " (EMULATED: the native runtime cannot run on this OS)" if parity.emulated else ""
         lines += [
             "",
             f"## Parity vs fp32 PyTorch on STS-B dev{label}",
             "",
             "| sentences | mean cos | min cos | p1 cos | STS-B ×100 | fp32 STS-B | drop | verdict |",
             "|---|---|---|---|---|---|---|---|",
-            f"| {parity['sentences']} | {_fmt(parity['mean_cosine'])} | {_fmt(parity['min_cosine'])} | "
-            f"{_fmt(parity['p1_cosine'])} | {_fmt(parity['spearman'], 2)} | {_fmt(parity['spearman_source'], 2)} | "
-            f"{_fmt(parity['spearman_drop'], 2)} | {manifest.get('verdict', '–')} |",
+            f"| {parity.sentences} | {_fmt(parity.mean_cosine)} | {_fmt(parity.min_cosine)} | "
+            f"{_fmt(parity.p1_cosine)} | {_fmt(parity.spearman, 2)} | {_fmt(parity.spearman_source, 2)} | "
+            f"{_fmt(parity.spearman_drop, 2)} | {m.verdict or '–'} |",
             "",
-            f"Runtime: {parity.get('runtime', '')}. Gate: {manifest['gate']}.",
+            f"Runtime: {parity.runtime}. Gate: {encode(m.gate)}.",
         ]
-    if parity.get("app_text"):
-        lines += ["", "## Strings through the app's own tokenizer", "", app_text_md(parity["app_text"])]
-    if manifest.get("arm64"):
-        lines += ["", "## On emulated ARM64 CPU kernels (qemu; not speeds)", "", arm64_md(manifest["arm64"])]
-    if speed:
-        lines += ["", "## Speed", "", speed.get("table_md", "")]
-    if manifest.get("dims_sweep"):
+        if parity.app_text:
+            lines += ["", "## Strings through the app's own tokenizer", "", app_text_md(parity.app_text)]
+    if m.arm64:
+        lines += ["", "## On emulated ARM64 CPU kernels (qemu; not speeds)", "", arm64_md(m.arm64)]
+    if m.speed:
+        lines += ["", "## Speed", "", m.speed.table_md]
+    if m.dims_sweep:
         lines += ["", "## Output size and stored precision (PCA fitted on the fit corpus, scored on STS-B dev)", "",
-                  sweep_table_md(manifest["dims_sweep"]), "",
+                  sweep_table_md(m.dims_sweep), "",
                   "int8 and binary vectors use the ranges in the manifest's `vectors` entry (core/vectors.py; "
                   "`cli.py embed --precision`)."]
     lines += ["", "## Files", "", "| file | sha256 |", "|---|---|"]
-    lines += [f"| {name} | `{digest[:16]}…` |" for name, digest in manifest["files"].items()]
+    lines += [f"| {name} | `{digest[:16]}…` |" for name, digest in m.files.items()]
     return "\n".join(lines) + "\n"
 
 
-def app_text_md(app_text: dict) -> str:
+def app_text_md(app_text: AppText) -> str:
     """Cosine to the fp32 model on the raw strings, with and without the app-side normalisation (a text-in
     artifact's manifest ``parity.app_text``)."""
     lines = ["| strings | app-normalised: mean / min cos | raw: mean / min cos |", "|---|---|---|"]
     for key, label in (("stsb", "STS-B dev"), ("strings", "tokenizer test strings")):
-        with_it, raw = app_text["normalized"][key], app_text["raw"][key]
-        lines.append(f"| {label} | {with_it['mean_cosine']:.4f} / {with_it['min_cosine']:.4f} | "
-                     f"{raw['mean_cosine']:.4f} / {raw['min_cosine']:.4f} |")
+        with_it, raw = getattr(app_text.normalized, key), getattr(app_text.raw, key)
+        lines.append(f"| {label} | {with_it.mean_cosine:.4f} / {with_it.min_cosine:.4f} | "
+                     f"{raw.mean_cosine:.4f} / {raw.min_cosine:.4f} |")
     return "\n".join(lines)
 
 
-def arm64_md(record: dict) -> str:
+def arm64_md(record: Arm64Record) -> str:
     """The manifest's ``arm64`` entry (``verify --arch arm64``) as a table."""
-    lines = [f"{record['qemu']}.", "",
+    lines = [f"{record.qemu}.", "",
              "| CPU model | int8 kernels | sentences | mean cos | min cos | test vectors | max abs diff vs x86 "
              "| verdict |",
              "|---|---|---|---|---|---|---|---|"]
-    for cpu, c in record["cpus"].items():
-        if "skipped" in c:
-            lines.append(f"| {cpu} | {c['kernels']} | – | – | – | – | – | skipped: {c['skipped']} |")
+    for cpu, c in record.cpus.items():
+        if c.skipped:
+            lines.append(f"| {cpu} | {c.kernels} | – | – | – | – | – | skipped: {c.skipped} |")
             continue
-        diff = "–" if c["max_abs_diff_vs_x86"] is None else f"{c['max_abs_diff_vs_x86']:.1e}"
-        verdict = "pass" if c["ok"] else "FAIL: " + "; ".join(c["failures"])
-        lines.append(f"| {cpu} | {c['kernels']} | {c['sentences']} | {c['mean_cosine']:.4f} | {c['min_cosine']:.4f} "
-                     f"| {c['test_vectors_min_cosine']:.4f} | {diff} | {verdict} |")
+        diff = "–" if c.max_abs_diff_vs_x86 is None else f"{c.max_abs_diff_vs_x86:.1e}"
+        verdict = "pass" if c.ok else "FAIL: " + "; ".join(c.failures)
+        lines.append(f"| {cpu} | {c.kernels} | {c.sentences} | {_fmt(c.mean_cosine)} | {_fmt(c.min_cosine)} "
+                     f"| {_fmt(c.test_vectors_min_cosine)} | {diff} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -107,17 +113,19 @@ def _phone_md(root: Path) -> str:
     parts = []
     for folder in find_artifacts(root):
         manifest = read_manifest(folder)
-        app_text = (manifest.get("parity") or {}).get("app_text")
+        app_text = manifest.parity.app_text if manifest.parity else None
         if app_text:
             parts += [f"\n### {folder.relative_to(root).as_posix()}: strings through the app's own tokenizer\n",
                       app_text_md(app_text)]
-        if manifest.get("arm64"):
+        if manifest.arm64:
             parts += [f"\n### {folder.relative_to(root).as_posix()}: emulated ARM64 CPU kernels\n",
-                      arm64_md(manifest["arm64"])]
+                      arm64_md(manifest.arm64)]
     return "\n".join(parts)
 
 
-def write_artifact_report(artifact_dir: Path, manifest: dict) -> None:
+def record_results(artifact_dir: Path, manifest: Manifest) -> None:
+    """The one writer of what was measured of an artifact: its manifest.json, and the report.md made from it."""
+    write_manifest(artifact_dir, manifest)
     write_text_atomic(artifact_dir / "report.md", artifact_report(manifest))
 
 
@@ -125,30 +133,30 @@ def _rows(root: Path) -> list[dict]:
     rows = []
     for folder in find_artifacts(root):
         manifest = read_manifest(folder)
-        parity = manifest.get("parity") or {}
-        speed = manifest.get("speed") or {}
+        parity, speed = manifest.parity, manifest.speed
+        emulated = bool(parity and parity.emulated)
         rows.append({
             "name": f"{folder.relative_to(root).as_posix()}",
-            "target": manifest["target"],
-            "artifact": manifest["artifact"],
-            "dims": manifest["embedding_dim"],
-            "size_mb": manifest.get("size_bytes", 0) / 1e6,
-            "mean_cosine": parity.get("mean_cosine"),
-            "min_cosine": parity.get("min_cosine"),
-            "spearman": parity.get("spearman"),
-            "spearman_drop": parity.get("spearman_drop"),
-            "spearman_source": parity.get("spearman_source"),
-            "source_dim": manifest["graph"]["source_dim"],
-            "source_mb": (speed.get("baseline") or {}).get("size_bytes", 0) / 1e6,
-            "emulated": parity.get("emulated", False),
+            "target": manifest.target,
+            "artifact": manifest.artifact,
+            "dims": manifest.embedding_dim,
+            "size_mb": manifest.size_bytes / 1e6,
+            "mean_cosine": parity and parity.mean_cosine,
+            "min_cosine": parity and parity.min_cosine,
+            "spearman": parity and parity.spearman,
+            "spearman_drop": parity and parity.spearman_drop,
+            "spearman_source": parity and parity.spearman_source,
+            "source_dim": manifest.graph.source_dim,
+            "source_mb": speed.baseline_size_bytes / 1e6 if speed else 0.0,
+            "emulated": emulated,
             # An emulated runtime has no speed of its own worth plotting.
-            "throughput_ratio": None if parity.get("emulated") else speed.get("throughput_ratio"),
-            "throughput_sps": speed.get("throughput_sps"),
-            "latency_p50_ms": speed.get("latency_p50_ms"),
-            "verdict": manifest.get("verdict", "not verified"),
-            "model": manifest["model"]["name"],
-            "distillation": manifest["model"].get("distillation"),
-            "dims_sweep": manifest.get("dims_sweep"),
+            "throughput_ratio": speed.throughput_ratio if speed and not emulated else None,
+            "throughput_sps": speed and speed.throughput_sps,
+            "latency_p50_ms": speed and speed.latency_p50_ms,
+            "verdict": manifest.verdict or "not verified",
+            "model": manifest.model.name,
+            "distillation": manifest.model.distillation,
+            "dims_sweep": manifest.dims_sweep,
         })
     return rows
 
@@ -198,7 +206,7 @@ def _svg_plot(rows: list[dict]) -> str:
     for r in sorted(points, key=lambda p: -p["spearman"]):
         radius = 4 + (r["size_mb"] ** 0.5)
         color = palette.get(r["target"], "#555")
-        label = f"{r['name'].removeprefix(common)} · {r['dims']}d · {r['size_mb']:.0f} MB"
+        label = html.escape(f"{r['name'].removeprefix(common)} · {r['dims']}d · {r['size_mb']:.0f} MB")
         cx, cy = sx(r["throughput_ratio"]), sy(r["spearman"])
         ly = cy + 4
         while any(abs(ly - taken) < 14 for taken in label_slots):  # stack labels that would overlap
@@ -213,26 +221,26 @@ def _svg_plot(rows: list[dict]) -> str:
     return "\n".join(parts)
 
 
-def sweep_table_md(dims_sweep: dict) -> str:
+def sweep_table_md(dims_sweep: DimsSweepRecord) -> str:
     """The dims x precision sweep of a manifest: quality against bytes per stored vector."""
     lines = ["| dims | vector | bytes | STS-B | drop | recall@10 | MRR | MRR drop |",
              "|---|---|---|---|---|---|---|---|"]
-    chosen = dims_sweep["smallest_within_max_drop"]
-    for r in sorted(dims_sweep["rows"], key=lambda r: (-r["bytes_per_vector"], r["precision"])):
-        mark = " ←" if r["dims"] == chosen and r["precision"] == "float32" else ""
-        lines.append(f"| {r['dims']}{mark} | {r['precision']} | {r['bytes_per_vector']} | {r['spearman']:.2f} | "
-                     f"{r['spearman_drop']:.2f} | {r['recall_at_10']:.1f} | {r['mrr']:.2f} | {r['mrr_drop']:.2f} |")
-    lines.append(f"\n← the smallest float32 size within {dims_sweep['max_drop']} points (`--dims auto`). Retrieval: "
+    chosen = dims_sweep.smallest_within_max_drop
+    for r in sorted(dims_sweep.rows, key=lambda r: (-r.bytes_per_vector, r.precision)):
+        mark = " ←" if r.dims == chosen and r.precision == "float32" else ""
+        lines.append(f"| {r.dims}{mark} | {r.precision} | {r.bytes_per_vector} | {r.spearman:.2f} | "
+                     f"{r.spearman_drop:.2f} | {r.recall_at_10:.1f} | {r.mrr:.2f} | {r.mrr_drop:.2f} |")
+    lines.append(f"\n← the smallest float32 size within {dims_sweep.max_drop} points (`--dims auto`). Retrieval: "
                  "each STS-B dev pair scored ≥ 4 as query → positive among all dev sentences.")
     return "\n".join(lines)
 
 
-def _svg_sweep(dims_sweep: dict, title: str) -> str:
+def _svg_sweep(dims_sweep: DimsSweepRecord, title: str) -> str:
     """STS-B Spearman against bytes per stored vector (log scale), one line per precision."""
-    rows = dims_sweep["rows"]
+    rows = dims_sweep.rows
     width, height, pad, right = 760, 360, 60, 110
-    xs = [np.log2(r["bytes_per_vector"]) for r in rows]
-    ys = [r["spearman"] for r in rows]
+    xs = [np.log2(r.bytes_per_vector) for r in rows]
+    ys = [r.spearman for r in rows]
     x0, x1, y0, y1 = min(xs) - 0.3, max(xs) + 0.3, min(ys) - 1, max(ys) + 1
 
     def sx(v: float) -> float:
@@ -251,25 +259,25 @@ def _svg_sweep(dims_sweep: dict, title: str) -> str:
         yv = y0 + (y1 - y0) * i / 4
         parts.append(f'<text x="{pad - 6}" y="{sy(yv) + 4:.1f}" text-anchor="end">{yv:.1f}</text>')
     for precision, color in colors.items():
-        series = sorted((r for r in rows if r["precision"] == precision), key=lambda r: r["bytes_per_vector"])
+        series = sorted((r for r in rows if r.precision == precision), key=lambda r: r.bytes_per_vector)
         if not series:
             continue
-        points = " ".join(f"{sx(np.log2(r['bytes_per_vector'])):.1f},{sy(r['spearman']):.1f}" for r in series)
+        points = " ".join(f"{sx(np.log2(r.bytes_per_vector)):.1f},{sy(r.spearman):.1f}" for r in series)
         parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>')
         for r in series:
-            parts.append(f'<circle cx="{sx(np.log2(r["bytes_per_vector"])):.1f}" cy="{sy(r["spearman"]):.1f}" r="3" '
-                         f'fill="{color}"><title>{precision} {r["dims"]}d: {r["bytes_per_vector"]} B, '
-                         f'{r["spearman"]:.2f}</title></circle>')
+            parts.append(f'<circle cx="{sx(np.log2(r.bytes_per_vector)):.1f}" cy="{sy(r.spearman):.1f}" r="3" '
+                         f'fill="{color}"><title>{precision} {r.dims}d: {r.bytes_per_vector} B, '
+                         f'{r.spearman:.2f}</title></circle>')
         last = series[-1]
-        parts.append(f'<text x="{sx(np.log2(last["bytes_per_vector"])) + 8:.1f}" y="{sy(last["spearman"]) + 4:.1f}" '
+        parts.append(f'<text x="{sx(np.log2(last.bytes_per_vector)) + 8:.1f}" y="{sy(last.spearman) + 4:.1f}" '
                      f'fill="{color}">{precision}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
 
-def _sweeps(rows: list[dict]) -> dict[str, dict]:
+def _sweeps(rows: list[dict]) -> dict[str, DimsSweepRecord]:
     """One dims sweep per source model (every artifact of a model carries the same one)."""
-    found: dict[str, dict] = {}
+    found: dict[str, DimsSweepRecord] = {}
     for r in rows:
         if r["dims_sweep"] and r["model"] not in found:
             found[r["model"]] = r["dims_sweep"]
@@ -286,20 +294,20 @@ def _distillation_md(rows: list[dict]) -> str | None:
     shown: set[str] = set()
     for r in students:
         record = r["distillation"]
-        teacher = next((t for t in rows if t["model"] == record["teacher"] and t["target"] == r["target"]
+        teacher = next((t for t in rows if t["model"] == record.teacher and t["target"] == r["target"]
                         and t["artifact"] == r["artifact"]), None)
-        matryoshka = record.get("matryoshka_dims")
-        entries = [(r, f"{len(record['kept_layers'])} of {record['teacher_layers']} "
-                       f"({','.join(map(str, record['kept_layers']))})"
+        matryoshka = record.matryoshka_dims
+        entries = [(r, f"{len(record.kept_layers)} of {record.teacher_layers} "
+                       f"({','.join(map(str, record.kept_layers))})"
                        + (f", Matryoshka {','.join(map(str, matryoshka))}" if matryoshka else ""))]
         if teacher is not None and teacher["name"] not in shown:
             shown.add(teacher["name"])
-            entries.insert(0, (teacher, f"{record['teacher_layers']} (teacher)"))
+            entries.insert(0, (teacher, f"{record.teacher_layers} (teacher)"))
         for row, layers in entries:
             ratio = None if teacher is None or not row["throughput_sps"] or not teacher["throughput_sps"] else \
                 row["throughput_sps"] / teacher["throughput_sps"]
-            drop = None if row["spearman"] is None else record["spearman_teacher"] - row["spearman"]
-            lines.append(f"| {row['name']} | {layers} | {_fmt(row['spearman'], 2)} | {record['spearman_teacher']:.2f} "
+            drop = None if row["spearman"] is None else record.spearman_teacher - row["spearman"]
+            lines.append(f"| {row['name']} | {layers} | {_fmt(row['spearman'], 2)} | {record.spearman_teacher:.2f} "
                          f"| {_fmt(drop, 2)} | {_fmt(row['throughput_sps'], 0)} | {_fmt(ratio, 2)} |")
     return "\n".join(lines)
 
@@ -348,50 +356,50 @@ def write_model_report(root: Path) -> tuple[Path, Path]:
                      + sweep_table_md(dims_sweep) + "\n")
         plots += f"<h2>{html.escape(model)}: quality against bytes per vector</h2>" + _svg_sweep(dims_sweep, model)
     write_text_atomic(root / "report.md", md + sections)
-    body = markdown_it.MarkdownIt("commonmark").enable("table").render(intro + "\n" + table)
+    body = MARKDOWN.render(intro + "\n" + table)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(str(root))}</title><style>"
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
             "</style></head><body>" + body + "<h2>Accuracy vs speed vs size</h2>"
             "<p>Marker area grows with file size. The dashed line is the fp32 PyTorch speed.</p>" + svg +
-            markdown_it.MarkdownIt("commonmark").enable("table").render(sections) + plots + "</body></html>")
+            MARKDOWN.render(sections) + plots + "</body></html>")
     write_text_atomic(root / "report.html", page)
     return root / "report.md", root / "report.html"
 
 
-def model_card(manifest: dict) -> str:
+def model_card(manifest: Manifest) -> str:
     """MODEL_CARD.md shipped inside every artifact: what it is, how to call it, what it was checked against."""
-    model = manifest["model"]
-    inputs = ", ".join(f"`{i['name']}` ({i['dtype']}, {' × '.join(map(str, i['shape']))})" for i in manifest["inputs"])
-    shapes = manifest.get("shapes")
-    length = shapes[0]["sequence"] if shapes else manifest["max_seq_length"]  # a text-in artifact's one length
+    model = manifest.model
+    inputs = ", ".join(f"`{i.name}` ({i.dtype}, {' × '.join(map(str, i.shape))})" for i in manifest.inputs)
+    shapes = manifest.shapes
+    length = shapes[0].sequence if shapes else manifest.max_seq_length  # a text-in artifact's one length
     lines = [
-        f"# {model['name']} — {manifest['artifact']} for {manifest['target']}",
+        f"# {model.name} — {manifest.artifact} for {manifest.target}",
         "",
-        f"Sentence embeddings from `{model['source']}` (model files sha256 `{model['sha256'][:16]}…`), "
-        f"converted to {manifest['format']} at {manifest['precision']} precision for {manifest['runtime']}.",
+        f"Sentence embeddings from `{model.source}` (model files sha256 `{model.sha256[:16]}…`), "
+        f"converted to {manifest.format} at {manifest.precision} precision for {manifest.runtime}.",
         "",
         "## Use",
         "",
         f"- Strings in: the tokenizer is inside the file, and every text is padded or truncated to {length} tokens "
-        f"(`{manifest['tokenizer']['file']}` is the model's own tokenizer, for checks)."
-        if manifest["format"] in TEXT_IN_FORMATS else
-        f"- Tokenize with `{manifest['tokenizer']['file']}` (Hugging Face `tokenizers`); it truncates at "
-        f"{manifest['max_seq_length']} tokens like the source model. Pad on the right with id "
-        f"{manifest['tokenizer']['pad_token_id']}.\n- Inputs: {inputs}.",
-        f"- Output `{manifest['output']['name']}`: float32 × {manifest['embedding_dim']}, "
-        + ("L2-normalised (the dot product is the cosine)." if manifest["normalized"] else "not normalised."),
-        f"- Pooling ({manifest['pooling']}), "
-        + (f"PCA to {manifest['pca']['dims']} dims, " if manifest.get("pca") else "")
+        f"(`{manifest.tokenizer.file}` is the model's own tokenizer, for checks)."
+        if manifest.format in TEXT_IN_FORMATS else
+        f"- Tokenize with `{manifest.tokenizer.file}` (Hugging Face `tokenizers`); it truncates at "
+        f"{manifest.max_seq_length} tokens like the source model. Pad on the right with id "
+        f"{manifest.tokenizer.pad_token_id}.\n- Inputs: {inputs}.",
+        f"- Output `{manifest.output.name}`: float32 × {manifest.embedding_dim}, "
+        + ("L2-normalised (the dot product is the cosine)." if manifest.normalized else "not normalised."),
+        f"- Pooling ({manifest.pooling}), "
+        + (f"PCA to {manifest.pca.dims} dims, " if manifest.pca else "")
         + "and normalisation are inside the model file.",
     ]
-    if manifest.get("vectors"):
+    if manifest.vectors:
         lines.append("- Smaller stored vectors: int8 (1 byte per dimension) or binary (1 bit) with the calibrated "
                      "ranges in the manifest's `vectors` entry, as `cli.py embed --precision` stores them; the "
                      "manifest's `dims_sweep` shows what each costs in STS-B and retrieval.")
-    if shapes and manifest["format"] not in TEXT_IN_FORMATS:
+    if shapes and manifest.format not in TEXT_IN_FORMATS:
         lines.append("- Fixed shapes: pad to the smallest that fits: "
-                     + ", ".join(f"{s['batch']}×{s['sequence']} (`{s['name']}`)" for s in shapes) + ".")
+                     + ", ".join(f"{s.batch}×{s.sequence} (`{s.name}`)" for s in shapes) + ".")
     lines += app_snippets(manifest)
     lines += [
         "",

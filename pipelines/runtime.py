@@ -18,6 +18,7 @@ from core.cpu import cpu_mismatch
 from core.errors import ArtifactError, ToolchainError, gist
 from core.manifest import read_manifest
 from core.model_files import read_tokenizer
+from core.tokenizer_guard import encode_rows
 from pipelines.signing import check_signature
 
 
@@ -33,23 +34,23 @@ class ArtifactEncoder:
             check_signature(self.artifact_dir, public_key)
         self.manifest = read_manifest(self.artifact_dir)
         # An int8 artifact built for one CPU class on another: a note to show, or, with strict, an error.
-        self.cpu_mismatch = cpu_mismatch((self.manifest.get("isa") or {}).get("class"))
+        self.cpu_mismatch = cpu_mismatch(self.manifest.isa.class_ if self.manifest.isa else None)
         if strict and self.cpu_mismatch:
             raise ArtifactError(f"{self.artifact_dir}: {self.cpu_mismatch}")
-        self.tokenizer = read_tokenizer(self.artifact_dir / self.manifest["tokenizer"]["file"], ArtifactError,
+        self.tokenizer = read_tokenizer(self.artifact_dir / self.manifest.tokenizer.file, ArtifactError,
                                         "the artifact is damaged: export it again")
         self.tokenizer.no_padding()  # we pad per batch or per bucket below
-        self.input_names: list[str] = [spec["name"] for spec in self.manifest["inputs"]]
-        self.pad_id = int(self.manifest["tokenizer"]["pad_token_id"])
-        self.prompts: dict[str, str] = self.manifest.get("prompts") or {}
-        self.default_prompt_name: str | None = self.manifest.get("default_prompt_name")
-        fmt = get_format(self.manifest["format"])
+        self.input_names: list[str] = [spec.name for spec in self.manifest.inputs]
+        self.pad_id = self.manifest.tokenizer.pad_token_id
+        self.prompts: dict[str, str] = self.manifest.prompts
+        self.default_prompt_name: str | None = self.manifest.default_prompt_name
+        fmt = get_format(self.manifest.format)
         self.sequence_multiple = fmt.sequence_multiple
-        self.max_length = int(self.manifest["tokenizer"].get("max_length") or 0)
+        self.max_length = self.manifest.tokenizer.max_length
         self.runner = runner or self._load_runner(fmt, threads)
         # A runner may stand in for a runtime that cannot run on this OS (Core ML off macOS): it says so.
         self.emulated: bool = getattr(self.runner, "emulated", False)
-        self.runtime_name: str = getattr(self.runner, "description", self.manifest["runtime"])
+        self.runtime_name: str = getattr(self.runner, "description", self.manifest.runtime)
 
     def _load_runner(self, fmt, threads: int | None) -> Runner:
         """The format's runtime on the artifact's file; whatever the runtime raises on a damaged file becomes one
@@ -59,8 +60,8 @@ class ArtifactEncoder:
         except (ToolchainError, ImportError):
             raise
         except Exception as exc:
-            raise ArtifactError(f"{self.artifact_dir / self.manifest['file']} cannot be loaded by its runtime "
-                                f"({self.manifest['runtime']}): {gist(exc, last=True)}") from None
+            raise ArtifactError(f"{self.artifact_dir / self.manifest.file} cannot be loaded by its runtime "
+                                f"({self.manifest.runtime}): {gist(exc, last=True)}") from None
 
     def _run(self, inputs: dict[str, np.ndarray], shape) -> np.ndarray:
         return self._run_many([inputs], lambda batches: [self.runner.run(batches[0], shape)])[0]
@@ -75,10 +76,10 @@ class ArtifactEncoder:
         try:
             outputs = [np.asarray(output) for output in call()]
         except Exception as exc:
-            raise ArtifactError(f"{self.manifest['file']} failed to run: {gist(exc, last=True)}") from None
+            raise ArtifactError(f"{self.manifest.file} failed to run: {gist(exc, last=True)}") from None
         for count, output in zip(rows, outputs, strict=True):
             if output.ndim != 2 or output.shape[0] != count:
-                raise ArtifactError(f"{self.manifest['file']} returned shape {output.shape}, not (batch, dims)")
+                raise ArtifactError(f"{self.manifest.file} returned shape {output.shape}, not (batch, dims)")
         return outputs
 
     def prompt(self, prompt_name: str | None = None) -> str:
@@ -91,10 +92,8 @@ class ArtifactEncoder:
 
     def tokenize(self, sentences: Sequence[str], prompt_name: str | None = None) -> list[dict[str, list[int]]]:
         prompt = self.prompt(prompt_name)
-        encodings = self.tokenizer.encode_batch([prompt + sentence for sentence in sentences])
-        return [
-            {"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids} for e in encodings
-        ]
+        return encode_rows(self.tokenizer, [prompt + sentence for sentence in sentences], ArtifactError,
+                           f"{self.artifact_dir}: its tokenizer failed on the texts")
 
     def _sequence_bucket(self, length: int) -> int:
         sequences = sorted({s.sequence for s in self.runner.shapes})
@@ -165,7 +164,7 @@ class ArtifactEncoder:
             return self.embed_texts(sentences, prompt_name)
         rows = self.tokenize(sentences, prompt_name)
         if not rows:
-            return np.zeros((0, int(self.manifest["embedding_dim"])), dtype=np.float32)
+            return np.zeros((0, self.manifest.embedding_dim), dtype=np.float32)
         return self.run_planned(rows, plan_batches([len(row["input_ids"]) for row in rows], batch_size))
 
     def embed_texts(self, sentences: Sequence[str], prompt_name: str | None = None,
@@ -174,7 +173,7 @@ class ArtifactEncoder:
         manifest names, as the app does before each call."""
         prompt = self.prompt(prompt_name)
         if not sentences:
-            return np.zeros((0, int(self.manifest["embedding_dim"])), dtype=np.float32)
+            return np.zeros((0, self.manifest.embedding_dim), dtype=np.float32)
         texts = [prompt + sentence for sentence in sentences]
         return self._checked(lambda: [self.runner.embed_texts(texts, normalize=normalize)], [len(texts)])[0]
 

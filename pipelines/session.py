@@ -19,8 +19,22 @@ from core.config import BuildConfig
 from core.cpu import cpu_isa, isa_class
 from core.data import load_stsb, read_corpus
 from core.errors import ConfigError
-from core.graph import GraphSpec, graph_spec, model_config
-from core.manifest import SCHEMA, checksums, file_sizes, library_versions, path_size
+from core.graph import graph_spec, model_config
+from core.manifest import (
+    SCHEMA,
+    GraphSpec,
+    InputSpec,
+    IsaRecord,
+    Manifest,
+    ModelRecord,
+    OutputSpec,
+    PcaRecord,
+    TokenizerRecord,
+    checksums,
+    file_sizes,
+    library_versions,
+    path_size,
+)
 from core.model_source import ModelSource, load_sentence_transformer
 from core.pca import Projection, fit_pca
 from core.reference import Reference
@@ -91,7 +105,7 @@ def open_session(config: BuildConfig, source: ModelSource) -> Session:
     return Session(config, source, st_model, spec, reference, calibration(st_model, spec), codec, dims_sweep)
 
 
-def write_tokenizer(session: Session, out_dir: Path, max_length: int) -> dict:
+def write_tokenizer(session: Session, out_dir: Path, max_length: int) -> TokenizerRecord:
     """tokenizer.json truncating on the right at max_length tokens: the source model's own limit, unless the
     artifact takes fewer (converters.base.SEQUENCE_LIMIT), which the manifest then says; the source's other
     tokenizer files, and the config.json that libraries loading the folder read."""
@@ -113,13 +127,9 @@ def write_tokenizer(session: Session, out_dir: Path, max_length: int) -> dict:
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     source_limit = session.spec.max_seq_length
     same = "as the source model" if max_length == source_limit else f"the source model truncates at {source_limit}"
-    return {
-        "file": "tokenizer.json",
-        "pad_token_id": pad_token_id,
-        "padding_side": "right",
-        "truncation": f"right side, to {max_length} tokens including special tokens ({same})",
-        "max_length": max_length,
-    }
+    return TokenizerRecord(file="tokenizer.json", pad_token_id=pad_token_id, padding_side="right",
+                           truncation=f"right side, to {max_length} tokens including special tokens ({same})",
+                           max_length=max_length)
 
 
 def calibration(st_model, spec: GraphSpec) -> Calibration:
@@ -138,57 +148,48 @@ def calibration(st_model, spec: GraphSpec) -> Calibration:
 
 
 def build_manifest(session: Session, target: Target, plan: ArtifactPlan, conversion: Conversion,
-                   tokenizer: dict, artifact_dir: Path) -> dict:
+                   tokenizer: TokenizerRecord, artifact_dir: Path) -> Manifest:
     spec = session.spec
-    dtype = conversion.input_dtype
     sequence_dim = "sequence" if conversion.shapes is None else "bucket"
-    return {
-        "schema": SCHEMA,
-        "target": target.name,
-        "artifact": plan.description,
-        "format": plan.format,
-        "file": conversion.model_file,
-        "runtime": conversion.runtime,
-        "size_bytes": sum(path_size(artifact_dir / f) for f in (conversion.model_file, *conversion.weight_files)),
-        "precision": conversion.precision,
+    return Manifest(
+        schema=SCHEMA,
+        target=target.name,
+        artifact=plan.description,
+        format=plan.format,
+        file=conversion.model_file,
+        runtime=conversion.runtime,
+        size_bytes=sum(path_size(artifact_dir / f) for f in (conversion.model_file, *conversion.weight_files)),
+        precision=conversion.precision,
         # The CPU class the artifact is built for; runtime, verify and bench check the CPU they run on.
-        "isa": None if conversion.isa is None else {
-            "class": conversion.isa, "description": isa_class(conversion.isa).description, "built_on": cpu_isa(),
-        },
-        "inputs": [{"name": n, "dtype": dtype, "shape": ["batch", sequence_dim]} for n in spec.input_names],
-        "output": {"name": conversion.output_name or spec.output_name, "dtype": "float32",
-                   "shape": ["batch", spec.embedding_dim]},
-        "shapes": [asdict(s) for s in conversion.shapes] if conversion.shapes is not None else None,
-        "embedding_dim": spec.embedding_dim,
-        "max_seq_length": tokenizer["max_length"],
-        "normalized": spec.normalized,
-        "pooling": spec.pooling,
+        isa=None if conversion.isa is None else IsaRecord(conversion.isa, isa_class(conversion.isa).description,
+                                                          cpu_isa()),
+        inputs=tuple(InputSpec(n, conversion.input_dtype, ("batch", sequence_dim)) for n in spec.input_names),
+        output=OutputSpec(conversion.output_name or spec.output_name, "float32", ("batch", spec.embedding_dim)),
+        shapes=None if conversion.shapes is None else tuple(conversion.shapes),
+        embedding_dim=spec.embedding_dim,
+        max_seq_length=tokenizer.max_length,
+        normalized=spec.normalized,
+        pooling=spec.pooling,
         # Prepended to the text before tokenizing, as sentence-transformers does; the default one always.
-        "prompts": {name: text for name, text in (session.st_model.prompts or {}).items() if text},
-        "default_prompt_name": session.st_model.default_prompt_name,
-        "pca": None if session.projection is None else {
-            "dims": spec.pca_dims,
-            "source_dim": spec.source_dim,
-            "explained_variance_ratio": round(session.projection.explained_variance_ratio, 6),
-            "fit_corpus": session.config.fit_corpus or "STS-B train",
-            "file": PCA_FILE,
-        },
-        "vectors": session.vector_codec.to_dict(),
-        "dims_sweep": session.dims_sweep.to_dict(),
-        "tokenizer": tokenizer,
-        "model": {
-            "name": session.source.name,
-            "source": session.source.spec,
-            "sha256": session.reference.model_sha256,  # every file of the model directory (see ModelSource)
-            "distillation": session.source.layout.distillation,
-        },
-        "graph": asdict(spec),
-        "conversion": conversion.details,
-        "options": _options_dict(plan.options),
-        "gate": asdict(plan.gate),
-        "build": session.config.to_dict(),
-        "versions": library_versions(),
-        "created_unix": int(os.environ.get("SOURCE_DATE_EPOCH", time.time())),
-        "files": checksums(artifact_dir),
-        "file_bytes": file_sizes(artifact_dir),
-    }
+        prompts={name: text for name, text in (session.st_model.prompts or {}).items() if text},
+        default_prompt_name=session.st_model.default_prompt_name,
+        pca=None if session.projection is None else PcaRecord(
+            dims=spec.pca_dims, source_dim=spec.source_dim,
+            explained_variance_ratio=round(session.projection.explained_variance_ratio, 6),
+            fit_corpus=session.config.fit_corpus or "STS-B train", file=PCA_FILE),
+        vectors=session.vector_codec.record(),
+        dims_sweep=session.dims_sweep.record(),
+        tokenizer=tokenizer,
+        model=ModelRecord(session.source.name, session.source.spec,
+                          session.reference.model_sha256,  # every file of the model directory (see ModelSource)
+                          session.source.layout.distillation),
+        graph=spec,
+        conversion=conversion.details,
+        options=_options_dict(plan.options),
+        gate=plan.gate,
+        build=session.config,
+        versions=library_versions(),
+        created_unix=int(os.environ.get("SOURCE_DATE_EPOCH", time.time())),
+        files=checksums(artifact_dir),
+        file_bytes=file_sizes(artifact_dir),
+    )

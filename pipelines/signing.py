@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from core.errors import ArtifactError, ConfigError, OutputError
-from core.manifest import PROVENANCE, SIGNATURE, artifact_files, sha256_file, write_json_atomic
+from core.manifest import PROVENANCE, SIGNATURE, Manifest, artifact_files, sha256_file, write_json_atomic
+from core.schema import encode
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGNING_VENV = ROOT / ".venv-signing"
@@ -83,7 +84,7 @@ def generate_key(folder: Path) -> tuple[Path, Path]:
     return private, public
 
 
-def provenance_statement(artifact_dir: Path, manifest: dict) -> dict:
+def provenance_statement(artifact_dir: Path, manifest: Manifest) -> dict:
     """What built the artifact, as an in-toto statement with an SLSA v1 provenance predicate: its files (subjects),
     the build config, library versions, the source model's checksum, and the gate's verdict and parity."""
     subjects = [{"name": path.relative_to(artifact_dir).as_posix(), "digest": {"sha256": sha256_file(path)}}
@@ -95,25 +96,25 @@ def provenance_statement(artifact_dir: Path, manifest: dict) -> dict:
         "predicate": {
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
-                "externalParameters": {"build": manifest["build"], "target": manifest["target"],
-                                       "artifact": manifest["artifact"]},
-                "internalParameters": {"versions": manifest.get("versions", {})},
-                "resolvedDependencies": [{"uri": f"model:{manifest['model']['source']}",
-                                          "name": manifest["model"]["name"],
-                                          "digest": {"sha256": manifest["model"]["sha256"]}}],
+                "externalParameters": {"build": encode(manifest.build), "target": manifest.target,
+                                       "artifact": manifest.artifact},
+                "internalParameters": {"versions": manifest.versions},
+                "resolvedDependencies": [{"uri": f"model:{manifest.model.source}",
+                                          "name": manifest.model.name,
+                                          "digest": {"sha256": manifest.model.sha256}}],
             },
             "runDetails": {
                 "builder": {"id": "embedding-toolchain: cli.py export"},
                 "metadata": {"finishedOn": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                         time.gmtime(manifest.get("created_unix", 0)))},
+                                                         time.gmtime(manifest.created_unix))},
                 "byproducts": [{"name": "verification", "annotations": {
-                    "verdict": manifest.get("verdict"), "gate": manifest["gate"], "parity": manifest.get("parity")}}],
+                    "verdict": manifest.verdict, "gate": encode(manifest.gate), "parity": encode(manifest.parity)}}],
             },
         },
     }
 
 
-def sign(artifact_dir: Path, manifest: dict, private_key: Path) -> Path:
+def sign(artifact_dir: Path, manifest: Manifest, private_key: Path) -> Path:
     """Write provenance.json, then model-signing's signature of the whole folder; returns the signature file."""
     if not Path(private_key).is_file():
         raise ConfigError(f"signing key {str(private_key)!r} is not a file; pass a PEM private key to --sign-key")

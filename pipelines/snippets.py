@@ -5,6 +5,7 @@ normalisation; LiteRT's signature runner on the tokenizer's ids)."""
 from __future__ import annotations
 
 from converters.mediapipe.tokenizer import NORMALIZATION
+from core.manifest import Manifest
 
 # The app-side text normalisation (converters.mediapipe.tokenizer.normalize_for_mediapipe), step for step.
 KOTLIN_IMPORTS = ("import java.text.Normalizer",)
@@ -73,27 +74,27 @@ func isCJK(_ v: UInt32) -> Bool {
 }"""
 
 
-def _prompt_note(manifest: dict) -> list[str]:
-    name = manifest.get("default_prompt_name")
+def _prompt_note(manifest: Manifest) -> list[str]:
+    name = manifest.default_prompt_name
     if not name:
         return []
-    return [f"Put the model's prompt before every text, as sentence-transformers does: `{manifest['prompts'][name]!r}`"
+    return [f"Put the model's prompt before every text, as sentence-transformers does: `{manifest.prompts[name]!r}`"
             " (the manifest's `prompts` lists the others).", ""]
 
 
-def _mediapipe(manifest: dict) -> list[str]:
-    file = manifest["file"]
-    normalization = (manifest.get("conversion") or {}).get("app_normalization")
-    figures = (manifest.get("parity") or {}).get("app_text")
+def _mediapipe(manifest: Manifest) -> list[str]:
+    file = manifest.file
+    normalization = manifest.conversion.get("app_normalization")
+    figures = manifest.parity.app_text if manifest.parity else None
     note = ""
     if figures:
         note = (f" Without it, MediaPipe's tokenizer gives other ids on accented, capitalised non-ASCII or invisible "
-                f"characters (tokenizer test strings: min cosine {figures['raw']['strings']['min_cosine']:.2f} raw, "
-                f"{figures['normalized']['strings']['min_cosine']:.4f} normalised).")
+                f"characters (tokenizer test strings: min cosine {figures.raw.strings.min_cosine:.2f} raw, "
+                f"{figures.normalized.strings.min_cosine:.4f} normalised).")
     lines = ["## On a phone: MediaPipe TextEmbedder (strings in, the tokenizer is inside)", "",
              f"`{file}` carries its vocabulary and tokenizer settings as TFLite metadata: the app passes a string. "
              "TextEmbedder neither pools nor normalises: both are inside the model"
-             + (", so the vector is already unit length." if manifest["normalized"] else ".")]
+             + (", so the vector is already unit length." if manifest.normalized else ".")]
     if normalization == NORMALIZATION:
         lines += ["", "**Normalise each text first** (`normalizeForModel` below): MediaPipe lowercases ASCII only and "
                       "keeps accents and control characters, while the model's tokenizer strips accents and lowercases "
@@ -113,28 +114,27 @@ def _mediapipe(manifest: dict) -> list[str]:
     return lines
 
 
-def _litert(manifest: dict) -> list[str]:
-    shapes = manifest.get("shapes") or []
-    first = shapes[0]["name"] if shapes else "b1_s32"
-    inputs = ", ".join(f'"{i["name"]}" to arrayOf({i["name"].split("_")[0]})' for i in manifest["inputs"])
+def _litert(manifest: Manifest) -> list[str]:
+    first = manifest.shapes[0].name if manifest.shapes else "b1_s32"
+    inputs = ", ".join(f'"{i.name}" to arrayOf({i.name.split("_")[0]})' for i in manifest.inputs)
     return ["## On a phone: LiteRT Interpreter (the app tokenizes)", "",
-            f"Tokenize with `{manifest['tokenizer']['file']}` (on Android DJL's `ai.djl.huggingface:tokenizers`, "
+            f"Tokenize with `{manifest.tokenizer.file}` (on Android DJL's `ai.djl.huggingface:tokenizers`, "
             "on iOS swift-transformers' `Tokenizers`), pick the smallest signature whose length fits, pad on the right "
-            f"with id {manifest['tokenizer']['pad_token_id']} and mask 0, and feed int32 ids. The MediaPipe artifact "
+            f"with id {manifest.tokenizer.pad_token_id} and mask 0, and feed int32 ids. The MediaPipe artifact "
             "beside this one needs no tokenizer code.", ""] + _prompt_note(manifest) + [
             "Android (Kotlin, `com.google.ai.edge.litert:litert`):", "", "```kotlin",
             "import org.tensorflow.lite.Interpreter", "import org.tensorflow.lite.support.common.FileUtil", "",
-            f'val interpreter = Interpreter(FileUtil.loadMappedFile(context, "{manifest["file"]}"))',
+            f'val interpreter = Interpreter(FileUtil.loadMappedFile(context, "{manifest.file}"))',
             "// input, attention, token: IntArray of the signature's length (ids, mask, type ids), padded",
             f"val inputs = mapOf<String, Any>({inputs})",
-            f'val outputs = mapOf<String, Any>("{manifest["output"]["name"]}" to Array(1) '
-            f'{{ FloatArray({manifest["embedding_dim"]}) }})',
+            f'val outputs = mapOf<String, Any>("{manifest.output.name}" to Array(1) '
+            f'{{ FloatArray({manifest.embedding_dim}) }})',
             f'interpreter.runSignature(inputs, outputs, "{first}")', "```"]
 
 
-def _coreml(manifest: dict) -> list[str]:
+def _coreml(manifest: Manifest) -> list[str]:
     return ["## On an iPhone: Core ML (the app tokenizes)", "",
-            f"Tokenize with `{manifest['tokenizer']['file']}` (swift-transformers' "
+            f"Tokenize with `{manifest.tokenizer.file}` (swift-transformers' "
             "`AutoTokenizer.from(modelFolder:)`), pad on the right to the smallest enumerated length that fits "
             "(mask 0 on padding).", ""]\
         + _prompt_note(manifest) + [
@@ -143,14 +143,14 @@ def _coreml(manifest: dict) -> list[str]:
             "let ids = try MLMultiArray(shape: [1, length as NSNumber], dataType: .int32)  // and the mask likewise",
             "let out = try model.prediction(from: MLDictionaryFeatureProvider(dictionary: "
             "[\"input_ids\": ids, \"attention_mask\": mask]))",
-            f'let vector = out.featureValue(for: "{manifest["output"]["name"]}")!.multiArrayValue!', "```"]
+            f'let vector = out.featureValue(for: "{manifest.output.name}")!.multiArrayValue!', "```"]
 
 
 TEXT_IN_FORMATS = ("mediapipe",)  # formats whose runtime tokenizes inside
 APP_SNIPPETS = {"mediapipe": _mediapipe, "tflite": _litert, "coreml": _coreml}
 
 
-def app_snippets(manifest: dict) -> list[str]:
+def app_snippets(manifest: Manifest) -> list[str]:
     """The model card's section on loading and calling the artifact in an app; empty for server formats."""
-    snippet = APP_SNIPPETS.get(manifest["format"])
+    snippet = APP_SNIPPETS.get(manifest.format)
     return ["", *snippet(manifest)] if snippet else []

@@ -73,19 +73,36 @@ def recover(out: Path) -> list[Path]:
 def output_lock(out: Path) -> Iterator[None]:
     """Hold a lock on the ``out`` folder itself for the duration, or refuse at once: a second export into the same
     folder would mix artifacts. The kernel drops the lock when the holder dies, however it dies, and no lock
-    file is left behind."""
+    file is left behind; the folders it created are removed again if nothing was written into them."""
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
     out.mkdir(parents=True, exist_ok=True)
     fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # A holder that made the folder removes it when done, empty: a lock taken on it meanwhile guards nothing.
+            if not os.path.samestat(os.fstat(fd), os.stat(out)):
+                raise BlockingIOError
+        except (BlockingIOError, FileNotFoundError):
             raise OutputError(
                 f"another export is writing to {str(out)!r}; wait for it to finish or pass another --out"
             ) from None
-        yield
+        try:
+            yield
+        finally:
+            for folder in created:  # while the lock is held, so no other export takes a folder about to go
+                with contextlib.suppress(OSError):  # not empty: something was written, it stays
+                    folder.rmdir()
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def check_free(out: Path) -> None:
+    """Refuse at once if another export holds ``out``: before anything slow (starting the build process, loading
+    the model). The build takes the lock itself; an export that starts in between is refused there."""
+    if out.is_dir():
+        with output_lock(out):
+            pass
 
 
 def recover_if_free(out: Path) -> None:

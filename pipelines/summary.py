@@ -84,19 +84,19 @@ def print_summary(console, results) -> None:
     for column in ("target", "artifact", "format", "size MB", "mean cos", "min cos", "STS-B Δ", "verdict", "time s"):
         table.add_column(column)
     for r in results:
-        m = r.manifest or {}
-        parity = m.get("parity") or {}
-        size = m["size_bytes"] / 1e6 if m.get("size_bytes") else None
+        m = r.manifest
+        parity = m.parity if m else None
+        size = m.size_bytes / 1e6 if m else None
         verdict = "[green]pass[/green]" if r.ok else f"[red]FAIL[/red]: {r.error}"
         if r.refused:
             verdict = f"[yellow]refused[/yellow]: {r.refused}"
         elif r.ok and not parity:
             verdict = "[yellow]built, not verified[/yellow]"
-        if parity.get("emulated"):
+        if parity and parity.emulated:
             verdict += " (emulated)"
         table.add_row(
-            r.target, m.get("artifact", "–"), r.format, _cell(size, "{:.1f}"), _cell(parity.get("mean_cosine")),
-            _cell(parity.get("min_cosine")), _cell(-parity["spearman_drop"] if parity else None, "{:+.2f}"),
+            r.target, m.artifact if m else "–", r.format, _cell(size, "{:.1f}"), _cell(parity and parity.mean_cosine),
+            _cell(parity and parity.min_cosine), _cell(-parity.spearman_drop if parity else None, "{:+.2f}"),
             verdict, "–" if r.refused else f"{r.seconds:.0f}",
         )
     console.print(table)
@@ -135,15 +135,15 @@ def print_arm64(console, results: list[dict]) -> None:
         if "error" in r:
             table.add_row(r["path"], "–", "–", "–", "–", "–", "–", "–", f"[red]ERROR[/red]: {r['error']}")
             continue
-        for i, (cpu, c) in enumerate(r["arm64"]["cpus"].items()):
-            if "skipped" in c:
-                table.add_row(r["path"] if i == 0 else "", cpu, c["kernels"], "–", "–", "–", "–", "–",
-                              f"[yellow]skipped[/yellow]: {c['skipped']}")
+        for i, (cpu, c) in enumerate(r["arm64"].cpus.items()):
+            if c.skipped:
+                table.add_row(r["path"] if i == 0 else "", cpu, c.kernels, "–", "–", "–", "–", "–",
+                              f"[yellow]skipped[/yellow]: {c.skipped}")
                 continue
-            verdict = "[green]pass[/green]" if c["ok"] else "[red]FAIL[/red]: " + "; ".join(c["failures"])
-            table.add_row(r["path"] if i == 0 else "", cpu, c["kernels"], str(c["sentences"]), _cell(c["mean_cosine"]),
-                          _cell(c["min_cosine"]), _cell(c["test_vectors_min_cosine"]),
-                          _cell(c["max_abs_diff_vs_x86"], "{:.1e}"), verdict)
+            verdict = "[green]pass[/green]" if c.ok else "[red]FAIL[/red]: " + "; ".join(c.failures)
+            table.add_row(r["path"] if i == 0 else "", cpu, c.kernels, str(c.sentences), _cell(c.mean_cosine),
+                          _cell(c.min_cosine), _cell(c.test_vectors_min_cosine),
+                          _cell(c.max_abs_diff_vs_x86, "{:.1e}"), verdict)
     console.print(table)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +12,13 @@ from converters.base import TextRunner
 from converters.registry import get_format
 from core.data import TOKENIZER_TEXTS, StsPairs, load_stsb
 from core.errors import ArtifactError
+from core.manifest import AppText, CosineSummary, Gate, Manifest, Parity, Structure, TextPass
 from core.metrics import row_cosines, sts_spearman
 from core.reference import Reference
 from core.safe_io import field, read_json
 from pipelines.runtime import ArtifactEncoder
-from targets.base import Gate
 
 TEST_VECTORS = "test_vectors.json"
-PROGRAM_TEST_VECTORS = "_test_vectors_min_cosine"  # structure facts: the artifact's program run another way
 TEST_SENTENCES = (
     "A man is playing a guitar.",
     "The quick brown fox jumps over the lazy dog.",
@@ -34,32 +33,6 @@ TEST_SENTENCES = (
     "A woman is slicing an onion.",
     "Stocks fell sharply after the announcement.",
 )
-
-
-@dataclass
-class Parity:
-    sentences: int
-    mean_cosine: float
-    min_cosine: float
-    p1_cosine: float
-    nonfinite_rows: int
-    spearman: float  # artifact, STS-B dev, x100
-    spearman_reference: float  # fp32 PyTorch at the artifact's dims (with PCA if any)
-    spearman_source: float  # fp32 PyTorch at the source model's dims
-    spearman_drop: float  # spearman_source - spearman
-    pca_dims: int | None = None
-    test_vectors_min_cosine: float | None = None
-    emulated: bool = False  # True where the format's runtime cannot run here (Core ML on Linux)
-    runtime: str = ""
-    # Text-in artifacts (MediaPipe): STS-B dev and core.data.TOKENIZER_TEXTS, as raw strings and after the app-side
-    # normalisation, each {"mean_cosine", "min_cosine"}; None for artifacts that take token ids.
-    app_text: dict | None = None
-    # Texts the source model itself embeds as the zero vector (a degenerate model): no cosine can judge the
-    # artifact on them, so they are left out of the cosines and the gate says so.
-    zero_reference_rows: int = 0
-
-    def to_dict(self) -> dict:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
 def measure_parity(embed, reference: Reference, limit: int | None = None, pairs: StsPairs | None = None) -> Parity:
@@ -92,7 +65,7 @@ def measure_parity(embed, reference: Reference, limit: int | None = None, pairs:
     )
 
 
-def gate_failures(parity: Parity, gate: Gate, structure: dict | None = None) -> list[str]:
+def gate_failures(parity: Parity, gate: Gate, structure: Structure | None = None) -> list[str]:
     """Every way the parity (and the format's own program runs in ``structure``) misses the gate, as readable
     sentences; empty means pass."""
     failures = []
@@ -111,49 +84,48 @@ def gate_failures(parity: Parity, gate: Gate, structure: dict | None = None) -> 
     if parity.test_vectors_min_cosine is not None and not parity.test_vectors_min_cosine >= gate.min_cosine:
         failures.append(f"test vectors: min cosine {parity.test_vectors_min_cosine:.4f} < {gate.min_cosine}")
     if parity.app_text is not None:
-        strings = parity.app_text["normalized"]["strings"]
-        if not (strings["mean_cosine"] >= gate.min_mean_cosine and strings["min_cosine"] >= gate.min_cosine):
-            failures.append(f"tokenizer strings (app-normalised): mean cosine {strings['mean_cosine']:.4f}, min "
-                            f"{strings['min_cosine']:.4f}, below {gate.min_mean_cosine} / {gate.min_cosine}")
-    failures += list((structure or {}).get("gate_failures") or [])
-    for key, value in (structure or {}).items():
-        if key.endswith(PROGRAM_TEST_VECTORS) and not value >= gate.min_cosine:
-            runner = key.removesuffix(PROGRAM_TEST_VECTORS)
+        strings = parity.app_text.normalized.strings
+        if not (strings.mean_cosine >= gate.min_mean_cosine and strings.min_cosine >= gate.min_cosine):
+            failures.append(f"tokenizer strings (app-normalised): mean cosine {strings.mean_cosine:.4f}, min "
+                            f"{strings.min_cosine:.4f}, below {gate.min_mean_cosine} / {gate.min_cosine}")
+    failures += list(structure.gate_failures if structure else ())
+    for runner, value in (structure.program_test_vectors_min_cosine if structure else {}).items():
+        if not value >= gate.min_cosine:
             failures.append(f"test vectors through the saved program ({runner}): min cosine {value:.4f} "
                             f"< {gate.min_cosine}")
     return failures
 
 
-def _cosines(got: np.ndarray, expected: np.ndarray) -> dict:
+def _cosines(got: np.ndarray, expected: np.ndarray) -> CosineSummary:
     cos = np.nan_to_num(row_cosines(np.asarray(got, dtype=np.float32), expected), nan=-1.0)
-    return {"mean_cosine": round(float(cos.mean()), 6), "min_cosine": round(float(cos.min()), 6)}
+    return CosineSummary(round(float(cos.mean()), 6), round(float(cos.min()), 6))
 
 
-def measure_app_text(encoder: ArtifactEncoder, reference: Reference, parity: Parity, limit: int | None = None) -> dict:
+def measure_app_text(encoder: ArtifactEncoder, reference: Reference, parity: Parity,
+                     limit: int | None = None) -> AppText:
     """A text-in artifact on raw strings, as an app that skips the normalisation would call it, and after it
     (STS-B dev's figure with it, on the same first ``limit`` pairs, is ``parity``'s own)."""
     pairs = load_stsb("dev")
     sentences = StsPairs(pairs.sentences1[:limit], pairs.sentences2[:limit], pairs.scores[:limit]).unique_sentences()
     strings = list(TOKENIZER_TEXTS)
     expected_strings = reference.embeddings(strings)
-    return {
-        "normalized": {"stsb": {"mean_cosine": round(parity.mean_cosine, 6), "min_cosine": round(parity.min_cosine, 6)},
-                       "strings": _cosines(encoder.embed_texts(strings), expected_strings)},
-        "raw": {"stsb": _cosines(encoder.embed_texts(sentences, normalize=False), reference.embeddings(sentences)),
-                "strings": _cosines(encoder.embed_texts(strings, normalize=False), expected_strings)},
-    }
+    return AppText(
+        normalized=TextPass(CosineSummary(round(parity.mean_cosine, 6), round(parity.min_cosine, 6)),
+                            _cosines(encoder.embed_texts(strings), expected_strings)),
+        raw=TextPass(_cosines(encoder.embed_texts(sentences, normalize=False), reference.embeddings(sentences)),
+                     _cosines(encoder.embed_texts(strings, normalize=False), expected_strings)),
+    )
 
 
 def measure_artifact(artifact_dir: Path, encoder: ArtifactEncoder, reference: Reference,
                      limit: int | None = None) -> Parity:
     """Everything the gate judges that runs the artifact: STS-B dev parity, its own test vectors and, for a
     text-in artifact, the raw and app-normalised strings. Export's gate and ``verify`` both measure here."""
-    parity = measure_parity(encoder.encode, reference, limit=limit)
-    parity.test_vectors_min_cosine = test_vector_min_cosine(artifact_dir, encoder)
-    parity.emulated = encoder.emulated
-    parity.runtime = encoder.runtime_name
+    parity = replace(measure_parity(encoder.encode, reference, limit=limit),
+                     test_vectors_min_cosine=test_vector_min_cosine(artifact_dir, encoder),
+                     emulated=encoder.emulated, runtime=encoder.runtime_name)
     if isinstance(encoder.runner, TextRunner):
-        parity.app_text = measure_app_text(encoder, reference, parity, limit)
+        parity = replace(parity, app_text=measure_app_text(encoder, reference, parity, limit))
     return parity
 
 
@@ -162,7 +134,7 @@ class Verdict:
     """What the gate decided about one artifact, and everything it measured to decide it."""
 
     parity: Parity
-    structure: dict | None  # the format's own checks (converters' structural_checks facts)
+    structure: Structure | None  # the format's own checks
     gate: Gate
     failures: tuple[str, ...]
 
@@ -170,20 +142,21 @@ class Verdict:
     def ok(self) -> bool:
         return not self.failures
 
-    def manifest_fields(self) -> dict:
-        """The manifest's record of this verdict."""
-        return {"parity": self.parity.to_dict(), "structure": self.structure, "verdict": "pass" if self.ok else "fail"}
+    def recorded(self, manifest: Manifest) -> Manifest:
+        """``manifest`` with this verdict's record (parity, structure, verdict)."""
+        return replace(manifest, parity=self.parity.rounded(), structure=self.structure,
+                       verdict="pass" if self.ok else "fail")
 
 
-def check(artifact_dir: Path, manifest: dict, encoder: ArtifactEncoder, reference: Reference, gate: Gate,
+def check(artifact_dir: Path, manifest: Manifest, encoder: ArtifactEncoder, reference: Reference, gate: Gate,
           limit: int | None = None) -> Verdict:
     """The one verification, for export's gate and for ``verify``: the format's structural checks, the output's
     dims, parity on STS-B dev (its first ``limit`` pairs), the test vectors and, for a text-in artifact, strings;
     judged against ``gate``."""
     structure = structural_checks(artifact_dir, manifest)
     dims = encoder.encode(["dimension probe"]).shape[1]
-    if dims != manifest["embedding_dim"]:
-        raise ArtifactError(f"{manifest['file']} outputs {dims} dims but the manifest says {manifest['embedding_dim']}")
+    if dims != manifest.embedding_dim:
+        raise ArtifactError(f"{manifest.file} outputs {dims} dims but the manifest says {manifest.embedding_dim}")
     parity = measure_artifact(artifact_dir, encoder, reference, limit=limit)
     return Verdict(parity, structure, gate, tuple(gate_failures(parity, gate, structure)))
 
@@ -231,13 +204,11 @@ def test_vector_min_cosine(artifact_dir: Path, encoder: ArtifactEncoder) -> floa
     return float(np.nan_to_num(row_cosines(got, expected), nan=-1.0).min())
 
 
-def structural_checks(artifact_dir: Path, manifest: dict) -> dict | None:
+def structural_checks(artifact_dir: Path, manifest: Manifest) -> Structure | None:
     """The format's own checks of the artifact; its other program runners go through the test vectors too."""
-    report = get_format(manifest["format"]).structural_checks(artifact_dir, manifest)
+    report = get_format(manifest.format).structural_checks(artifact_dir, manifest)
     if report is None:
         return None
-    facts = dict(report.facts)
-    for name, runner in report.program_runners.items():
-        encoder = ArtifactEncoder(artifact_dir, runner=runner)
-        facts[f"{name}{PROGRAM_TEST_VECTORS}"] = round(test_vector_min_cosine(artifact_dir, encoder), 6)
-    return facts
+    vectors = {name: round(test_vector_min_cosine(artifact_dir, ArtifactEncoder(artifact_dir, runner=runner)), 6)
+               for name, runner in report.program_runners.items()}
+    return Structure(report.facts, tuple(report.gate_failures), vectors)

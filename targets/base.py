@@ -7,16 +7,7 @@ from typing import Any
 
 from converters.registry import get_format
 from core.errors import ArtifactError, ConfigError
-
-
-@dataclass(frozen=True)
-class Gate:
-    """Parity a shipped artifact must reach against the fp32 PyTorch model on STS-B dev."""
-
-    min_mean_cosine: float
-    min_cosine: float  # worst single sentence
-    max_spearman_drop: float  # points (x100) below the fp32 source model
-    pca_extra_drop: float = 0.5  # allowed on top when a PCA projection reduces the dims
+from core.manifest import Gate
 
 
 @dataclass(frozen=True)

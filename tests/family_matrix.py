@@ -21,7 +21,7 @@ def cell(result) -> str:
         return f"refused: {result.refused}"
     if not result.ok:
         return f"FAIL: {result.error}"
-    parity = result.manifest["parity"]
+    parity = result.manifest.to_json()["parity"]
     label = " (emulated)" if parity["emulated"] else ""
     return f"{parity['mean_cosine']:.4f} / {parity['min_cosine']:.4f}{label}"
 

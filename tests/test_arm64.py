@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from cli import main
 from converters.arm64 import UNSUPPORTED
 from core.cpu import ARM_CPU_MODELS
-from core.manifest import checksums, file_sizes
+from core.manifest import checksums, file_sizes, read_manifest
 from pipelines.arm64 import verify_arm64
 
 SENTENCES = 300
@@ -39,18 +39,18 @@ def test_every_phone_artifact_passes_on_every_cpu_model(verified, phone_artifact
     assert {Path(r["path"]).name for r in verified} == {"tflite", "mediapipe", "executorch"}
     for row in verified:
         assert row["ok"], row["failures"]
-        assert set(row["arm64"]["cpus"]) == set(ARM_CPU_MODELS)
-        assert "qemu-aarch64 version 10." in row["arm64"]["qemu"]
-        for cpu, figures in row["arm64"]["cpus"].items():
+        assert set(row["arm64"].cpus) == set(ARM_CPU_MODELS)
+        assert "qemu-aarch64 version 10." in row["arm64"].qemu
+        for cpu, figures in row["arm64"].cpus.items():
             if (Path(row["path"]).name, cpu) in UNSUPPORTED:
-                assert "skipped" in figures and "Armv8.1" in figures["skipped"]
+                assert "Armv8.1" in figures.skipped
                 continue
-            assert figures["sentences"] >= SENTENCES and figures["mean_cosine"] >= 0.99, (row["path"], cpu)
-            assert "emulated ARM64 " + cpu in figures["runtime"]
+            assert figures.sentences >= SENTENCES and figures.mean_cosine >= 0.99, (row["path"], cpu)
+            assert "emulated ARM64 " + cpu in figures.runtime
             # The same artifact on other int8 kernels: close to x86, not bit-identical by construction.
-            assert figures["min_cosine_vs_x86"] >= 0.999, (row["path"], cpu, figures)
-        manifest = json.loads((Path(row["path"]) / "manifest.json").read_text(encoding="utf-8"))
-        assert manifest["arm64"] == row["arm64"]  # the figures are in the manifest and the artifact's report
+            assert figures.min_cosine_vs_x86 >= 0.999, (row["path"], cpu, figures)
+        # the figures are in the manifest and the artifact's report
+        assert read_manifest(Path(row["path"])).arm64 == row["arm64"]
         assert "emulated ARM64 CPU kernels" in (Path(row["path"]) / "report.md").read_text(encoding="utf-8")
 
 

@@ -19,18 +19,18 @@ def test_bench_times_baseline_and_artifact(x86_artifact):
     assert baseline["throughput_ratio"] == 1.0 and baseline["label"].startswith("fp32 PyTorch")
     assert row["throughput_sps"] > 0 and row["latency_p50_ms"] > 0 and row["peak_rss_mb"] > 50
     assert row["throughput_ratio"] == row["throughput_sps"] / baseline["throughput_sps"]
-    assert row["size_bytes"] == x86_artifact.manifest["size_bytes"]
+    assert row["size_bytes"] == x86_artifact.manifest.to_json()["size_bytes"]
     assert row["baseline"]["throughput_sps"] == baseline["throughput_sps"]
     table = markdown_table(result)
     assert "threads: 2" in table and "x86 ONNX int8" in table
 
 
-def test_flops_per_sentence_counts_projections_and_attention():
-    config = {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6}
+def test_flops_per_sentence_counts_projections_and_attention(spec):
+    assert (spec.hidden_size, spec.intermediate_size, spec.num_hidden_layers) == (384, 1536, 6)  # all-MiniLM-L6-v2
     tokens = 10
     projections = tokens * (4 * 384 * 384 + 2 * 384 * 1536)
     attention = 2 * tokens * tokens * 384
-    assert flops_per_sentence(config, tokens) == 2 * 6 * (projections + attention)
+    assert flops_per_sentence(spec, tokens) == 2 * 6 * (projections + attention)
 
 
 def test_a_worker_reports_its_own_peak_memory_not_its_parents():

@@ -15,8 +15,9 @@ from cli import main
 from core.config import BuildConfig
 from core.data import load_stsb
 from core.errors import ArtifactError, ConfigError
-from core.manifest import read_manifest
+from core.manifest import VectorsRecord, read_manifest
 from core.metrics import retrieval_scores, row_cosines
+from core.schema import decode
 from core.vectors import VectorCodec
 from pipelines.embed import read_vectors
 from pipelines.export import export
@@ -27,8 +28,7 @@ from tests.tiny_models import FAMILIES, HIDDEN, build_tiny_model
 
 @pytest.fixture(scope="module")
 def x86_codec(x86_artifact) -> VectorCodec:
-    manifest = x86_artifact.manifest
-    return VectorCodec.from_dict(json.loads(json.dumps(manifest["vectors"])), manifest["embedding_dim"])
+    return VectorCodec.from_record(x86_artifact.manifest.vectors, x86_artifact.manifest.embedding_dim)
 
 
 def test_int8_and_binary_vectors_round_trip_through_the_manifests_ranges(x86_artifact, x86_codec, dev_sentences):
@@ -52,10 +52,10 @@ def test_int8_and_binary_vectors_round_trip_through_the_manifests_ranges(x86_art
     lambda v: v["int8"].update(high=[-1e9] * 384),
 ])
 def test_damaged_vector_ranges_are_refused(x86_artifact, damage):
-    entry = json.loads(json.dumps(x86_artifact.manifest["vectors"]))
+    entry = json.loads(json.dumps(x86_artifact.manifest.to_json()["vectors"]))
     damage(entry)
     with pytest.raises(ArtifactError, match="vectors"):
-        VectorCodec.from_dict(entry, 384)
+        VectorCodec.from_record(decode(VectorsRecord, entry, ArtifactError, "vectors"), 384)
 
 
 def test_embed_stores_int8_and_binary_vectors_with_the_artifacts_ranges(x86_artifact, x86_codec, dev_sentences,
@@ -108,14 +108,14 @@ def test_auto_dims_picks_the_smallest_size_within_the_drop(tiny_bert, dev_senten
                          out=str(tmp_path / "dist"), verify=False)
     (result,) = export(config)
     assert result.ok, result.error
-    sweep = result.manifest["dims_sweep"]
+    sweep = result.manifest.to_json()["dims_sweep"]
     floats = [r for r in sweep["rows"] if r["precision"] == "float32"]
     assert sorted(r["dims"] for r in floats) == [16, 32, 48, HIDDEN]
     within = [r["dims"] for r in floats if r["spearman_drop"] <= max_drop]
     assert sweep["smallest_within_max_drop"] == min(within)
-    assert result.manifest["embedding_dim"] == min(within)
+    assert result.manifest.to_json()["embedding_dim"] == min(within)
     if max_drop == 100.0:
-        assert min(within) == 16 and result.manifest["pca"]["dims"] == 16
+        assert min(within) == 16 and result.manifest.to_json()["pca"]["dims"] == 16
     rows = {(r["dims"], r["precision"]): r for r in sweep["rows"]}
     assert rows[(16, "binary")]["bytes_per_vector"] == 2 and rows[(HIDDEN, "int8")]["bytes_per_vector"] == HIDDEN
 
@@ -144,4 +144,4 @@ def test_report_shows_the_sweep_and_a_student_beside_its_teacher(x86_artifact, t
     text = page.read_text()
     assert "quality against bytes per vector" in text and "<polyline" in text
     assert "Distilled students" in md.read_text() and "3 of 6 (0,2,5)" in md.read_text()
-    assert read_manifest(teacher)["dims_sweep"]["rows"]
+    assert read_manifest(teacher).to_json()["dims_sweep"]["rows"]

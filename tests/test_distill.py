@@ -55,7 +55,8 @@ def test_a_distilled_student_loads_back_learns_and_exports(tiny_teacher, tmp_pat
     assert len(layer_stack(student[0].auto_model)[2]) == 1
     (artifact,) = export(BuildConfig(model=str(out), target="x86", out=str(tmp_path / "dist")))
     assert artifact.ok, artifact.error
-    distillation = artifact.manifest["model"]["distillation"]  # the report sets the student beside its teacher
+    # the report sets the student beside its teacher
+    distillation = artifact.manifest.to_json()["model"]["distillation"]
     assert distillation["teacher"] == "tiny-roberta" and distillation["kept_layers"] == [1]
 
 

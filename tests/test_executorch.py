@@ -1,7 +1,9 @@
-"""The ExecuTorch converter on the real bundled model, run in ExecuTorch's own runtime (XNNPACK)."""
+"""The ExecuTorch artifact of the bundled model (the session's mobile export, through the real pipeline), run in
+ExecuTorch's own runtime (XNNPACK), and the converter's refusals."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,32 +12,30 @@ import torch
 
 import converters.executorch.convert as executorch_convert
 import converters.executorch.runner as executorch_runner
-from converters.base import Conversion
-from converters.executorch import EMBEDDING_KERNEL, ExecuTorchOptions
+from converters.executorch import EMBEDDING_KERNEL, MODEL_FILE, ExecuTorchOptions
 from core.errors import ArtifactError, ConfigError
 from core.metrics import row_cosines
+from pipelines.runtime import ArtifactEncoder
 
 SENTENCES = 512  # parity of the int8 tables on ~500 STS-B dev sentences
 BATCH = 32
 
 
 @pytest.fixture(scope="module")
-def converted(graph, spec, tmp_path_factory) -> tuple[Path, Conversion]:
-    out_dir = tmp_path_factory.mktemp("executorch")
-    return out_dir, executorch_convert.convert(graph, spec, out_dir, ExecuTorchOptions())
+def folder(mobile_export) -> Path:
+    """The ExecuTorch artifact the mobile target writes (ExecuTorchOptions of targets/mobile.py), built once per
+    session and shared with test_targets and test_mediapipe."""
+    return Path(mobile_export["mobile/executorch"].folder)
 
 
 @pytest.fixture(scope="module")
-def runner(converted, spec):
-    out_dir, conversion = converted
-    manifest = {
-        "file": conversion.model_file,
-        "shapes": None,
-        "inputs": [
-            {"name": n, "dtype": conversion.input_dtype, "shape": ["batch", "sequence"]} for n in spec.input_names
-        ],
-    }
-    return executorch_runner.load_runner(out_dir, manifest, threads=2)
+def manifest(folder) -> dict:
+    return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def runner(folder):
+    return ArtifactEncoder(folder, threads=2).runner
 
 
 def _encode(st_model, spec, sentences: list[str], padding: bool | str = True, length: int = 0) -> dict[str, np.ndarray]:
@@ -45,26 +45,27 @@ def _encode(st_model, spec, sentences: list[str], padding: bool | str = True, le
     return {name: encoded[name].astype(np.int64) for name in spec.input_names}
 
 
-def test_conversion_records_dynamic_bounds(converted, spec):
-    out_dir, conversion = converted
-    assert (out_dir / conversion.model_file).is_file()
-    assert conversion.precision == "int8"
-    assert conversion.shapes is None  # any shape within the bounds
-    assert conversion.input_dtype == "int64"
-    assert (conversion.details["max_batch"], conversion.details["max_sequence"]) == (64, spec.max_seq_length)
-    assert conversion.details["delegated_subgraphs"] > 0
-    assert conversion.details["embedding"] == "int8"
+def test_conversion_records_dynamic_bounds(folder, manifest, spec):
+    conversion = manifest["conversion"]
+    assert manifest["file"] == MODEL_FILE and (folder / MODEL_FILE).is_file()
+    assert manifest["precision"] == "int8"
+    assert manifest["shapes"] is None  # any shape within the bounds
+    assert {entry["dtype"] for entry in manifest["inputs"]} == {"int64"}
+    # The bounds the target asked for (its batch bound, the model's own sequence limit).
+    assert (conversion["max_batch"], conversion["max_sequence"]) == (manifest["options"]["max_batch"],
+                                                                     spec.max_seq_length)
+    assert conversion["delegated_subgraphs"] > 0
+    assert conversion["embedding"] == "int8"
     # The app's runtime must link the quantized kernels for the int8 word-embedding lookup.
-    assert conversion.details["required_kernels"] == [EMBEDDING_KERNEL]
-    assert conversion.details["portable_op_counts"]["quantized_decomposed.embedding_byte.dtype"] == 1
+    assert conversion["required_kernels"] == [EMBEDDING_KERNEL]
+    assert conversion["portable_op_counts"]["quantized_decomposed.embedding_byte.dtype"] == 1
 
 
-def test_linear_and_embedding_weights_are_int8(converted, graph):
-    out_dir, conversion = converted
+def test_linear_and_embedding_weights_are_int8(folder, graph):
     fp32_bytes = 4 * sum(p.numel() for p in graph.parameters())
     # Linear layers and the word-embedding table (together ~99% of the parameters) at 1 byte each: ~0.26.
     # With an fp32 table the file would be ~0.64 of the fp32 graph.
-    assert (out_dir / conversion.model_file).stat().st_size <= 0.3 * fp32_bytes
+    assert (folder / MODEL_FILE).stat().st_size <= 0.3 * fp32_bytes
 
 
 def test_int8_embeddings_match_fp32_graph(runner, graph, st_model, spec, dev_sentences):
@@ -89,12 +90,13 @@ def test_padding_and_batch_size_keep_the_embedding(runner, st_model, spec, dev_s
     assert row_cosines(alone, at32[:2]).min() > 0.999
 
 
-def test_upper_bounds_run(runner, st_model, spec, dev_sentences):
+def test_upper_bounds_run(manifest, runner, st_model, spec, dev_sentences):
     sentences = dev_sentences[:4]
+    copies = manifest["conversion"]["max_batch"] // len(sentences)
     at32 = runner.run(_encode(st_model, spec, sentences, "max_length", 32), None)
-    full = _encode(st_model, spec, sentences * 16, "max_length", spec.max_seq_length)  # 64 x 256: both bounds
-    assert next(iter(full.values())).shape == (64, spec.max_seq_length)
-    assert row_cosines(runner.run(full, None), np.tile(at32, (16, 1))).min() > 0.999
+    full = _encode(st_model, spec, sentences * copies, "max_length", spec.max_seq_length)  # both bounds
+    assert next(iter(full.values())).shape == (manifest["conversion"]["max_batch"], spec.max_seq_length)
+    assert row_cosines(runner.run(full, None), np.tile(at32, (copies, 1))).min() > 0.999
 
 
 def test_quantized_kernels_registration_is_idempotent():
@@ -102,10 +104,13 @@ def test_quantized_kernels_registration_is_idempotent():
     assert executorch_runner.register_quantized_kernels()
 
 
-def test_runner_refuses_inputs_beyond_the_bounds(runner, spec):
+def test_runner_refuses_inputs_beyond_the_bounds(manifest, runner, spec):
     too_long = {name: np.ones((1, spec.max_seq_length + 1), dtype=np.int64) for name in spec.input_names}
-    with pytest.raises(ArtifactError, match="bounds"):
-        runner.run(too_long, None)
+    too_many = {name: np.ones((manifest["conversion"]["max_batch"] + 1, 8), dtype=np.int64)
+                for name in spec.input_names}
+    for inputs in (too_long, too_many):
+        with pytest.raises(ArtifactError, match="bounds"):
+            runner.run(inputs, None)
 
 
 def test_bounds_beyond_the_model_are_refused(graph, spec, tmp_path):

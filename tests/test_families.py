@@ -52,11 +52,11 @@ def test_every_target_passes_its_gate_on_its_own_runtime(exported):
             assert not Path(result.folder).exists()
             continue
         assert result.ok and not result.refused, f"{name} {artifact}: {result.error}"
-        parity = result.manifest["parity"]
+        parity = result.manifest.to_json()["parity"]
         assert parity["nonfinite_rows"] == 0 and parity["sentences"] > 2800
         assert parity["mean_cosine"] >= 0.99, (name, artifact, parity)
-        assert parity["test_vectors_min_cosine"] >= result.manifest["gate"]["min_cosine"], (name, artifact)
-        assert result.manifest["graph"]["family"] == REGISTERED_NAME[FAMILIES[name].family]
+        assert parity["test_vectors_min_cosine"] >= result.manifest.gate.min_cosine, (name, artifact)
+        assert result.manifest.to_json()["graph"]["family"] == REGISTERED_NAME[FAMILIES[name].family]
 
 
 def test_sequence_limits_follow_the_model(exported):
@@ -65,17 +65,17 @@ def test_sequence_limits_follow_the_model(exported):
     for artifact in ("mobile/tflite", "apple", "mobile/mediapipe"):
         if results[artifact].refused:
             continue
-        manifest = results[artifact].manifest
+        manifest = results[artifact].manifest.to_json()
         assert max(s["sequence"] for s in manifest["shapes"]) == limit == manifest["tokenizer"]["max_length"]
-    assert results["mobile/executorch"].manifest["conversion"]["max_sequence"] == limit
-    assert results["x86"].manifest["max_seq_length"] == FAMILIES[name].max_seq_length
+    assert results["mobile/executorch"].manifest.conversion["max_sequence"] == limit
+    assert results["x86"].manifest.to_json()["max_seq_length"] == FAMILIES[name].max_seq_length
 
 
 def test_fusion_follows_the_family(exported):
     name, results = exported
     family = REGISTERED[REGISTERED_NAME[FAMILIES[name].family]]
-    fused = results["gpu"].manifest["conversion"]
-    expected = family.expected_fusions(results["gpu"].manifest["graph"]["num_hidden_layers"])
+    fused = results["gpu"].manifest.conversion
+    expected = family.expected_fusions(results["gpu"].manifest.to_json()["graph"]["num_hidden_layers"])
     assert fused["fusion"]["expected"] == expected
     if family.ort_fusion is None:
         assert fused["fusion"]["type"] is None and "unfused" in fused["fusion"]["note"]
@@ -86,7 +86,7 @@ def test_fusion_follows_the_family(exported):
 def test_prompts_are_recorded_and_applied(tiny_models, exported):
     name, results = exported
     spec = FAMILIES[name]
-    manifest = results["x86"].manifest
+    manifest = results["x86"].manifest.to_json()
     assert manifest["prompts"] == {k: v for k, v in spec.prompts.items() if v}
     assert manifest["default_prompt_name"] == spec.default_prompt_name
     if spec.default_prompt_name:

@@ -444,4 +444,4 @@ def test_a_corpus_that_is_not_a_file_is_refused(tmp_path, special):
 
 
 def test_manifest_round_trip_still_reads(tiny_artifact):
-    assert read_manifest(tiny_artifact)["file_bytes"]["model.onnx"] == (tiny_artifact / "model.onnx").stat().st_size
+    assert read_manifest(tiny_artifact).file_bytes["model.onnx"] == (tiny_artifact / "model.onnx").stat().st_size

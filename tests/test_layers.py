@@ -116,7 +116,7 @@ def test_a_fifth_target_from_this_file_alone(monkeypatch, tmp_path):
     (result,) = export(BuildConfig(target="x86-fp32", out=str(tmp_path)))
     assert result.ok, result.error
     assert Path(result.folder) == tmp_path / "all-MiniLM-L6-v2" / "x86-fp32"
-    assert result.manifest["precision"] == "fp32" and result.manifest["verdict"] == "pass"
+    assert result.manifest.to_json()["precision"] == "fp32" and result.manifest.to_json()["verdict"] == "pass"
     (row,) = verify_path(Path(result.folder), limit=200)
     assert row["ok"], row["failures"]
     assert row["target"] == "x86-fp32" and row["parity"]["mean_cosine"] >= 0.9999

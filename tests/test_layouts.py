@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
 from cli import main
 from core.data import load_stsb
+from core.manifest import checksums, file_sizes
 from core.metrics import row_cosines
 from pipelines.layouts import get_layout, layout_folder, write_layout
 from pipelines.runtime import ArtifactEncoder
@@ -57,9 +60,9 @@ def test_python_libraries_load_their_layout_with_parity(name, x86_artifact, cons
     assert got.shape == ours.shape
     # the same graph in the same ONNX Runtime through the library's own tokenizer and pooling
     assert row_cosines(got, ours).min() >= 0.9999
-    assert row_cosines(got[: len(odd)], expected).min() >= x86_artifact.manifest["gate"]["min_cosine"]
+    assert row_cosines(got[: len(odd)], expected).min() >= x86_artifact.manifest.gate.min_cosine
     if name == "sentence-transformers":
-        assert (folder / "onnx" / f"model_qint8_{x86_artifact.manifest['isa']['class']}.onnx").is_file()
+        assert (folder / "onnx" / f"model_qint8_{x86_artifact.manifest.to_json()['isa']['class']}.onnx").is_file()
 
 
 def test_transformers_js_loads_the_x86_artifact_in_its_layout(x86_artifact):
@@ -69,7 +72,7 @@ def test_transformers_js_loads_the_x86_artifact_in_its_layout(x86_artifact):
     folder = write_layout(layout, artifact, layout_folder(artifact, x86_artifact.manifest, layout))
     texts, expected = _texts(artifact)
     got = embed_with_transformers_js(folder, texts)
-    assert row_cosines(got, expected).min() >= x86_artifact.manifest["gate"]["min_cosine"]
+    assert row_cosines(got, expected).min() >= x86_artifact.manifest.gate.min_cosine
     assert "dtype: \"q8\"" in json.loads((folder / "layout.json").read_text())["usage"]
 
 
@@ -93,3 +96,20 @@ def test_package_layout_archives_the_library_folder(x86_artifact, tmp_path):
     root = archive.name.removesuffix(".tar.gz")
     assert {f"{root}/onnx/model_quantized.onnx", f"{root}/tokenizer.json", f"{root}/config.json",
             f"{root}/layout.json", f"{root}/test_vectors.json"} <= set(names)
+
+
+def test_a_model_with_external_data_is_refused_in_one_line(x86_artifact, tmp_path):
+    """Probe: an artifact whose model.onnx was rewritten to keep its weights in an external file (checksums
+    rewritten to match): a layout takes self-contained models only, and says so in one line, writing nothing."""
+    artifact = tmp_path / "x86"
+    shutil.copytree(x86_artifact.folder, artifact)
+    onnx.save_model(onnx.load(str(artifact / "model.onnx")), str(artifact / "model.onnx"), save_as_external_data=True,
+                    location="model.onnx.data")
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest["files"], manifest["file_bytes"] = checksums(artifact), file_sizes(artifact)
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["package", str(artifact), "--layout", "sentence-transformers", "--out",
+                                       str(tmp_path / "release")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "keeps its weights in external data files" in result.output
+    assert not any((tmp_path / "release").glob("*.tar.gz"))

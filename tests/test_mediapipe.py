@@ -19,15 +19,22 @@ from tokenizers import normalizers
 
 from cli import main
 from converters.mediapipe.package import echo_model, package, packed_vocabulary
-from converters.mediapipe.runner import MediaPipeTextEmbedder, load_runner, mediapipe_ids, structural_checks
+from converters.mediapipe.runner import (
+    ASCII_LOWER,
+    MediaPipeTextEmbedder,
+    load_runner,
+    mediapipe_ids,
+)
 from converters.mediapipe.tokenizer import Unsupported, mediapipe_vocabulary, normalize_for_mediapipe, refusal
 from core.data import TOKENIZER_TEXTS
 from core.errors import ArtifactError, ModelSourceError
-from core.manifest import checksums, file_sizes
+from core.manifest import checksums, file_sizes, parse_manifest
 from core.metrics import row_cosines
 from core.model_source import resolve_model
 from pipelines.gatekeeper import verify_path
-from pipelines.verify import Parity, gate_failures
+from pipelines.runtime import ArtifactEncoder
+from pipelines.verify import gate_failures
+from pipelines.verify import structural_checks as checked_structure
 from targets.base import target_gate
 
 
@@ -133,7 +140,7 @@ def test_artifact_meets_the_mobile_gate_through_mediapipe(artifact):
     normalized, raw = parity["app_text"]["normalized"], parity["app_text"]["raw"]
     assert normalized["strings"]["min_cosine"] >= gate["min_cosine"]
     assert raw["strings"]["min_cosine"] < 0.5  # what the normalisation fixes: the app would ship wrong vectors
-    agreement = manifest["structure"]["mediapipe_tokenizer"]
+    agreement = manifest["structure"]["facts"]["mediapipe_tokenizer"]
     assert agreement["ids_equal_normalized"] == agreement["strings"] >= len(TOKENIZER_TEXTS) + 200
     assert manifest["shapes"][0]["sequence"] == 256  # the model's own limit: long texts truncate as the source
     report = (artifact / "report.md").read_text(encoding="utf-8")
@@ -161,6 +168,40 @@ def test_verify_runs_the_artifact_through_mediapipe(artifact):
     assert "mediapipe" in row["parity"]["runtime"] and row["parity"]["app_text"] is not None
 
 
+class CountingEmbedder:
+    """The runner's own TextEmbedder, counting the texts it embeds."""
+
+    def __init__(self, embedder: MediaPipeTextEmbedder) -> None:
+        self.embedder, self.texts = embedder, []
+
+    def first_output(self, text: str) -> np.ndarray:
+        self.texts.append(text)
+        return self.embedder.first_output(text)
+
+    def close(self) -> None:
+        self.embedder.close()
+
+
+def test_the_raw_pass_reuses_a_normalised_vector_only_where_mediapipe_gets_the_same_input(artifact, dev_sentences):
+    """After the app-normalised pass, the gate's raw pass embeds only the texts whose normalisation changes more
+    than MediaPipe's own ASCII lowercasing; every reused row equals what a fresh TextEmbedder gives the raw text,
+    bit for bit, so the gate's raw figures are the same as without the reuse."""
+    texts = list(TOKENIZER_TEXTS) + dev_sentences[:40]
+    changed = [normalize_for_mediapipe(text) != text.translate(ASCII_LOWER) for text in texts]
+    reusing, fresh = ArtifactEncoder(artifact).runner, ArtifactEncoder(artifact).runner
+    try:
+        reusing.embed_texts(texts)  # the normalised pass, which the gate runs first
+        reusing._embedder = counting = CountingEmbedder(reusing._embedder)
+        reused = reusing.embed_texts(texts, normalize=False)
+        expected = fresh.embed_texts(texts, normalize=False)
+    finally:
+        reusing.close()
+        fresh.close()
+    assert np.array_equal(reused, expected)
+    embedded = {text.translate(ASCII_LOWER) for text, again in zip(texts, changed, strict=True) if again}
+    assert sorted(counting.texts) == sorted(embedded) and 10 <= len(embedded) < len(texts) - 30
+
+
 def test_a_packed_vocabulary_that_tokenizes_otherwise_fails_the_gate(artifact, tmp_path):
     """Two tokens swapped in the packed vocab.txt (checksums rewritten): MediaPipe now feeds other ids than the
     model's tokenizer, and the structure check that the gate reads says so."""
@@ -173,24 +214,25 @@ def test_a_packed_vocabulary_that_tokenizes_otherwise_fails_the_gate(artifact, t
     model_file.write_bytes(package(model_file.read_bytes(), "\n".join(vocab).encode("utf-8"), "tampered"))
     manifest = json.loads((broken / "manifest.json").read_text(encoding="utf-8"))
     manifest["files"], manifest["file_bytes"] = checksums(broken), file_sizes(broken)
-    report = structural_checks(broken, manifest)
-    failures = gate_failures(Parity(**manifest["parity"]), target_gate("mobile", "mediapipe"), report.facts)
+    typed = parse_manifest(manifest, "tampered manifest")
+    structure = checked_structure(broken, typed)
+    failures = gate_failures(typed.parity, target_gate("mobile", "mediapipe"), structure)
     assert len(failures) == 1 and "other ids than the model's" in failures[0], failures
 
 
 @pytest.mark.parametrize(("damage", "needle"), [
-    ({"shapes": [{"batch": 1, "sequence": 10**12, "name": "text"}]}, "one shape of batch 1"),
-    ({"shapes": [{"batch": "one"}]}, "damaged shape"),
+    ({"shapes": [{"batch": 1, "sequence": 10**12, "name": "text"}]}, r"shapes\[0\]\.sequence is \d+, outside"),
+    ({"shapes": [{"batch": "one"}]}, r"shapes\[0\]\.batch must be an integer"),
     ({"shapes": [{"batch": 1, "sequence": 64, "name": "a"}, {"batch": 1, "sequence": 64, "name": "b"}]},
      "one shape of batch 1"),
-    ({"conversion": ["not", "a", "record"]}, "lacks its 'conversion'"),
+    ({"conversion": ["not", "a", "record"]}, "conversion must be an object"),
     ({"conversion": {"app_normalization": ["x"]}}, "unknown app normalisation"),
     ({"conversion": {"app_normalization": "nfkc-please"}}, "unknown app normalisation"),
 ])
 def test_a_hostile_manifest_is_one_line(artifact, damage, needle):
     manifest = {**json.loads((artifact / "manifest.json").read_text(encoding="utf-8")), **damage}
     with pytest.raises(ArtifactError, match=needle):
-        load_runner(artifact, manifest, None)
+        load_runner(artifact, parse_manifest(manifest, "manifest.json"), None)
 
 
 def test_a_packed_vocabulary_compressed_or_missing_is_one_line():

@@ -224,7 +224,7 @@ def test_static_qdq_builds_calibrated_and_the_gate_refuses_it(tmp_path):
     """Static QDQ (calibrated on STS-B train) is a real option; on this model it misses the x86 gate."""
     (result,) = export(BuildConfig(target="x86", quantization="static", out=str(tmp_path), verify=False))
     assert result.ok, result.error
-    manifest = result.manifest
+    manifest = result.manifest.to_json()
     assert manifest["options"]["quant"]["mode"] == "static" and manifest["build"]["quantization"] == "static"
     ops = manifest["conversion"]["op_counts"]
     assert ops["QuantizeLinear"] >= 30 and ops["DequantizeLinear"] >= 30  # activations quantized, not only weights

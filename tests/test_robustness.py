@@ -34,7 +34,7 @@ def encoder(x86_artifact):
 
 @pytest.fixture(scope="module")
 def min_cosine(x86_artifact):
-    return x86_artifact.manifest["gate"]["min_cosine"]
+    return x86_artifact.manifest.gate.min_cosine
 
 
 ODD_TEXTS = {

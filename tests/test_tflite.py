@@ -1,9 +1,10 @@
-"""The TFLite converter on the real bundled model, run in the real LiteRT interpreter."""
+"""The TFLite artifact of the bundled model (the session's mobile export, through the real pipeline), run in the
+real LiteRT interpreter, and the converter's refusals."""
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import asdict
 from pathlib import Path
 
 import ai_edge_litert.schema_py_generated as schema
@@ -12,32 +13,30 @@ import pytest
 import torch
 
 import converters.tflite.convert as tflite_convert
-import converters.tflite.runner as tflite_runner
-from converters.base import Conversion, Shape
-from converters.tflite import TFLiteOptions
+from converters.base import Shape
+from converters.tflite import MODEL_FILE, TFLiteOptions
 from core.errors import ArtifactError, ConfigError
 from core.metrics import row_cosines
+from pipelines.runtime import ArtifactEncoder
 
 SENTENCES = 64
 
 
+@pytest.fixture(scope="module")
+def folder(mobile_export) -> Path:
+    """The LiteRT artifact the mobile target writes (TFLiteOptions of targets/mobile.py), built once per session and
+    shared with test_targets and test_mediapipe."""
+    return Path(mobile_export["mobile/tflite"].folder)
 
 
 @pytest.fixture(scope="module")
-def converted(graph, spec, tmp_path_factory) -> tuple[Path, Conversion]:
-    out_dir = tmp_path_factory.mktemp("tflite")
-    return out_dir, tflite_convert.convert(graph, spec, out_dir, TFLiteOptions())
+def manifest(folder) -> dict:
+    return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
-def runner(converted, spec):
-    out_dir, conversion = converted
-    manifest = {
-        "file": conversion.model_file,
-        "shapes": [asdict(s) for s in conversion.shapes],
-        "inputs": [{"name": n, "dtype": conversion.input_dtype, "shape": [1, "sequence"]} for n in spec.input_names],
-    }
-    return tflite_runner.load_runner(out_dir, manifest, threads=2)
+def runner(folder):
+    return ArtifactEncoder(folder, threads=2).runner
 
 
 def _padded(st_model, spec, sentences: list[str], sequence: int) -> dict[str, np.ndarray]:
@@ -52,21 +51,20 @@ def _run_one(runner, inputs: dict[str, np.ndarray], row: int, sequence: int) -> 
     return runner.run({name: array[row : row + 1] for name, array in inputs.items()}, shape)[0]
 
 
-def test_conversion_records_buckets_and_io(converted, spec):
-    out_dir, conversion = converted
-    assert (out_dir / conversion.model_file).is_file()
-    assert conversion.precision == "int8"
-    assert [(s.batch, s.sequence) for s in conversion.shapes] == [(1, 32), (1, 64), (1, 128), (1, 256)]
-    assert max(s.sequence for s in conversion.shapes) == spec.max_seq_length  # truncation matches the source model
-    assert conversion.input_dtype == "int32"  # litert-torch downcasts int64 ids; the runner casts
-    assert set(conversion.details["signatures"].values()) == {s.name for s in conversion.shapes}
-    assert conversion.details["op_counts_per_signature"]["FULLY_CONNECTED"] == 6 * spec.num_hidden_layers
+def test_conversion_records_buckets_and_io(folder, manifest, spec):
+    conversion = manifest["conversion"]
+    assert manifest["file"] == MODEL_FILE and (folder / MODEL_FILE).is_file()
+    assert manifest["precision"] == "int8"
+    assert [(s["batch"], s["sequence"]) for s in manifest["shapes"]] == [(1, 32), (1, 64), (1, 128), (1, 256)]
+    assert max(s["sequence"] for s in manifest["shapes"]) == spec.max_seq_length  # truncation matches the source
+    assert {entry["dtype"] for entry in manifest["inputs"]} == {"int32"}  # litert-torch downcasts; the runner casts
+    assert set(conversion["signatures"].values()) == {s["name"] for s in manifest["shapes"]}
+    assert conversion["op_counts_per_signature"]["FULLY_CONNECTED"] == 6 * spec.num_hidden_layers
 
 
-def test_int8_file_is_under_30_percent_of_fp32(converted, graph):
-    out_dir, conversion = converted
-    size = (out_dir / conversion.model_file).stat().st_size
-    assert size <= 0.30 * conversion.details["fp32_bytes"]  # the fp32 flatbuffer of this same conversion
+def test_int8_file_is_under_30_percent_of_fp32(folder, manifest, graph):
+    size = (folder / MODEL_FILE).stat().st_size
+    assert size <= 0.30 * manifest["conversion"]["fp32_bytes"]  # the fp32 flatbuffer of this conversion
     assert size <= 0.30 * 4 * sum(p.numel() for p in graph.parameters())
 
 
@@ -109,10 +107,9 @@ def test_bucket_longer_than_the_model_is_refused(graph, spec, tmp_path):
         tflite_convert.convert(graph, spec, tmp_path, TFLiteOptions(sequence_buckets=(128, 512)))
 
 
-def test_each_linear_layer_has_its_own_op_scope(converted, graph):
+def test_each_linear_layer_has_its_own_op_scope(folder, graph):
     """Accuracy-aware int8 overrides layers by scope pattern: each must name exactly one FULLY_CONNECTED."""
-    out_dir, _ = converted
-    model = schema.Model.GetRootAs((out_dir / tflite_convert.MODEL_FILE).read_bytes(), 0)
+    model = schema.Model.GetRootAs((folder / MODEL_FILE).read_bytes(), 0)
     codes = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
     subgraph = model.Subgraphs(0)
     scopes = []

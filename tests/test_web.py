@@ -13,7 +13,8 @@ import pytest
 from onnx import numpy_helper
 
 from converters.web import WASM_FILE, WEB_OUTPUT, WEBGPU_FILE
-from core.manifest import checksums, file_sizes, write_json_atomic
+from converters.web.runner import truncation_failures
+from core.manifest import checksums, file_sizes, read_manifest, write_json_atomic
 from core.metrics import row_cosines
 from pipelines.gatekeeper import verify_path
 from tests.transformers_js import embed_with_transformers_js
@@ -33,13 +34,13 @@ def web_artifact(tmp_path_factory):
 
 
 def test_web_export_passes_its_gate_in_chromium(web_artifact):
-    manifest = web_artifact.manifest
+    manifest = web_artifact.manifest.to_json()
     folder = Path(web_artifact.folder)
     parity = manifest["parity"]
     assert manifest["verdict"] == "pass"
     assert parity["sentences"] > 2000 and parity["mean_cosine"] >= 0.99 and parity["min_cosine"] >= 0.97
     assert "onnxruntime-web" in parity["runtime"] and "Chromium" in parity["runtime"]
-    facts = manifest["structure"]
+    facts = manifest["structure"]["facts"]
     assert facts["cross_origin_isolated"] is True and facts["wasm_threads"] == 2
     assert facts["wasm_b1_p50_ms"] > 0 and facts["native_b1_p50_ms"] > 0
     assert facts["wasm_vs_native"] == pytest.approx(facts["wasm_b1_p50_ms"] / facts["native_b1_p50_ms"], rel=0.02)
@@ -101,4 +102,17 @@ def test_transformers_js_loads_the_web_layout_in_chromium(web_artifact):
     expected = np.array([v["expected_embedding"] for v in vectors], dtype=np.float32)
     assert got.shape == expected.shape
     cosines = row_cosines(got, expected)
-    assert cosines.min() >= web_artifact.manifest["gate"]["min_cosine"], dict(zip(texts, cosines.round(4), strict=True))
+    assert cosines.min() >= web_artifact.manifest.gate.min_cosine, dict(zip(texts, cosines.round(4), strict=True))
+
+
+def test_a_tokenizer_config_that_would_not_truncate_fails_the_gate(web_artifact, tmp_path):
+    """tokenizer_config.json's model_max_length raised to 10^9 (checksums rewritten): transformers.js would feed the
+    model texts past its limit; the web format's structure check names it, so verify's gate fails."""
+    folder = tmp_path / "web"
+    shutil.copytree(web_artifact.folder, folder)
+    assert truncation_failures(folder, web_artifact.manifest) == []
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 10**9}))
+    _resign(folder)
+    (failure,) = truncation_failures(folder, read_manifest(folder))
+    assert "model_max_length is 1000000000, not the manifest's 256" in failure

@@ -14,7 +14,7 @@ from pipelines.export import export
 
 
 def test_x86_parity_and_size(x86_artifact):
-    manifest = x86_artifact.manifest
+    manifest = x86_artifact.manifest.to_json()
     parity = manifest["parity"]
     assert parity["sentences"] > 2800  # every unique STS-B dev sentence
     assert parity["mean_cosine"] >= 0.995
@@ -33,7 +33,7 @@ def test_x86_parity_and_size(x86_artifact):
 
 
 def test_x86_quantization_recipe_is_recorded(x86_artifact):
-    manifest = x86_artifact.manifest
+    manifest = x86_artifact.manifest.to_json()
     quant = manifest["conversion"]["quantization"]
     assert quant["per_channel"] is True and quant["mode"] == "dynamic"
     assert quant["isa"] in ISA_CLASSES
@@ -109,7 +109,7 @@ def test_pca_128_within_one_point_of_fp32(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist_pca")
     (result,) = export(BuildConfig(target="x86", dims=128, out=str(out)))
     assert result.ok, result.error
-    manifest = result.manifest
+    manifest = result.manifest.to_json()
     assert manifest["embedding_dim"] == 128 and manifest["pca"]["dims"] == 128
     assert manifest["output"]["shape"] == ["batch", 128]
     assert manifest["parity"]["spearman_drop"] <= 1.0  # vs the fp32 model at 384 dims
@@ -136,7 +136,7 @@ def test_the_portable_build_cannot_saturate_on_avx2(x86_artifact, tmp_path):
     """AVX2 adds u8 x s8 products in pairs into int16 (vpmaddubsw): 2 x 255 x 64 = 32640 always fits, while
     full-range weights can pass 32767. ONNX Runtime has no switch to force its AVX2 kernels on this CPU, so
     the property is checked on the artifact itself."""
-    manifest = x86_artifact.manifest
+    manifest = x86_artifact.manifest.to_json()
     assert manifest["isa"]["class"] == "avx2" and manifest["conversion"]["quantization"]["reduce_range"] is True
     portable = _integer_weights(Path(x86_artifact.folder) / "model.onnx")
     assert portable and all(np.abs(w).max() <= 64 for w in portable.values())
@@ -144,7 +144,7 @@ def test_the_portable_build_cannot_saturate_on_avx2(x86_artifact, tmp_path):
     assert not [n for n in model.graph.node if n.op_type == "MatMulNBits"], "no int8-compute blocks on AVX2"
     assert manifest["conversion"]["quantization"]["kept_as"] == "fp32"
     (full,) = export(BuildConfig(target="x86", isa="avx512_vnni", out=str(tmp_path), verify=False))
-    assert full.manifest["isa"]["class"] == "avx512_vnni"
+    assert full.manifest.to_json()["isa"]["class"] == "avx512_vnni"
     full_range = _integer_weights(Path(full.folder) / "model.onnx")
     assert max(np.abs(w).max() for w in full_range.values()) == 127
     name = next(n for n in full_range if n in portable)  # a layer int8 in both builds

@@ -21,9 +21,10 @@ import numpy as np
 
 from converters.arm64 import ARM64_FORMATS, CPU_MODELS
 from converters.arm64.guest import GuestError, header, read_arrays, write_arrays
-from converters.base import Runner, Shape, manifest_shapes
+from converters.base import Runner, Shape
 from converters.mediapipe.runner import Normalize, text_input
 from core.errors import ArtifactError, ConfigError, MissingDependencyError, ToolchainError
+from core.manifest import Manifest
 from core.reference import cache_dir
 
 HERE = Path(__file__).resolve().parent
@@ -187,20 +188,20 @@ class Arm64MediaPipeRunner:
         raise ArtifactError("the MediaPipe artifact takes strings (TextEmbedder tokenizes inside); use embed_texts")
 
 
-def load_arm64_runner(environment: Arm64Environment, artifact_dir: Path, manifest: dict, cpu: str,
+def load_arm64_runner(environment: Arm64Environment, artifact_dir: Path, manifest: Manifest, cpu: str,
                       log_file: IO[bytes]) -> tuple[Runner, EmulatedProcess]:
     """The artifact's runner on the emulated CPU model, and its process (close it when done)."""
-    fmt, model = manifest["format"], str(Path(artifact_dir) / manifest["file"])
+    fmt, model = manifest.format, str(Path(artifact_dir) / manifest.file)
     if fmt not in ARM64_FORMATS:
         raise ConfigError(f"{fmt} artifacts do not run on ARM64 phones; --arch arm64 checks "
                           f"{', '.join(ARM64_FORMATS)}")
     if fmt == "executorch":
         process = EmulatedProcess(environment.command(cpu, str(environment.folder / "pte" / "pte_runner"), model),
                                   log_file)
-        return Arm64ExecuTorchRunner(process, [s["name"] for s in manifest["inputs"]], cpu), process
+        return Arm64ExecuTorchRunner(process, [s.name for s in manifest.inputs], cpu), process
     python = str(environment.root / "usr" / "bin" / "python3")
     process = EmulatedProcess(environment.command(cpu, python, str(HERE / "guest.py"), fmt, model), log_file)
     if fmt == "mediapipe":
         shape, normalize = text_input(manifest)
         return Arm64MediaPipeRunner(process, [shape], normalize, cpu), process
-    return Arm64TFLiteRunner(process, manifest_shapes(manifest) or [], cpu), process
+    return Arm64TFLiteRunner(process, list(manifest.shapes or ()), cpu), process

@@ -36,7 +36,8 @@ from converters.coreml import (
 from converters.coreml.runner import ProgramExecutor, summarize_program
 from core.data import EDGE_TEXTS
 from core.errors import ConfigError, require
-from core.graph import EmbeddingGraph, GraphSpec, example_inputs
+from core.graph import EmbeddingGraph, example_inputs
+from core.manifest import GraphSpec
 from core.metrics import row_cosines
 
 

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from converters.base import Shape, StructuralReport
-from converters.coreml import EMULATION_LABEL, MODEL_FILE, enumerated_shape
+from converters.coreml import EMULATION_LABEL, enumerated_shape
 from core.errors import ArtifactError, require
 from core.graph import EmbeddingGraph, build_graph
+from core.manifest import Manifest
 from core.model_source import load_sentence_transformer, resolve_model
 from core.pca import Projection
 
@@ -123,12 +124,12 @@ def _non_finite_weights(model_path: Path) -> list[str]:
     ]
 
 
-def inspect_spec(artifact_dir: Path, manifest: dict) -> dict[str, Any]:
+def inspect_spec(artifact_dir: Path, manifest: Manifest) -> dict[str, Any]:
     """Structural checks of the artifact's Core ML program against its manifest; raise ArtifactError on a mismatch.
 
     Manifest keys used: embedding_dim and inputs[].name (required); file, shapes, precision (when present).
     """
-    model_path = Path(artifact_dir) / manifest.get("file", MODEL_FILE)
+    model_path = Path(artifact_dir) / manifest.file
     if not model_path.is_dir():
         raise ArtifactError(f"{model_path.name} is missing from {artifact_dir}; the Core ML artifact is incomplete")
     summary = summarize_program(model_path)
@@ -136,21 +137,21 @@ def inspect_spec(artifact_dir: Path, manifest: dict) -> dict[str, Any]:
     if summary["model_type"] != "mlProgram":
         raise ArtifactError(f"{name} is a {summary['model_type']} model, not an ML Program")
     inputs, outputs = summary["inputs"], summary["outputs"]
-    expected_names = [item["name"] for item in manifest["inputs"]]
+    expected_names = [item.name for item in manifest.inputs]
     if [i["name"] for i in inputs] != expected_names:
         raise ArtifactError(f"{name} inputs {[i['name'] for i in inputs]} differ from the manifest's {expected_names}")
     if any(i["dtype"] != "int32" for i in inputs):
         raise ArtifactError(f"{name} inputs must be int32, found {[i['dtype'] for i in inputs]}")
     if any(i["shapes"] != inputs[0]["shapes"] for i in inputs):
         raise ArtifactError(f"{name} inputs enumerate different shapes; every token input must share them")
-    if "shapes" in manifest and manifest["shapes"] is not None:
-        listed = sorted([s["batch"], s["sequence"]] for s in manifest["shapes"])
+    if manifest.shapes is not None:
+        listed = sorted([s.batch, s.sequence] for s in manifest.shapes)
         if listed != inputs[0]["shapes"]:
             raise ArtifactError(f"{name} enumerates shapes {inputs[0]['shapes']}, the manifest lists {listed}")
-    if len(outputs) != 1 or outputs[0]["dims"][-1:] != [int(manifest["embedding_dim"])]:
+    if len(outputs) != 1 or outputs[0]["dims"][-1:] != [manifest.embedding_dim]:
         found = [o["dims"] for o in outputs]
-        raise ArtifactError(f"{name} outputs {found}; expected one (batch, {manifest['embedding_dim']}) embedding")
-    if manifest.get("precision") == "fp16" and not summary["op_precisions"].get("float16"):
+        raise ArtifactError(f"{name} outputs {found}; expected one (batch, {manifest.embedding_dim}) embedding")
+    if manifest.precision == "fp16" and not summary["op_precisions"].get("float16"):
         raise ArtifactError(f"{name} is recorded as fp16 but no op computes in float16")
     bad = _non_finite_weights(model_path)
     if bad:
@@ -182,14 +183,14 @@ class CoreMLRunner:
         return np.asarray(self.model.predict(feeds)[self.output_name], dtype=np.float32)
 
 
-def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> CoreMLRunner | Fp16EmulationRunner:
+def load_runner(artifact_dir: Path, manifest: Manifest, threads: int | None) -> CoreMLRunner | Fp16EmulationRunner:
     """Core ML's own prediction on macOS; elsewhere the labelled fp16 emulation. Core ML picks its own threads."""
     if not native_prediction_available():
         return Fp16EmulationRunner(artifact_dir, manifest)
-    return CoreMLRunner(Path(artifact_dir) / manifest.get("file", MODEL_FILE))
+    return CoreMLRunner(Path(artifact_dir) / manifest.file)
 
 
-def structural_checks(artifact_dir: Path, manifest: dict) -> StructuralReport:
+def structural_checks(artifact_dir: Path, manifest: Manifest) -> StructuralReport:
     """What Linux can check of the real artifact: its spec, and (off macOS) its own program, op by op."""
     summary = inspect_spec(artifact_dir, manifest)
     native = native_prediction_available()
@@ -229,10 +230,10 @@ class Fp16EmulationRunner:
     emulated = True
     description = "fp16 PyTorch emulation (Core ML prediction needs macOS)"
 
-    def __init__(self, artifact_dir: Path, manifest: dict) -> None:
-        st_model = load_sentence_transformer(resolve_model(manifest["model"]["source"]))
-        pca = manifest.get("pca")
-        projection = Projection.load(Path(artifact_dir) / pca["file"]) if pca else None
+    def __init__(self, artifact_dir: Path, manifest: Manifest) -> None:
+        st_model = load_sentence_transformer(resolve_model(manifest.model.source))
+        pca = manifest.pca
+        projection = Projection.load(Path(artifact_dir) / pca.file) if pca else None
         self.graph = half_precision_copy(build_graph(st_model, projection, additive_mask=True))
         self.shapes: list[Shape] | None = None
 
@@ -357,6 +358,6 @@ class ProgramExecutor:
         return np.asarray(self.function.outputs[0].val, dtype=np.float32)
 
 
-def load_program_executor(artifact_dir: Path, manifest: dict) -> ProgramExecutor:
+def load_program_executor(artifact_dir: Path, manifest: Manifest) -> ProgramExecutor:
     """The artifact's program run on this machine by coremltools' reference ops (emulated, not Core ML)."""
-    return ProgramExecutor(Path(artifact_dir) / manifest.get("file", MODEL_FILE))
+    return ProgramExecutor(Path(artifact_dir) / manifest.file)

@@ -28,7 +28,8 @@ import torch
 from converters.base import SEQUENCE_LIMIT, Calibration, Conversion
 from converters.executorch import MODEL_FILE, RUNTIME, ExecuTorchOptions
 from core.errors import ArtifactError, ConfigError, require
-from core.graph import EmbeddingGraph, GraphSpec, example_inputs
+from core.graph import EmbeddingGraph, example_inputs
+from core.manifest import GraphSpec
 
 # Sample shape for tracing: inside the bounds and not 0/1, so torch.export keeps both dims symbolic.
 SAMPLE_BATCH, SAMPLE_SEQUENCE = 2, 16

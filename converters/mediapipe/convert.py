@@ -21,7 +21,8 @@ from converters.mediapipe.tokenizer import Unsupported, mediapipe_vocabulary
 from converters.tflite import TFLiteOptions
 from converters.tflite.convert import convert as convert_tflite
 from core.errors import ConfigError
-from core.graph import EmbeddingGraph, GraphSpec
+from core.graph import EmbeddingGraph
+from core.manifest import GraphSpec
 
 SIGNATURE = "text"  # the manifest's one shape; MediaPipe itself names no signature
 

@@ -23,7 +23,8 @@ from converters.onnx import FusionConfig, OnnxOptions, QuantConfig
 from converters.onnx.quantize import quantize_accuracy_aware, quantize_int8
 from core.errors import ConfigError
 from core.families import Family, family_for
-from core.graph import EmbeddingGraph, GraphSpec, example_inputs
+from core.graph import EmbeddingGraph, example_inputs
+from core.manifest import GraphSpec
 
 OPSET = 17
 

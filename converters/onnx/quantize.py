@@ -27,7 +27,8 @@ from converters.onnx.layers import smooth_activations, weight_uses
 from converters.onnx.runner import OrtRunner
 from converters.sensitivity import KeptLayerSearch
 from core.cpu import cpu_isa, isa_class
-from core.graph import EmbeddingGraph, GraphSpec
+from core.graph import EmbeddingGraph
+from core.manifest import GraphSpec
 from core.metrics import row_cosines
 
 Feeds = list[dict[str, np.ndarray]]

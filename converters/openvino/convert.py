@@ -11,7 +11,8 @@ from converters.onnx.convert import export_fp32
 from converters.openvino import MODEL_FILE, RUNTIME, WEIGHTS_FILE, OpenVinoOptions
 from converters.openvino.tuning import choose_properties
 from core.errors import require
-from core.graph import EmbeddingGraph, GraphSpec
+from core.graph import EmbeddingGraph
+from core.manifest import GraphSpec
 
 
 def convert(

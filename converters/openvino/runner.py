@@ -15,6 +15,7 @@ from converters.base import Shape
 from converters.openvino import COMPILED_MODELS, TUNABLE_PROPERTIES, is_tunable
 from core.cpu import cpu_flags
 from core.errors import ArtifactError, require
+from core.manifest import Manifest
 
 
 class OpenVinoRunner:
@@ -91,10 +92,10 @@ def compiles_safely(model_path: str, config_json: str) -> bool:
     return child.returncode == 0
 
 
-def compile_properties(manifest: dict) -> dict[str, dict[str, str]]:
+def compile_properties(conversion: dict) -> dict[str, dict[str, str]]:
     """The per-model properties the manifest records (none in one built before tuning); ArtifactError on any
     property or value that is not tunable, since compile_model would take anything it is given."""
-    chosen = ((manifest.get("conversion") or {}).get("compile") or {})
+    chosen = (conversion.get("compile") or {})
     properties: dict[str, dict[str, str]] = {}
     for model in COMPILED_MODELS:
         entry = chosen.get(model) or {}
@@ -106,6 +107,6 @@ def compile_properties(manifest: dict) -> dict[str, dict[str, str]]:
     return properties
 
 
-def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> OpenVinoRunner:
-    return OpenVinoRunner(Path(artifact_dir) / manifest["file"], threads, manifest.get("precision", "fp32"),
-                          compile_properties(manifest))
+def load_runner(artifact_dir: Path, manifest: Manifest, threads: int | None) -> OpenVinoRunner:
+    return OpenVinoRunner(Path(artifact_dir) / manifest.file, threads, manifest.precision,
+                          compile_properties(manifest.conversion))

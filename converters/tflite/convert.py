@@ -40,7 +40,8 @@ from converters.tflite import MODEL_FILE, RECIPES, RUNTIME, TFLiteOptions, signa
 from converters.tflite.runner import TFLiteRunner
 from core.data import EDGE_TEXTS
 from core.errors import ConfigError, require
-from core.graph import EmbeddingGraph, GraphSpec, example_inputs
+from core.graph import EmbeddingGraph, example_inputs
+from core.manifest import GraphSpec
 from core.metrics import row_cosines
 
 

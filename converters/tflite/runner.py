@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.base import Shape, manifest_shapes
+from converters.base import Shape
 from core.errors import ArtifactError, require
+from core.manifest import Manifest
 
 
 class TFLiteRunner:
@@ -42,7 +43,7 @@ class TFLiteRunner:
         return np.asarray(output, dtype=np.float32)
 
 
-def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> TFLiteRunner:
-    if not manifest.get("shapes"):
+def load_runner(artifact_dir: Path, manifest: Manifest, threads: int | None) -> TFLiteRunner:
+    if not manifest.shapes:
         raise ArtifactError("a TFLite manifest must list its fixed shapes; the artifact is incomplete")
-    return TFLiteRunner(Path(artifact_dir) / manifest["file"], manifest_shapes(manifest), threads)
+    return TFLiteRunner(Path(artifact_dir) / manifest.file, list(manifest.shapes), threads)

@@ -13,7 +13,8 @@ from converters.base import Calibration, Conversion
 from converters.onnx import OnnxOptions
 from converters.onnx.convert import convert as convert_onnx
 from converters.web import WASM_FILE, WEB_OUTPUT, WEBGPU_FILE, WebOptions
-from core.graph import EmbeddingGraph, GraphSpec
+from core.graph import EmbeddingGraph
+from core.manifest import GraphSpec
 
 
 def _onnx_file(graph: EmbeddingGraph, spec: GraphSpec, options: OnnxOptions, calibration: Calibration | None,

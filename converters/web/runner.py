@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from converters.base import Shape, StructuralReport
 from converters.onnx.runner import OrtRunner
@@ -22,6 +21,10 @@ from converters.web import WASM_FILE, WEBGPU_FILE
 from converters.web.browser import ORT_DIST, PAGE_DIR, StaticServer, browser, open_page, ort_web_version
 from core.data import load_stsb
 from core.errors import ArtifactError, gist
+from core.manifest import Manifest
+from core.model_files import read_tokenizer
+from core.safe_io import read_json
+from core.tokenizer_guard import encode_rows
 
 LATENCY_SENTENCES = 100  # STS-B dev sentences spread over the length range, as bench's latency set
 LATENCY_REPEATS = 3
@@ -75,23 +78,20 @@ class BrowserRunner:
         self.server.close()
 
 
-def load_runner(artifact_dir: Path, manifest: dict, threads: int | None) -> BrowserRunner:
-    wanted = int((manifest.get("options") or {}).get("threads") or 2)
-    return BrowserRunner(artifact_dir, manifest["file"], threads or wanted)
+def load_runner(artifact_dir: Path, manifest: Manifest, threads: int | None) -> BrowserRunner:
+    wanted = int(manifest.options.get("threads") or 2)
+    return BrowserRunner(artifact_dir, manifest.file, threads or wanted)
 
 
-def latency_batches(artifact_dir: Path, manifest: dict, input_names: list[str]) -> list[dict[str, np.ndarray]]:
+def latency_batches(artifact_dir: Path, manifest: Manifest, input_names: list[str]) -> list[dict[str, np.ndarray]]:
     """Batch-1 inputs of the latency sentences through the artifact's own tokenizer."""
-    tokenizer = Tokenizer.from_file(str(artifact_dir / manifest["tokenizer"]["file"]))
+    tokenizer = read_tokenizer(artifact_dir / manifest.tokenizer.file, ArtifactError,
+                               "the artifact is damaged: export it again")
     tokenizer.no_padding()
     sentences = load_stsb("dev").unique_sentences()
     chosen = sentences[:: max(1, len(sentences) // LATENCY_SENTENCES)][:LATENCY_SENTENCES]
-    batches = []
-    for encoding in tokenizer.encode_batch(chosen):
-        arrays = {"input_ids": encoding.ids, "attention_mask": encoding.attention_mask,
-                  "token_type_ids": encoding.type_ids}
-        batches.append({name: np.asarray([arrays[name]], dtype=np.int64) for name in input_names})
-    return batches
+    rows = encode_rows(tokenizer, chosen, ArtifactError, f"{artifact_dir}: its tokenizer failed on the texts")
+    return [{name: np.asarray([row[name]], dtype=np.int64) for name in input_names} for row in rows]
 
 
 def native_latency_ms(model: Path, batches: list[dict[str, np.ndarray]], threads: int) -> list[float]:
@@ -111,11 +111,24 @@ def gzip_bytes(paths: list[Path]) -> int:
     return sum(len(gzip.compress(path.read_bytes(), compresslevel=6)) for path in paths if path.is_file())
 
 
-def structural_checks(artifact_dir: Path, manifest: dict) -> StructuralReport:
+def truncation_failures(artifact_dir: Path, manifest: Manifest) -> list[str]:
+    """transformers.js truncates at tokenizer_config.json's model_max_length: it must be the manifest's limit, or a
+    page feeds the model inputs longer than it takes."""
+    path = Path(artifact_dir) / "tokenizer_config.json"
+    if not path.is_file():
+        return []
+    limit = read_json(path, ArtifactError, "tokenizer config").get("model_max_length")
+    if limit == manifest.tokenizer.max_length and not isinstance(limit, bool):
+        return []
+    return [f"tokenizer_config.json's model_max_length is {str(limit)[:24]}, not the manifest's "
+            f"{manifest.tokenizer.max_length}: transformers.js would feed longer inputs than the model takes"]
+
+
+def structural_checks(artifact_dir: Path, manifest: Manifest) -> StructuralReport:
     artifact_dir = Path(artifact_dir)
     runner = load_runner(artifact_dir, manifest, None)
     try:
-        batches = latency_batches(artifact_dir, manifest, [spec["name"] for spec in manifest["inputs"]])
+        batches = latency_batches(artifact_dir, manifest, [spec.name for spec in manifest.inputs])
         timings = runner.timings(batches)
         wasm_ms = float(np.median(timings["ms"]))
         native_ms = float(np.median(native_latency_ms(artifact_dir / WASM_FILE, batches, runner.info["threads"])))
@@ -143,4 +156,5 @@ def structural_checks(artifact_dir: Path, manifest: dict) -> StructuralReport:
             program_runners["webgpu_fp16"] = BrowserRunner(artifact_dir, WEBGPU_FILE, 1, backend="webgpu")
         else:
             facts["webgpu"] = f"fp16 variant not checked here: {webgpu['reason']}"
-    return StructuralReport(facts=facts, program_runners=program_runners)
+    return StructuralReport(facts=facts, program_runners=program_runners,
+                            gate_failures=truncation_failures(artifact_dir, manifest))
