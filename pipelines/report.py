@@ -25,6 +25,11 @@ from pipelines.snippets import TEXT_IN_FORMATS, app_snippets
 MARKDOWN = markdown_it.MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
+def _md_text(text: str) -> str:
+    """A folder name as markdown text: markup in it shows as text in any viewer, and it cannot end a table cell."""
+    return html.escape(text).replace("|", "\\|").replace("`", "&#96;")
+
+
 def _fmt(value, digits: int = 4) -> str:
     if value is None:
         return "–"
@@ -113,13 +118,12 @@ def _phone_md(root: Path) -> str:
     parts = []
     for folder in find_artifacts(root):
         manifest = read_manifest(folder)
+        name = _md_text(folder.relative_to(root).as_posix())
         app_text = manifest.parity.app_text if manifest.parity else None
         if app_text:
-            parts += [f"\n### {folder.relative_to(root).as_posix()}: strings through the app's own tokenizer\n",
-                      app_text_md(app_text)]
+            parts += [f"\n### {name}: strings through the app's own tokenizer\n", app_text_md(app_text)]
         if manifest.arm64:
-            parts += [f"\n### {folder.relative_to(root).as_posix()}: emulated ARM64 CPU kernels\n",
-                      arm64_md(manifest.arm64)]
+            parts += [f"\n### {name}: emulated ARM64 CPU kernels\n", arm64_md(manifest.arm64)]
     return "\n".join(parts)
 
 
@@ -307,7 +311,8 @@ def _distillation_md(rows: list[dict]) -> str | None:
             ratio = None if teacher is None or not row["throughput_sps"] or not teacher["throughput_sps"] else \
                 row["throughput_sps"] / teacher["throughput_sps"]
             drop = None if row["spearman"] is None else record.spearman_teacher - row["spearman"]
-            lines.append(f"| {row['name']} | {layers} | {_fmt(row['spearman'], 2)} | {record.spearman_teacher:.2f} "
+            lines.append(f"| {_md_text(row['name'])} | {layers} | {_fmt(row['spearman'], 2)} | "
+                         f"{record.spearman_teacher:.2f} "
                          f"| {_fmt(drop, 2)} | {_fmt(row['throughput_sps'], 0)} | {_fmt(ratio, 2)} |")
     return "\n".join(lines)
 
@@ -321,7 +326,8 @@ def _table_md(rows: list[dict]) -> str:
         drop = None if r["spearman_drop"] is None else -r["spearman_drop"]
         verdict = r["verdict"] + (" (emulated parity)" if r["emulated"] else "")
         lines.append(
-            f"| {r['name']} | {r['dims']} | {r['size_mb']:.1f} | {_fmt(r['mean_cosine'])} | {_fmt(r['min_cosine'])} | "
+            f"| {_md_text(r['name'])} | {r['dims']} | {r['size_mb']:.1f} | {_fmt(r['mean_cosine'])} | "
+            f"{_fmt(r['min_cosine'])} | "
             f"{_fmt(r['spearman'], 2)} | {_fmt(drop, 2)} | {_fmt(r['throughput_ratio'], 2)} | "
             f"{_fmt(r['latency_p50_ms'], 2)} | {verdict} |"
         )
@@ -332,9 +338,9 @@ def write_model_report(root: Path) -> tuple[Path, Path]:
     """report.md and report.html over every artifact under ``root``: one table and one plot."""
     rows = _rows(root)
     table = _table_md(rows)
-    intro = (f"# Embedding artifacts under `{root}`\n\nParity is against the fp32 PyTorch (sentence-transformers) "
-             "model on every STS-B dev sentence; speed ratios come from one `cli.py bench` run (see each artifact's "
-             "report.md for threads, batch sizes and absolute figures).\n")
+    intro = (f"# Embedding artifacts under {_md_text(str(root))}\n\nParity is against the fp32 PyTorch "
+             "(sentence-transformers) model on every STS-B dev sentence; speed ratios come from one `cli.py bench` "
+             "run (see each artifact's report.md for threads, batch sizes and absolute figures).\n")
     md = intro + "\n" + table + "\n\n![accuracy vs speed vs size](report.svg)\n"
     svg = _svg_plot(rows)
     if svg.startswith("<svg"):

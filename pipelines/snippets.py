@@ -4,6 +4,7 @@ normalisation; LiteRT's signature runner on the tokenizer's ids)."""
 
 from __future__ import annotations
 
+from converters.mediapipe.runner import app_normalization
 from converters.mediapipe.tokenizer import NORMALIZATION
 from core.manifest import Manifest
 
@@ -84,7 +85,7 @@ def _prompt_note(manifest: Manifest) -> list[str]:
 
 def _mediapipe(manifest: Manifest) -> list[str]:
     file = manifest.file
-    normalization = manifest.conversion.get("app_normalization")
+    normalization = app_normalization(manifest)
     figures = manifest.parity.app_text if manifest.parity else None
     note = ""
     if figures:

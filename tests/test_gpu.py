@@ -12,7 +12,7 @@ from pipelines.export import export
 def gpu_artifact(tmp_path_factory):
     (result,) = export(BuildConfig(target="gpu", out=str(tmp_path_factory.mktemp("dist"))))
     assert result.ok, result.error
-    return result.manifest
+    return result.manifest.to_json()  # the JSON an app reads
 
 
 def test_fusions_applied(gpu_artifact):

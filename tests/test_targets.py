@@ -21,7 +21,7 @@ def built(tmp_path_factory, mobile_export):
 
 def test_mobile_writes_every_artifact(built):
     assert set(built) == {"mobile/tflite", "mobile/executorch", "mobile/mediapipe", "apple"}
-    tflite, pte = built["mobile/tflite"].manifest, built["mobile/executorch"].manifest
+    tflite, pte = built["mobile/tflite"].manifest.to_json(), built["mobile/executorch"].manifest.to_json()
     assert tflite["file"] == "model.tflite" and tflite["runtime"] == "ai-edge-litert"
     assert pte["file"] == "model.pte" and pte["runtime"] == "executorch"
 

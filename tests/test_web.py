@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 from onnx import numpy_helper
 
+from cli import main
 from converters.web import WASM_FILE, WEB_OUTPUT, WEBGPU_FILE
-from converters.web.runner import truncation_failures
-from core.manifest import checksums, file_sizes, read_manifest, write_json_atomic
+from converters.web.runner import check_truncation
+from core.manifest import checksums, file_sizes, write_json_atomic
 from core.metrics import row_cosines
 from pipelines.gatekeeper import verify_path
 from tests.transformers_js import embed_with_transformers_js
@@ -105,14 +107,15 @@ def test_transformers_js_loads_the_web_layout_in_chromium(web_artifact):
     assert cosines.min() >= web_artifact.manifest.gate.min_cosine, dict(zip(texts, cosines.round(4), strict=True))
 
 
-def test_a_tokenizer_config_that_would_not_truncate_fails_the_gate(web_artifact, tmp_path):
-    """tokenizer_config.json's model_max_length raised to 10^9 (checksums rewritten): transformers.js would feed the
-    model texts past its limit; the web format's structure check names it, so verify's gate fails."""
+def test_a_tokenizer_config_that_would_not_truncate_is_refused(web_artifact, tmp_path):
+    """Probe: tokenizer_config.json's model_max_length raised to 10^9 (checksums rewritten): transformers.js would
+    feed the model texts past its limit; verify refuses the artifact in one line, exit 2."""
     folder = tmp_path / "web"
     shutil.copytree(web_artifact.folder, folder)
-    assert truncation_failures(folder, web_artifact.manifest) == []
+    check_truncation(folder, web_artifact.manifest)  # the exported one agrees
     config = json.loads((folder / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 10**9}))
     _resign(folder)
-    (failure,) = truncation_failures(folder, read_manifest(folder))
-    assert "model_max_length is 1000000000, not the manifest's 256" in failure
+    result = CliRunner().invoke(main, ["verify", str(folder)])
+    assert result.exit_code == 2, result.output
+    assert "model_max_length is 1000000000, not the manifest's 256" in result.output

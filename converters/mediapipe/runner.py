@@ -39,11 +39,18 @@ def text_input(manifest: Manifest) -> tuple[Shape, Normalize]:
     if len(shapes) != 1 or shapes[0].batch != 1 or not 2 <= shapes[0].sequence <= SEQUENCE_LIMIT:
         raise ArtifactError(f"{where} must list one shape of batch 1 and 2 to {SEQUENCE_LIMIT} tokens, "
                             f"not {[(s.batch, s.sequence) for s in shapes][:3]}")
+    name = app_normalization(manifest)
+    return shapes[0], NORMALIZATIONS[name] if name else _unchanged
+
+
+def app_normalization(manifest: Manifest) -> str | None:
+    """The text normalisation an app applies before MediaPipe (core.manifest keeps a format's conversion facts as
+    its own record: this converter's convert.py writes the key), checked against the known ones."""
     name = manifest.conversion.get("app_normalization")
     if name is not None and (not isinstance(name, str) or name not in NORMALIZATIONS):
-        raise ArtifactError(f"{where} names an unknown app normalisation {str(name)[:40]!r} "
+        raise ArtifactError(f"a MediaPipe manifest names an unknown app normalisation {str(name)[:40]!r} "
                             f"(known: {', '.join(NORMALIZATIONS)})")
-    return shapes[0], NORMALIZATIONS[name] if name else _unchanged
+    return name
 
 
 class MediaPipeTextEmbedder:

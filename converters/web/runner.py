@@ -79,6 +79,7 @@ class BrowserRunner:
 
 
 def load_runner(artifact_dir: Path, manifest: Manifest, threads: int | None) -> BrowserRunner:
+    check_truncation(artifact_dir, manifest)
     wanted = int(manifest.options.get("threads") or 2)
     return BrowserRunner(artifact_dir, manifest.file, threads or wanted)
 
@@ -111,17 +112,17 @@ def gzip_bytes(paths: list[Path]) -> int:
     return sum(len(gzip.compress(path.read_bytes(), compresslevel=6)) for path in paths if path.is_file())
 
 
-def truncation_failures(artifact_dir: Path, manifest: Manifest) -> list[str]:
-    """transformers.js truncates at tokenizer_config.json's model_max_length: it must be the manifest's limit, or a
-    page feeds the model inputs longer than it takes."""
+def check_truncation(artifact_dir: Path, manifest: Manifest) -> None:
+    """transformers.js truncates at tokenizer_config.json's model_max_length: another value than the manifest's
+    limit is a damaged artifact (a page would feed the model inputs longer than it takes)."""
     path = Path(artifact_dir) / "tokenizer_config.json"
     if not path.is_file():
-        return []
+        return
     limit = read_json(path, ArtifactError, "tokenizer config").get("model_max_length")
-    if limit == manifest.tokenizer.max_length and not isinstance(limit, bool):
-        return []
-    return [f"tokenizer_config.json's model_max_length is {str(limit)[:24]}, not the manifest's "
-            f"{manifest.tokenizer.max_length}: transformers.js would feed longer inputs than the model takes"]
+    if limit != manifest.tokenizer.max_length or isinstance(limit, bool):
+        raise ArtifactError(f"{path}: model_max_length is {str(limit)[:24]}, not the manifest's "
+                            f"{manifest.tokenizer.max_length}: transformers.js would feed longer inputs than the model "
+                            "takes; export the artifact again")
 
 
 def structural_checks(artifact_dir: Path, manifest: Manifest) -> StructuralReport:
@@ -156,5 +157,4 @@ def structural_checks(artifact_dir: Path, manifest: Manifest) -> StructuralRepor
             program_runners["webgpu_fp16"] = BrowserRunner(artifact_dir, WEBGPU_FILE, 1, backend="webgpu")
         else:
             facts["webgpu"] = f"fp16 variant not checked here: {webgpu['reason']}"
-    return StructuralReport(facts=facts, program_runners=program_runners,
-                            gate_failures=truncation_failures(artifact_dir, manifest))
+    return StructuralReport(facts=facts, program_runners=program_runners)
