@@ -149,8 +149,9 @@ def _module_folders(path: Path) -> set[Path]:
     """The model folder and each module's folder that modules.json names (check_model_files checks the file itself
     afterwards: here an entry it would refuse just adds no folder)."""
     folders = {path}
-    with contextlib.suppress(ModelSourceError):
-        for entry in read_json(path / "modules.json", ModelSourceError, "modules.json", expect=list):
+    with contextlib.suppress(ModelSourceError):  # a modules.json linking out of the folder is never read
+        modules = contained(path, "modules.json", ModelSourceError, "modules.json")
+        for entry in read_json(modules, ModelSourceError, "modules.json", expect=list):
             if isinstance(entry, dict) and isinstance(entry.get("path"), str):
                 with contextlib.suppress(ModelSourceError):
                     folders.add(Path(os.path.normpath(contained(path, entry["path"], ModelSourceError, "modules"))))
