@@ -20,7 +20,7 @@ import click
 from core.config import QUANTIZATION_MODES
 from core.cpu import ARM_CPU_MODELS, ISA_CLASSES
 from core.errors import ToolchainError
-from core.output_paths import check_output_folder
+from core.output_paths import check_output_folder, check_outside
 from pipelines.summary import target_names
 
 # Converters print pages of third-party progress bars and warnings; the CLI shows its own progress,
@@ -245,6 +245,8 @@ def bench(path, threads, repeats, json_out, vs_peers, device, batch_size, strict
     from pipelines.bench import bench as run_bench
 
     artifacts = find_artifacts(path)
+    if json_out:  # checked before the run: a file inside an artifact would break its checksums
+        check_outside(json_out, "--json", "artifact", artifacts)
     device = default_device() if device == "auto" else device
     config = BenchConfig(threads=threads or BenchConfig().threads, repeats=repeats, device=device,
                          batch_size=batch_size or (128 if device == "cuda" else 32))

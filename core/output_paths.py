@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from core.errors import OutputError
@@ -60,3 +60,14 @@ def check_output_folder(out: Path | str, option: str, inputs: Mapping[str, Path 
         raise OutputError(f"{shown} cannot be written ({exc.strerror or exc} in {str(existing)!r}); pass a "
                           f"writable folder to {option}") from None
     return target
+
+
+def check_outside(out: Path | str, option: str, what: str, folders: Iterable[Path | str]) -> None:
+    """Refuse ``out`` (a file or folder a command writes) inside any of ``folders`` (what the command reads and must
+    leave as it is, e.g. artifacts, whose checksums cover every file) in one OutputError line naming ``option``.
+    Holding them is fine: archives or a report beside artifacts change none of them."""
+    target = Path(out).expanduser().resolve()
+    for folder in folders:
+        if target.is_relative_to(Path(folder).resolve()):
+            raise OutputError(f"{option} {str(out)!r} is inside the {what} {str(folder)!r}: writing there would change "
+                              f"it; pass a path outside it to {option}")

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from core.errors import ArtifactError, ConfigError, OutputError
+from core.errors import ArtifactError, ConfigError
 from core.manifest import (
     MANIFEST,
     MAX_MANIFEST_BYTES,
@@ -23,7 +23,7 @@ from core.manifest import (
     parse_manifest,
     read_manifest,
 )
-from core.output_paths import check_output_folder
+from core.output_paths import check_output_folder, check_outside
 from core.safe_io import UnpackBudget, reading_archive
 from pipelines.layouts import Layout, write_layout
 from pipelines.signing import sign
@@ -153,11 +153,8 @@ def package_all(root: Path, out: Path | None = None, layout: Layout | None = Non
         raise ConfigError("--sign-key signs artifact bundles; a library layout is archived unsigned: drop one option")
     artifacts = find_artifacts(root)
     out = out or (root.parent if (root / MANIFEST).is_file() else root) / "release"
-    written = check_output_folder(out, "--out")
-    inside = next((a for a in artifacts if written.is_relative_to(a.resolve())), None)
-    if inside is not None:
-        raise OutputError(f"--out {str(out)!r} is inside the artifact {str(inside)!r}: an archive there would change "
-                          "it; pass a folder outside it to --out")
+    check_output_folder(out, "--out")
+    check_outside(out, "--out", "artifact", artifacts)
     archives = []
     for artifact_dir in artifacts:
         if out in artifact_dir.parents:

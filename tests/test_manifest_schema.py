@@ -194,6 +194,14 @@ def test_package_never_writes_into_an_artifact(complete, tmp_path):
     check_files(artifact, read_manifest(artifact))  # untouched
 
 
+def test_bench_json_is_refused_inside_an_artifact_before_timing(complete, tmp_path):
+    artifact = _copy(complete, tmp_path / "artifact")
+    result = CliRunner().invoke(main, ["bench", str(artifact), "--json", str(artifact / "bench.json")])
+    assert result.exit_code == 2 and "--json" in result.output and "is inside the artifact" in result.output
+    assert result.output.count("\n") == 1 and not (artifact / "bench.json").exists()
+    check_files(artifact, read_manifest(artifact))
+
+
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
