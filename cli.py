@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from core.config import QUANTIZATION_MODES
-from core.cpu import ARM_CPU_MODELS, ISA_CLASSES
+from core.cpu import ARM_CPU_MODELS, ISA_CLASSES, usable_cores
 from core.errors import ToolchainError
 from core.output_paths import check_output_folder, check_outside
 from pipelines.summary import target_names
@@ -332,7 +332,7 @@ def embed(artifact, input_path, output, text_field, id_field, engine, ray_addres
     check_output_folder(output, "--output", {"artifact": artifact, "corpus": input_path})
     manifest = open_artifact(artifact)
     corpus = read_corpus_input(input_path, text_field, id_field)
-    encoder = ArtifactEncoder(artifact, threads=os.cpu_count())
+    encoder = ArtifactEncoder(artifact, threads=usable_cores())
     with _third_party_output("embed") as terminal, RateProgress(_console(terminal), len(corpus)) as progress:
         if engine == "ray":
             from pipelines.embed_ray import ray_engine, shutdown

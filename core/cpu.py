@@ -78,10 +78,19 @@ def cpu_isa(flags: set[str] | None = None) -> str:
     return best[-1] if best else "other"
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask: taskset, a container's cpuset, a test worker's share),
+    which thread pools are sized to; os.cpu_count() counts the machine's and would oversubscribe a share."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity masks on this platform
+        return os.cpu_count() or 1
+
+
 def cpu_name() -> str:
     for line in _cpuinfo_lines():
         if line.startswith("model name"):
-            return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores visible)"
+            return line.split(":", 1)[1].strip() + f" ({usable_cores()} cores usable)"
     return platform.processor() or platform.machine()
 
 
@@ -109,7 +118,7 @@ def peak_gops() -> dict:
     """This CPU's peaks per compute precision: cores x clock x ops per cycle per core. The clock is the largest
     'cpu MHz' in /proc/cpuinfo (a VM may report less than the boost clock, and the visible 'cores' may be
     hyperthreads sharing one core's units: both make a fraction of peak an upper estimate)."""
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     mhz = max((float(line.split(":", 1)[1]) for line in _cpuinfo_lines() if line.startswith("cpu MHz")), default=0.0)
     per_cycle = ops_per_cycle()
     return {

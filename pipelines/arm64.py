@@ -9,7 +9,6 @@ manifest's ``arm64`` entry. Emulation runs each instruction in software: its tim
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ import numpy as np
 from converters.arm64 import ARM64_FORMATS, UNSUPPORTED
 from converters.arm64.runner import Arm64Environment, ensure_environment, load_arm64_runner
 from core.cpu import ARM_CPU_MODELS as CPU_MODELS
+from core.cpu import usable_cores
 from core.data import StsPairs, load_stsb
 from core.errors import ArtifactError, ConfigError, ToolchainError
 from core.manifest import Arm64Cpu, Arm64Record, Manifest, check_files, find_artifacts, read_manifest
@@ -100,7 +100,7 @@ def check_cpus(environment: Arm64Environment, artifact_dir: Path, manifest: Mani
     runnable = [cpu for cpu in cpus if cpu not in skipped]
     for cpu in runnable:
         log(f"{manifest.target} {manifest.format}: emulated ARM64 {cpu} ({CPU_MODELS[cpu]})")
-    with ThreadPoolExecutor(max_workers=max(1, min(len(runnable), os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(len(runnable), usable_cores()))) as pool:
         figures = dict(zip(runnable, pool.map(
             lambda cpu: check_on_cpu(environment, artifact_dir, manifest, cpu, host, gate), runnable), strict=True))
     return {cpu: figures.get(cpu) or skipped[cpu] for cpu in cpus}

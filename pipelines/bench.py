@@ -21,13 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from converters.base import TextRunner, TimedInsideRunner
-from core.cpu import compute_precision, cpu_isa, cpu_mismatch, cpu_name, peak_gops
+from core.cpu import compute_precision, cpu_isa, cpu_mismatch, cpu_name, peak_gops, usable_cores
 from core.data import load_stsb
 from core.errors import ArtifactError
 from core.manifest import Manifest, Speed, read_manifest
@@ -44,7 +44,7 @@ from pipelines.verify import measure_parity
 
 @dataclass(frozen=True)
 class BenchConfig:
-    threads: int = os.cpu_count() or 1
+    threads: int = field(default_factory=usable_cores)
     batch_size: int = 32
     throughput_sentences: int = 1024
     latency_sentences: int = 100

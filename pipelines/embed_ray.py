@@ -12,7 +12,6 @@ the cores divided among the actors.
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.cpu import usable_cores
 from core.errors import ToolchainError, gist, require
 from pipelines.embed import Chunk, Engine
 from pipelines.package import safe_extract
@@ -62,7 +62,7 @@ def ray_engine(artifact_dir: Path, address: str | None, actors: int, batch_size:
     as the local engine runs it (one ``encode`` call: nothing is tokenized on the driver)."""
     ray = require("ray", "ray")
     require("ray.data", "ray")
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     if address:  # a cluster: the code travels with the job; the artifact through the object store
         runtime_env = {"working_dir": str(ROOT), "excludes": CODE_EXCLUDES}
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)

@@ -8,7 +8,6 @@ none, never a half-written one.
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Protocol
 
 from converters.registry import get_format
 from core.config import BuildConfig
+from core.cpu import usable_cores
 from core.errors import GateError, ToolchainError
 from core.graph import build_graph
 from core.manifest import Manifest, write_manifest
@@ -78,7 +78,7 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
         draft = build_manifest(session, target, plan, conversion, tokenizer, tmp)
         (tmp / MODEL_CARD).write_text(model_card(draft), encoding="utf-8")
         write_manifest(tmp, draft)  # what the runtime reads; checksums are final below
-        encoder = ArtifactEncoder(tmp, threads=os.cpu_count())
+        encoder = ArtifactEncoder(tmp, threads=usable_cores())
         write_test_vectors(tmp, encoder, session.reference)
         manifest = build_manifest(session, target, plan, conversion, tokenizer, tmp)
         if session.config.verify:

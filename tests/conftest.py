@@ -11,6 +11,49 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 
+# Session fixtures that build a whole export: the tests sharing one run on one pytest-xdist worker (an
+# ``xdist_group``), and those groups are handed out first so that both workers finish together.
+COSTLY_BUILDS = ("mobile_export", "tiny_exports")
+
+
+def _share_cores_between_workers() -> None:
+    """Under pytest-xdist, pin each worker to its own share of the cores. Every runtime sizes its threads to the
+    cores it may use (core.cpu.usable_cores), so two workers never spin against each other's threads; the
+    single-threaded steps (converters' graph passes, tokenizers, the emulator) then run two at a time."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if worker is None or len(cores) < count:
+        return
+    share = cores[int(worker.removeprefix("gw")) % count::count]
+    os.sched_setaffinity(0, share)
+    os.environ["OMP_NUM_THREADS"] = str(len(share))  # for libraries that read it rather than the mask
+
+
+_share_cores_between_workers()
+
+
+def _worker_group(item: pytest.Item) -> str:
+    """A family test's group is its tiny model's (its exports are built once); a test of the bundled model's
+    mobile export joins that export's group; any other test stays with its module (module fixtures)."""
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    if "exported" in params:
+        return f"tiny-{params['exported']}"
+    if "mobile_export" in item.fixturenames:
+        return "minilm-mobile"
+    return item.nodeid.split("::")[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups into node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(_worker_group(item)))
+    costly = [item for item in items if any(name in item.fixturenames for name in COSTLY_BUILDS)]
+    costly_groups = {mark.args[0] for item in costly for mark in item.iter_markers("xdist_group")}
+    items.sort(key=lambda item: next(item.iter_markers("xdist_group")).args[0] not in costly_groups)  # stable
+
 
 @pytest.fixture(scope="session")
 def source():

@@ -172,6 +172,7 @@ def test_verify_judges_by_the_targets_gate_whatever_the_manifest_says(artifact):
     assert not row["ok"] and row["gate"]["min_mean_cosine"] == 0.995, row
 
 
+@pytest.mark.xdist_group("tiny-bert")  # on the worker that builds tiny bert's exports for test_families
 @pytest.mark.parametrize("folder", ["x86", "mobile/mediapipe"])
 def test_verify_reaches_the_verdict_export_recorded(tiny_exports, folder):
     """One verification: `verify` on an exported artifact measures and decides what export's gate recorded
