@@ -312,6 +312,7 @@ class Parity:
     # Texts the source model itself embeds as the zero vector (a degenerate model): no cosine can judge the
     # artifact on them, so they are left out of the cosines and the gate says so.
     zero_reference_rows: Count = 0
+    pairs: Count | None = None  # STS-B pairs behind the Spearman figures (None: recorded before it was counted)
 
     def rounded(self) -> Parity:
         """Figures to 6 decimals, as the manifest records them."""
@@ -427,6 +428,11 @@ class Manifest:
     timings: dict[str, Seconds] | None = None
     speed: Speed | None = None
     arm64: Arm64Record | None = None
+
+    @property
+    def isa_class(self) -> str | None:
+        """The x86 ISA class this artifact was built for; None where any CPU runs it as built."""
+        return self.isa.class_ if self.isa else None
 
     def to_json(self) -> dict[str, Json]:
         return encode(self)

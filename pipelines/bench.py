@@ -223,15 +223,15 @@ def _peer_rows(model: str, config: BenchConfig, progress) -> list[dict]:
     return rows
 
 
-def _roofline(rows: list[dict], artifacts: list[Path], config: BenchConfig) -> dict:
+def roofline_of(rows: list[dict], artifacts: dict[Path, Manifest], config: BenchConfig) -> dict:
     """Achieved GOP/s of each engine on the throughput workload, against this CPU's peak in the precision
     the engine computes in."""
-    manifest = read_manifest(artifacts[0])
-    tokenizer = read_tokenizer(artifacts[0] / manifest.tokenizer.file, ArtifactError,
+    artifact, manifest = next(iter(artifacts.items()))
+    tokenizer = read_tokenizer(artifact / manifest.tokenizer.file, ArtifactError,
                                "the artifact is damaged: export it again")
     sentences, _ = workload(config)
-    rows = encode_rows(tokenizer, sentences, ArtifactError, f"{artifacts[0]}: its tokenizer failed on the texts")
-    total = sum(flops_per_sentence(manifest.graph, len(row["input_ids"])) for row in rows)
+    encoded = encode_rows(tokenizer, sentences, ArtifactError, f"{artifact}: its tokenizer failed on the texts")
+    total = sum(flops_per_sentence(manifest.graph, len(ids["input_ids"])) for ids in encoded)
     peak = peak_gops()
     for row in rows:
         row["gops"] = total / len(sentences) * row["throughput_sps"] / 1e9
@@ -244,11 +244,11 @@ def _roofline(rows: list[dict], artifacts: list[Path], config: BenchConfig) -> d
                            f"computes in ({per_cycle}; core.cpu.ops_per_cycle)"}
 
 
-def cpu_notes(artifacts: list[Path], strict: bool = False) -> dict[str, str]:
+def cpu_notes(manifests: dict[Path, Manifest], strict: bool = False) -> dict[str, str]:
     """Artifacts built for another CPU class than this one; ArtifactError under ``strict``."""
     notes = {}
-    for artifact in artifacts:
-        note = cpu_mismatch(isa.class_ if (isa := read_manifest(artifact).isa) else None)
+    for artifact, manifest in manifests.items():
+        note = cpu_mismatch(manifest.isa_class)
         if note and strict:
             raise ArtifactError(f"{artifact}: {note}")
         if note:
@@ -261,19 +261,20 @@ def bench(artifacts: list[Path], config: BenchConfig, progress=lambda msg: None,
     """Per source model: its fp32 PyTorch baseline, then the peers (optional), then its artifacts. Every row's
     ratios are against its own model's baseline, measured in the same run; with several models (a student beside
     its teacher) each label names its model."""
-    notes = cpu_notes(artifacts, strict)
-    groups: dict[str, list[Path]] = {}
-    for artifact in artifacts:
-        groups.setdefault(read_manifest(artifact).model.source, []).append(artifact)
+    manifests = {artifact: read_manifest(artifact) for artifact in artifacts}  # read once; workers read their own
+    notes = cpu_notes(manifests, strict)
+    groups: dict[str, dict[Path, Manifest]] = {}
+    for artifact, manifest in manifests.items():
+        groups.setdefault(manifest.model.source, {})[artifact] = manifest
     rows, skipped, flops = [], [], {}
     roofline = None
     for model, group in groups.items():
-        name = read_manifest(group[0]).model.name
+        name = next(iter(group.values())).model.name
         group_rows = _bench_model(model, group, config, progress, peers)
         skipped += [row for row in group_rows if "skipped" in row]
         group_rows = [row for row in group_rows if "skipped" not in row]
         if peers:
-            roofline = _roofline(group_rows, group, config)
+            roofline = roofline_of(group_rows, group, config)
             flops[name] = roofline["flops_per_sentence_mean"]
         if len(groups) > 1:
             for row in group_rows:
@@ -285,18 +286,18 @@ def bench(artifacts: list[Path], config: BenchConfig, progress=lambda msg: None,
             "skipped": skipped, "roofline": roofline, "cpu_notes": notes}
 
 
-def _bench_model(model: str, artifacts: list[Path], config: BenchConfig, progress, peers: bool) -> list[dict]:
+def _bench_model(model: str, artifacts: dict[Path, Manifest], config: BenchConfig, progress, peers: bool) -> list[dict]:
     """One source model's baseline, peers and artifacts; each timed row carries its ratios and its baseline."""
     progress(f"fp32 PyTorch baseline of {model}")
     baseline = run_in_subprocess({"engine": "torch", "model": model, "config": asdict(config)})
     rows = [baseline]
     if peers:
         rows += _peer_rows(model, config, progress)
-    for artifact in artifacts:
+    for artifact, manifest in artifacts.items():
         progress(str(artifact))
         row = run_in_subprocess({"engine": "artifact", "artifact": str(artifact), "config": asdict(config)})
         row["path"] = str(artifact)
-        row["parity"] = encode(read_manifest(artifact).parity)
+        row["parity"] = encode(manifest.parity)
         rows.append(row)
     timed = [row for row in rows if "skipped" not in row]
     sources = [r["parity"]["spearman_source"] for r in timed if (r.get("parity") or {}).get("spearman_source")]

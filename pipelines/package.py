@@ -151,14 +151,13 @@ def package_all(root: Path, out: Path | None = None, layout: Layout | None = Non
     each artifact folder is signed first (pipelines.signing), so its archive carries the signature."""
     if sign_key is not None and layout is not None:
         raise ConfigError("--sign-key signs artifact bundles; a library layout is archived unsigned: drop one option")
-    artifacts = find_artifacts(root)
     out = out or (root.parent if (root / MANIFEST).is_file() else root) / "release"
+    # A release folder inside root may hold unpacked archives: they are releases, not artifacts to package again.
+    artifacts = [a for a in find_artifacts(root) if not (root in out.parents and out in a.parents)]
     check_output_folder(out, "--out")
     check_outside(out, "--out", "artifact", artifacts)
     archives = []
     for artifact_dir in artifacts:
-        if out in artifact_dir.parents:
-            continue
         manifest = read_manifest(artifact_dir)
         name = archive_name(root, artifact_dir, manifest)
         if layout is None:

@@ -34,7 +34,7 @@ class ArtifactEncoder:
             check_signature(self.artifact_dir, public_key)
         self.manifest = read_manifest(self.artifact_dir)
         # An int8 artifact built for one CPU class on another: a note to show, or, with strict, an error.
-        self.cpu_mismatch = cpu_mismatch(self.manifest.isa.class_ if self.manifest.isa else None)
+        self.cpu_mismatch = cpu_mismatch(self.manifest.isa_class)
         if strict and self.cpu_mismatch:
             raise ArtifactError(f"{self.artifact_dir}: {self.cpu_mismatch}")
         self.tokenizer = read_tokenizer(self.artifact_dir / self.manifest.tokenizer.file, ArtifactError,

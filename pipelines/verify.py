@@ -19,6 +19,11 @@ from core.safe_io import field, read_json
 from pipelines.runtime import ArtifactEncoder
 
 TEST_VECTORS = "test_vectors.json"
+# The fewest STS-B pairs on which the gate judges a Spearman drop. Sampling alone moves it: for two MiniLM int8
+# artifacts with drops of 0.04 and 0.07 on all 1,500 pairs, |drop| on 400 random draws of n pairs reached 2.5-4.7
+# points at n=25, 0.6-0.7 at 150, 0.35 at 300 and 0.23 at 500. Below this the drop is recorded, not judged: the
+# cosines and test vectors still are (a subset run: `verify --quick`, `verify --arch arm64`).
+MIN_SPEARMAN_PAIRS = 300
 TEST_SENTENCES = (
     "A man is playing a guitar.",
     "The quick brown fox jumps over the lazy dog.",
@@ -62,6 +67,7 @@ def measure_parity(embed, reference: Reference, limit: int | None = None, pairs:
         spearman_drop=spearman_source - spearman,
         pca_dims=reference.projection.dims if reference.projection is not None else None,
         zero_reference_rows=int((~judged).sum()),
+        pairs=len(pairs.scores),
     )
 
 
@@ -79,7 +85,8 @@ def gate_failures(parity: Parity, gate: Gate, structure: Structure | None = None
     if not parity.min_cosine >= gate.min_cosine:
         failures.append(f"min cosine {parity.min_cosine:.4f} < {gate.min_cosine}")
     max_drop = gate.max_spearman_drop + (gate.pca_extra_drop if parity.pca_dims else 0.0)
-    if not parity.spearman_drop <= max_drop and not parity.zero_reference_rows:  # else the source's own is NaN
+    judged = parity.pairs is None or parity.pairs >= MIN_SPEARMAN_PAIRS
+    if judged and not parity.spearman_drop <= max_drop and not parity.zero_reference_rows:  # else the source's is NaN
         failures.append(f"STS-B Spearman drop {parity.spearman_drop:.2f} > {max_drop} points vs the fp32 model")
     if parity.test_vectors_min_cosine is not None and not parity.test_vectors_min_cosine >= gate.min_cosine:
         failures.append(f"test vectors: min cosine {parity.test_vectors_min_cosine:.4f} < {gate.min_cosine}")

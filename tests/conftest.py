@@ -3,17 +3,46 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 
-# Session fixtures that build a whole export: the tests sharing one run on one pytest-xdist worker (an
-# ``xdist_group``), and those groups are handed out first so that both workers finish together.
-COSTLY_BUILDS = ("mobile_export", "tiny_exports")
+# Tests that share a costly session build (a whole export) run on one pytest-xdist worker, so it is built once;
+# any other test runs with its module (module fixtures). The groups that build exports are handed out first, so
+# that both workers finish together. pytest-xdist's own `loadgroup` cannot do this: under pytest 9 the group it
+# appends to a node id is lost, so the controller groups node ids itself (SharedBuildScheduling).
+GROUPS_BY_MODULE = {
+    "tests/test_executorch.py": "minilm-mobile",  # mobile_export
+    "tests/test_tflite.py": "minilm-mobile",
+    "tests/test_targets.py": "minilm-mobile",
+    "tests/test_mediapipe.py": "minilm-mobile",
+    "tests/test_arm64.py": "tiny-bert-max",  # tiny_exports("bert-max")
+}
+GROUPS_BY_TEST = {"tests/test_gate.py::test_verify_reaches_the_verdict_export_recorded": "tiny-bert"}
+FAMILY_PARAM = re.compile(r"^tests/test_families\.py::\w+\[([\w.-]+)\]$")  # `exported`: tiny_exports(family)
+COSTLY_BUILDS = {"mobile_export": "minilm-mobile", "tiny_exports": "tiny-", "exported": "tiny-"}
+
+
+def worker_group(nodeid: str) -> str:
+    if family := FAMILY_PARAM.match(nodeid):
+        return f"tiny-{family[1]}"
+    module, _, test = nodeid.partition("::")
+    return GROUPS_BY_TEST.get(f"{module}::{test.split('[')[0]}") or GROUPS_BY_MODULE.get(module, module)
+
+
+class SharedBuildScheduling(LoadScopeScheduling):
+    def _split_scope(self, nodeid: str) -> str:
+        return worker_group(nodeid)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log) -> SharedBuildScheduling:
+    return SharedBuildScheduling(config, log)
 
 
 def _share_cores_between_workers() -> None:
@@ -32,27 +61,16 @@ def _share_cores_between_workers() -> None:
 _share_cores_between_workers()
 
 
-def _worker_group(item: pytest.Item) -> str:
-    """A family test's group is its tiny model's (its exports are built once); a test of the bundled model's
-    mobile export joins that export's group; any other test stays with its module (module fixtures)."""
-    params = item.callspec.params if hasattr(item, "callspec") else {}
-    if "exported" in params:
-        return f"tiny-{params['exported']}"
-    if "mobile_export" in item.fixturenames:
-        return "minilm-mobile"
-    return item.nodeid.split("::")[0]
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups into node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        return
+    """Checks that every test of a costly build is in that build's group (a new test module that uses one must be
+    added above), then orders the groups that build first."""
     for item in items:
-        if not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(_worker_group(item)))
-    costly = [item for item in items if any(name in item.fixturenames for name in COSTLY_BUILDS)]
-    costly_groups = {mark.args[0] for item in costly for mark in item.iter_markers("xdist_group")}
-    items.sort(key=lambda item: next(item.iter_markers("xdist_group")).args[0] not in costly_groups)  # stable
+        for fixture, group in COSTLY_BUILDS.items():
+            if fixture in item.fixturenames and not worker_group(item.nodeid).startswith(group):
+                raise pytest.UsageError(f"{item.nodeid} uses the session build {fixture}: add it to a group "
+                                        "in tests/conftest.py so that it is built once")
+    costly = {worker_group(item.nodeid) for item in items if set(COSTLY_BUILDS) & set(item.fixturenames)}
+    items.sort(key=lambda item: worker_group(item.nodeid) not in costly)  # stable: each group keeps its order
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,6 @@ from core.manifest import checksums, file_sizes, read_manifest
 from pipelines.arm64 import verify_arm64
 
 SENTENCES = 300
-pytestmark = pytest.mark.xdist_group("tiny-bert-max")  # on the worker that builds bert-max's exports
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipelines.bench import BenchConfig, bench, markdown_table
+import pytest
+
+from pipelines.bench import BenchConfig, bench, markdown_table, roofline_of
 from pipelines.peers import flops_per_sentence
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +33,18 @@ def test_flops_per_sentence_counts_projections_and_attention(spec):
     projections = tokens * (4 * 384 * 384 + 2 * 384 * 1536)
     attention = 2 * tokens * tokens * 384
     assert flops_per_sentence(spec, tokens) == 2 * 6 * (projections + attention)
+
+
+def test_roofline_sets_each_engines_rate_against_the_peak_of_its_precision(x86_artifact):
+    fp32 = {"label": "fp32 PyTorch", "throughput_sps": 100.0, "compute": "fp32"}
+    int8 = {"label": "x86 ONNX int8", "throughput_sps": 400.0, "compute": "int8"}
+    result = roofline_of([fp32, int8], {Path(x86_artifact.folder): x86_artifact.manifest},
+                         BenchConfig(throughput_sentences=64))
+    assert fp32["gops"] == pytest.approx(result["flops_per_sentence_mean"] * 100 / 1e9) and fp32["gops"] > 0
+    assert int8["gops"] == pytest.approx(4 * fp32["gops"])
+    for row in (fp32, int8):
+        peak = result["peak_gops"][row["compute"]]
+        assert row["peak_fraction"] == (pytest.approx(row["gops"] / peak) if peak else None)
 
 
 def test_a_worker_reports_its_own_peak_memory_not_its_parents():

@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 import tarfile
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -17,7 +18,7 @@ from core.manifest import checksums, file_sizes, write_json_atomic
 from core.reference import Reference
 from pipelines.gatekeeper import verify_path
 from pipelines.package import package_all, safe_extract
-from pipelines.verify import gate_failures, measure_parity
+from pipelines.verify import MIN_SPEARMAN_PAIRS, gate_failures, measure_parity
 from targets.base import target_gate
 
 QUICK = 60  # STS-B dev pairs per verify here; the full set runs in test_x86
@@ -172,7 +173,6 @@ def test_verify_judges_by_the_targets_gate_whatever_the_manifest_says(artifact):
     assert not row["ok"] and row["gate"]["min_mean_cosine"] == 0.995, row
 
 
-@pytest.mark.xdist_group("tiny-bert")  # on the worker that builds tiny bert's exports for test_families
 @pytest.mark.parametrize("folder", ["x86", "mobile/mediapipe"])
 def test_verify_reaches_the_verdict_export_recorded(tiny_exports, folder):
     """One verification: `verify` on an exported artifact measures and decides what export's gate recorded
@@ -210,3 +210,15 @@ def test_a_source_model_that_embeds_zero_vectors_is_named_not_a_cosine_of_minus_
     failures = gate_failures(parity, target_gate("x86", "onnx"))
     assert parity.zero_reference_rows == 3 and parity.min_cosine > 0.9999
     assert len(failures) == 1 and "zero vector (a degenerate model)" in failures[0], failures
+
+
+def test_a_spearman_drop_is_judged_only_on_enough_pairs(st_model, source):
+    """On 25 pairs sampling alone moves the drop past the gate (pipelines.verify.MIN_SPEARMAN_PAIRS): recorded,
+    not judged; on the full set the same drop fails."""
+    reference = Reference(st_model, source)
+    parity = measure_parity(reference.source_embeddings, reference, limit=25)
+    gate = target_gate("mobile", "executorch")
+    assert parity.pairs == 25 and parity.spearman_drop == 0.0
+    assert gate_failures(replace(parity, spearman_drop=1.05), gate) == []
+    failures = gate_failures(replace(parity, spearman_drop=1.05, pairs=MIN_SPEARMAN_PAIRS), gate)
+    assert len(failures) == 1 and "Spearman drop 1.05 > 0.5" in failures[0], failures

@@ -72,7 +72,7 @@ def complete(spec, tmp_path_factory) -> tuple[Path, Manifest]:
         versions={"torch": "2.13.0"},
         files=checksums(folder), file_bytes=file_sizes(folder),
         parity=Parity(1379, 0.997, 0.99, 0.992, 0, 81.9, 82.0, 82.0, 0.1, 128, 0.995, False, "ai-edge-litert",
-                      AppText(TextPass(summary, summary), TextPass(summary, summary)), 0),
+                      AppText(TextPass(summary, summary), TextPass(summary, summary)), 0, 1379),
         structure=Structure({"signatures": 4}, ("a failure",), {"program": 0.999}), verdict="pass",
         timings={"convert_s": 12.5},
         speed=Speed("mobile LiteRT int8", "ai-edge-litert", 900.0, 1.5, 2.0, 2.1, 0.4, 90_000_000, 32, 2,
