@@ -227,7 +227,7 @@ def verify(path, min_cosine, max_spearman_drop, model, as_json, quick, strict, a
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--threads", type=int, default=None,
+@click.option("--threads", type=click.IntRange(min=1), default=None,
               help="threads for every engine [default: the cores this process may use (taskset, a cpuset)]")
 @click.option("--repeats", type=int, default=3, show_default=True, help="throughput passes (median is reported)")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
