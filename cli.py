@@ -73,7 +73,8 @@ def _console(file=None):
     from rich.console import Console
 
     file = file or sys.stdout
-    return Console(file=file, highlight=False, width=None if file.isatty() else 160)
+    # soft_wrap: a message naming a path stays on one line whatever the width; tables still fit the width
+    return Console(file=file, highlight=False, soft_wrap=True, width=None if file.isatty() else 160)
 
 
 class DimsParam(click.ParamType):
