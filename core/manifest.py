@@ -21,7 +21,7 @@ from core.config import BuildConfig
 from core.cpu import ISA_CLASSES
 from core.errors import ArtifactError
 from core.safe_io import contained, read_json
-from core.schema import Hex, Json, Matches, OneOf, Range, Text, decode, encode
+from core.schema import Hex, Json, Matches, OneOf, Range, Record, Text, decode, encode
 
 MANIFEST = "manifest.json"
 SCHEMA_FAMILY = "embedding-toolchain/manifest/"
@@ -433,6 +433,15 @@ class Manifest:
     def isa_class(self) -> str | None:
         """The x86 ISA class this artifact was built for; None where any CPU runs it as built."""
         return self.isa.class_ if self.isa else None
+
+    def options_as(self, cls: type[Record]) -> Record:
+        """``options`` as the format's options record (converters/<format>), every field checked."""
+        return decode(cls, self.options, ArtifactError, "manifest options")
+
+    def conversion_as(self, cls: type[Record]) -> Record:
+        """The conversion facts a format's runner reads back, as the record the format declares; the facts written
+        for people stay plain JSON."""
+        return decode(cls, self.conversion, ArtifactError, "manifest conversion", partial=True)
 
     def to_json(self) -> dict[str, Json]:
         return encode(self)

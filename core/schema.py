@@ -71,11 +71,16 @@ def _hints(cls: type) -> dict[str, Any]:
     return get_type_hints(cls, include_extras=True)
 
 
-def decode(cls: type[Record], data: Any, error: type[ToolchainError], where: str) -> Record:
-    """``cls`` from parsed JSON ``data``; one ``error`` naming ``where.field`` for the first thing wrong."""
+def decode(cls: type[Record], data: Any, error: type[ToolchainError], where: str, partial: bool = False) -> Record:
+    """``cls`` from parsed JSON ``data``; one ``error`` naming ``where.field`` for the first thing wrong.
+    ``partial``: the object's other top-level fields are left to their owner instead of refused (a format's facts
+    for people beside the few its runner reads back)."""
     def fail(at: str, problem: str) -> ToolchainError:
         return error(f"{where}: {at or 'the record'} {problem}")
 
+    if partial and isinstance(data, dict):
+        known = {json_key(f.name) for f in dataclasses.fields(cls)}
+        data = {key: value for key, value in data.items() if key in known}
     return _decode(cls, data, fail, "")
 
 

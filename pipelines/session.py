@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from core.model_source import ModelSource, load_sentence_transformer
 from core.pca import Projection, fit_pca
 from core.reference import Reference
 from core.safe_io import read_json
+from core.schema import encode
 from core.vectors import VectorCodec
 from pipelines.dims import DimsSweep, sweep
 from targets.base import ArtifactPlan, Target
@@ -68,10 +69,6 @@ class Session:
     @property
     def model_dir(self) -> Path:
         return Path(self.config.out) / (self.source.name + (f"-pca{self.spec.pca_dims}" if self.projection else ""))
-
-
-def _options_dict(options) -> dict:
-    return asdict(options) if is_dataclass(options) else dict(options or {})
 
 
 def fit_sentences(fit_corpus: str | None) -> list[str]:
@@ -185,7 +182,7 @@ def build_manifest(session: Session, target: Target, plan: ArtifactPlan, convers
                           session.source.layout.distillation),
         graph=spec,
         conversion=conversion.details,
-        options=_options_dict(plan.options),
+        options=encode(plan.options),
         gate=plan.gate,
         build=session.config,
         versions=library_versions(),

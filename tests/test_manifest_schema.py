@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cli import main
+from converters import FORMATS
 from converters.base import Conversion
+from converters.mediapipe import MediaPipeFacts
+from converters.openvino import CandidateSpeed, CompileChoice, CompiledWith, OpenVinoFacts
 from core.config import BuildConfig
 from core.errors import ArtifactError
 from core.manifest import (
@@ -44,6 +48,7 @@ from core.manifest import (
     read_manifest,
     write_manifest,
 )
+from core.schema import encode
 from pipelines.report import write_model_report
 from tests.manifests import manifest_for
 
@@ -103,6 +108,33 @@ def test_every_field_is_written_and_read_back_typed(complete):
     assert isinstance(read.model.distillation, Distillation) and read.model.distillation.kept_layers == (0, 2)
     assert read.shapes == (Shape(1, 32, "b1_s32"),) and read.speed.batch_size == 32
     assert read.graph == manifest.graph and read.build == manifest.build
+
+
+def _read_back(complete, folder: Path, **fields) -> Manifest:
+    shutil.copytree(complete[0], folder)
+    write_manifest(folder, dataclasses.replace(complete[1], **fields))
+    return read_manifest(folder)
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_every_format_options_are_written_and_read_back_typed(complete, tmp_path, name):
+    options = FORMATS[name].options_type()
+    assert _read_back(complete, tmp_path / name, options=encode(options)).options_as(type(options)) == options
+
+
+# The conversion facts a format's runner reads back, every field set.
+FACTS = [
+    OpenVinoFacts(CompileChoice(CompiledWith("default", {}), CompiledWith("snippets off", {"SNIPPETS_MODE": "DISABLE"}),
+                                {"default": CandidateSpeed(900.0, 1.5)}, "AMD EPYC, ISA class avx512_vnni")),
+    MediaPipeFacts("bert-uncased"),
+]
+
+
+@pytest.mark.parametrize("facts", FACTS, ids=lambda facts: type(facts).__name__)
+def test_format_facts_are_written_and_read_back_typed(complete, tmp_path, facts):
+    assert _unset(facts) == []
+    conversion = {"op_counts": {"FULLY_CONNECTED": 36}, **encode(facts)}  # facts for people stay beside them
+    assert _read_back(complete, tmp_path / "a", conversion=conversion).conversion_as(type(facts)) == facts
 
 
 # (field path, hostile value, what the one line names): the audit's probes and their neighbours.

@@ -226,8 +226,8 @@ def test_a_packed_vocabulary_that_tokenizes_otherwise_fails_the_gate(artifact, t
     ({"shapes": [{"batch": 1, "sequence": 64, "name": "a"}, {"batch": 1, "sequence": 64, "name": "b"}]},
      "one shape of batch 1"),
     ({"conversion": ["not", "a", "record"]}, "conversion must be an object"),
-    ({"conversion": {"app_normalization": ["x"]}}, "unknown app normalisation"),
-    ({"conversion": {"app_normalization": "nfkc-please"}}, "unknown app normalisation"),
+    ({"conversion": {"app_normalization": ["x"]}}, "conversion: app_normalization must be a string"),
+    ({"conversion": {"app_normalization": "nfkc-please"}}, "app_normalization is 'nfkc-please'; known: bert-uncased"),
 ])
 def test_a_hostile_manifest_is_one_line(artifact, damage, needle):
     manifest = {**json.loads((artifact / "manifest.json").read_text(encoding="utf-8")), **damage}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from converters.openvino import COMPILED_MODELS, CompileCandidate
+from converters.openvino import COMPILED_MODELS, CompileCandidate, OpenVinoFacts
 from converters.openvino.runner import OpenVinoRunner, compile_properties, compiles_safely
 from core.config import BuildConfig
 from core.cpu import cpu_flags
@@ -75,14 +76,14 @@ def test_a_model_openvino_cannot_compile_for_streams_runs_one_batch_at_a_time(tm
 
 
 def test_export_records_the_fastest_compile_properties_and_the_runner_uses_them(openvino_artifact, dev_sentences):
-    compile_choice = openvino_artifact.manifest.conversion["compile"]
-    measured = compile_choice["measured"]
+    choice = openvino_artifact.manifest.conversion_as(OpenVinoFacts).compile
+    measured = choice.measured
     assert set(measured) == {"default", "snippets off"}
-    for model, key, better in (("throughput", "batch_32_sentences_per_s", max), ("latency", "batch_1_p50_ms", min)):
-        assert all(m[key] > 0 for m in measured.values())
-        assert compile_choice[model]["candidate"] == better(measured, key=lambda name: measured[name][key])
+    assert all(m.batch_32_sentences_per_s > 0 and m.batch_1_p50_ms > 0 for m in measured.values())
+    assert choice.throughput.candidate == max(measured, key=lambda name: measured[name].batch_32_sentences_per_s)
+    assert choice.latency.candidate == min(measured, key=lambda name: measured[name].batch_1_p50_ms)
     encoder = ArtifactEncoder(openvino_artifact.folder, threads=2)
-    assert encoder.runner.properties == {model: compile_choice[model]["properties"] for model in COMPILED_MODELS}
+    assert encoder.runner.properties == choice.properties()
     # Every candidate computes the same embeddings: only speed differs.
     model_file = Path(openvino_artifact.folder) / "model.xml"
     batches = [encoder._pad_to_longest(encoder.tokenize(dev_sentences[i : i + 16])) for i in range(0, 64, 16)]
@@ -94,10 +95,14 @@ def test_export_records_the_fastest_compile_properties_and_the_runner_uses_them(
 
 @pytest.mark.parametrize("asked", [{"CACHE_DIR": "/tmp/elsewhere"}, {"SNIPPETS_MODE": "SOMETHING"},
                                    {"SNIPPETS_MODE": ["DISABLE"]}, "DISABLE"])
-def test_a_manifest_asking_openvino_for_other_properties_is_refused(asked):
-    with pytest.raises(ArtifactError, match="conversion.compile.throughput"):
-        compile_properties({"compile": {"throughput": {"properties": asked}}})
-    assert compile_properties({}) == {"latency": {}, "throughput": {}}  # built before tuning
+def test_a_manifest_asking_openvino_for_other_properties_is_refused(openvino_artifact, asked):
+    chosen = {"latency": {"candidate": "default", "properties": {}},
+              "throughput": {"candidate": "asked", "properties": asked}}
+    asking = replace(openvino_artifact.manifest, conversion={"compile": chosen})
+    with pytest.raises(ArtifactError, match=r"compile\.throughput"):
+        compile_properties(asking)
+    built_before_tuning = replace(openvino_artifact.manifest, conversion={})
+    assert compile_properties(built_before_tuning) == {"latency": {}, "throughput": {}}
 
 
 def test_a_compile_candidate_outside_the_tunable_properties_is_a_config_error():

@@ -5,11 +5,12 @@ converters.mediapipe.convert."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from converters.base import AccuracyTarget
-from converters.mediapipe.tokenizer import refusal
+from converters.mediapipe.tokenizer import NORMALIZATION, refusal
 from converters.registry import ArtifactFormat, register_format
+from core.schema import OneOf
 
 MODEL_FILE = "text_embedder.tflite"
 RUNTIME = "mediapipe"
@@ -22,6 +23,14 @@ class MediaPipeOptions:
     sequence_length: int | None = None
     quantization: Literal["int8", "int8-weight-only", "fp32"] = "int8"  # as the LiteRT artifact (tflite.RECIPES)
     accuracy: AccuracyTarget | None = None  # see TFLiteOptions.accuracy
+
+
+@dataclass(frozen=True)
+class MediaPipeFacts:
+    """What the runner and the snippets read back from the manifest's conversion facts (convert.py writes it)."""
+
+    # What the app runs on each text before TextEmbedder.embed (converters.mediapipe.tokenizer); None: nothing.
+    app_normalization: Annotated[str, OneOf((NORMALIZATION,))] | None = None
 
 
 MEDIAPIPE = register_format(

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from converters.base import Calibration, Conversion, Shape, sequence_buckets
-from converters.mediapipe import MODEL_FILE, RUNTIME, MediaPipeOptions
+from converters.mediapipe import MODEL_FILE, RUNTIME, MediaPipeFacts, MediaPipeOptions
 from converters.mediapipe.package import package
 from converters.mediapipe.tokenizer import Unsupported, mediapipe_vocabulary
 from converters.tflite import TFLiteOptions
@@ -23,6 +23,7 @@ from converters.tflite.convert import convert as convert_tflite
 from core.errors import ConfigError
 from core.graph import EmbeddingGraph
 from core.manifest import GraphSpec
+from core.schema import encode
 
 SIGNATURE = "text"  # the manifest's one shape; MediaPipe itself names no signature
 
@@ -62,7 +63,6 @@ def convert(
                          "the BERT tokenizer, vocab.txt appended as a zip",
             "sequence_length": length,
             "vocabulary": {"tokens": len(vocabulary.tokens), "renamed_specials": vocabulary.renamed},
-            # What the app runs on each text before TextEmbedder.embed (converters.mediapipe.tokenizer).
-            "app_normalization": vocabulary.normalization,
+            **encode(MediaPipeFacts(app_normalization=vocabulary.normalization)),
         },
     )

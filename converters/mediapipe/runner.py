@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.base import SEQUENCE_LIMIT, Shape, StructuralReport
+from converters.mediapipe import MediaPipeFacts
 from converters.mediapipe.package import echo_model, package, packed_vocabulary
 from converters.mediapipe.tokenizer import NORMALIZATION, normalize_for_mediapipe
 from core.data import EDGE_TEXTS, TOKENIZER_TEXTS, load_stsb
@@ -44,13 +45,8 @@ def text_input(manifest: Manifest) -> tuple[Shape, Normalize]:
 
 
 def app_normalization(manifest: Manifest) -> str | None:
-    """The text normalisation an app applies before MediaPipe (core.manifest keeps a format's conversion facts as
-    its own record: this converter's convert.py writes the key), checked against the known ones."""
-    name = manifest.conversion.get("app_normalization")
-    if name is not None and (not isinstance(name, str) or name not in NORMALIZATIONS):
-        raise ArtifactError(f"a MediaPipe manifest names an unknown app normalisation {str(name)[:40]!r} "
-                            f"(known: {', '.join(NORMALIZATIONS)})")
-    return name
+    """The text normalisation an app applies before MediaPipe, one of the known ones (checked by the record)."""
+    return manifest.conversion_as(MediaPipeFacts).app_normalization
 
 
 class MediaPipeTextEmbedder:

@@ -46,6 +46,41 @@ class CompileCandidate:
 
 
 @dataclass(frozen=True)
+class CompiledWith:
+    """The candidate one compiled model runs with."""
+
+    candidate: str
+    properties: dict[str, str]
+
+
+@dataclass(frozen=True)
+class CandidateSpeed:
+    batch_32_sentences_per_s: float
+    batch_1_p50_ms: float
+
+
+@dataclass(frozen=True)
+class CompileChoice:
+    """Per compiled model (COMPILED_MODELS) the candidate it runs with, and what every candidate measured on the
+    build CPU (nothing where a single candidate was taken untimed)."""
+
+    latency: CompiledWith
+    throughput: CompiledWith
+    measured: dict[str, CandidateSpeed] = field(default_factory=dict)
+    measured_on: str | None = None
+
+    def properties(self) -> dict[str, dict[str, str]]:
+        return {"latency": dict(self.latency.properties), "throughput": dict(self.throughput.properties)}
+
+
+@dataclass(frozen=True)
+class OpenVinoFacts:
+    """What the runner reads back from the manifest's conversion facts (convert.py writes them)."""
+
+    compile: CompileChoice | None = None  # None: built before the export tuned compile properties
+
+
+@dataclass(frozen=True)
 class OpenVinoOptions:
     # Compute precision the runner asks OpenVINO for. "bf16" falls back to fp32 on a CPU without AVX512-BF16
     # (the manifest records the hint; the runtime states what it ran).

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from converters.base import Calibration, Conversion
 from converters.onnx.convert import export_fp32
-from converters.openvino import MODEL_FILE, RUNTIME, WEIGHTS_FILE, OpenVinoOptions
+from converters.openvino import MODEL_FILE, RUNTIME, WEIGHTS_FILE, OpenVinoFacts, OpenVinoOptions
 from converters.openvino.tuning import choose_properties
 from core.errors import require
 from core.graph import EmbeddingGraph
 from core.manifest import GraphSpec
+from core.schema import encode
 
 
 def convert(
@@ -39,7 +40,7 @@ def convert(
             "weights": "fp16" if options.fp16_weights else "fp32",
             "inference_precision": options.precision,
             "op_counts": _op_counts(model),
-            "compile": compile_choice,
+            **encode(OpenVinoFacts(compile=compile_choice)),
         },
     )
 

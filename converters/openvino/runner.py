@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.base import Shape
-from converters.openvino import COMPILED_MODELS, TUNABLE_PROPERTIES, is_tunable
+from converters.openvino import COMPILED_MODELS, TUNABLE_PROPERTIES, OpenVinoFacts, is_tunable
 from core.cpu import cpu_flags
 from core.errors import ArtifactError, require
 from core.manifest import Manifest
@@ -92,21 +92,20 @@ def compiles_safely(model_path: str, config_json: str) -> bool:
     return child.returncode == 0
 
 
-def compile_properties(conversion: dict) -> dict[str, dict[str, str]]:
+def compile_properties(manifest: Manifest) -> dict[str, dict[str, str]]:
     """The per-model properties the manifest records (none in one built before tuning); ArtifactError on any
     property or value that is not tunable, since compile_model would take anything it is given."""
-    chosen = (conversion.get("compile") or {})
-    properties: dict[str, dict[str, str]] = {}
-    for model in COMPILED_MODELS:
-        entry = chosen.get(model) or {}
-        given = entry.get("properties", {}) if isinstance(entry, dict) else None
-        if not isinstance(given, dict) or not all(is_tunable(key, value) for key, value in given.items()):
+    choice = manifest.conversion_as(OpenVinoFacts).compile
+    if choice is None:
+        return {model: {} for model in COMPILED_MODELS}
+    properties = choice.properties()
+    for model, given in properties.items():
+        if not all(is_tunable(key, value) for key, value in given.items()):
             raise ArtifactError(f"manifest conversion.compile.{model} asks OpenVINO for {given!r}; only known values "
                                 f"of {', '.join(sorted(TUNABLE_PROPERTIES))} may be set: rebuild the artifact")
-        properties[model] = dict(given)
     return properties
 
 
 def load_runner(artifact_dir: Path, manifest: Manifest, threads: int | None) -> OpenVinoRunner:
     return OpenVinoRunner(Path(artifact_dir) / manifest.file, threads, manifest.precision,
-                          compile_properties(manifest.conversion))
+                          compile_properties(manifest))

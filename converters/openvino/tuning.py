@@ -12,7 +12,7 @@ from pathlib import Path
 from statistics import median
 
 from converters.base import CALIBRATION_LENGTH, Calibration
-from converters.openvino import COMPILED_MODELS, CompileCandidate
+from converters.openvino import COMPILED_MODELS, CandidateSpeed, CompileCandidate, CompileChoice, CompiledWith
 from converters.openvino.runner import OpenVinoRunner
 from core.cpu import cpu_isa, cpu_name
 
@@ -22,13 +22,13 @@ ROUNDS = 3  # timed rounds, alternating candidates, after one warm-up round that
 
 
 def choose_properties(model_path: Path, precision: str, candidates: tuple[CompileCandidate, ...],
-                      calibration: Calibration | None) -> dict:
-    """The manifest's ``conversion.compile``: per compiled model the fastest candidate and its properties, and
-    what each candidate measured (batch-32 sentences/s, batch-1 p50 ms) on this CPU. Without calibration
-    sentences, or with one candidate, the first candidate unmeasured."""
+                      calibration: Calibration | None) -> CompileChoice:
+    """Per compiled model the fastest candidate and its properties, and what each candidate measured (batch-32
+    sentences/s, batch-1 p50 ms) on this CPU. Without calibration sentences, or with one candidate, the first
+    candidate unmeasured."""
     if calibration is None or len(candidates) == 1:
-        return {model: {"candidate": candidates[0].name, "properties": dict(candidates[0].properties)}
-                for model in COMPILED_MODELS}
+        first = CompiledWith(candidates[0].name, dict(candidates[0].properties))
+        return CompileChoice(latency=first, throughput=first)
     batches = calibration.batches(THROUGHPUT_SENTENCES)
     singles = [calibration.tokenize([text], CALIBRATION_LENGTH, False) for text in calibration.texts(LATENCY_SENTENCES)]
     runners = {candidate.name: OpenVinoRunner(model_path, None, precision, dict.fromkeys(
@@ -49,13 +49,11 @@ def choose_properties(model_path: Path, precision: str, candidates: tuple[Compil
                 batch_seconds[name].append(elapsed)
                 single_ms[name].append(median(latencies))
     sentences = sum(len(batch["input_ids"]) for batch in batches)
-    measured = {name: {"batch_32_sentences_per_s": round(sentences / median(batch_seconds[name])),
-                       "batch_1_p50_ms": round(median(single_ms[name]), 3)} for name in runners}
-    fastest = {"throughput": max(measured, key=lambda name: measured[name]["batch_32_sentences_per_s"]),
-               "latency": min(measured, key=lambda name: measured[name]["batch_1_p50_ms"])}
+    measured = {name: CandidateSpeed(round(sentences / median(batch_seconds[name])),
+                                     round(median(single_ms[name]), 3)) for name in runners}
     properties = {candidate.name: dict(candidate.properties) for candidate in candidates}
-    return {
-        **{model: {"candidate": fastest[model], "properties": properties[fastest[model]]} for model in COMPILED_MODELS},
-        "measured": measured,
-        "measured_on": f"{cpu_name()}, ISA class {cpu_isa()}, all cores",
-    }
+    throughput = max(measured, key=lambda name: measured[name].batch_32_sentences_per_s)
+    latency = min(measured, key=lambda name: measured[name].batch_1_p50_ms)
+    return CompileChoice(latency=CompiledWith(latency, properties[latency]),
+                         throughput=CompiledWith(throughput, properties[throughput]),
+                         measured=measured, measured_on=f"{cpu_name()}, ISA class {cpu_isa()}, all cores")

@@ -9,9 +9,11 @@ side sends; the numbers come back to the gate. The JavaScript packages are pinne
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from converters.onnx import FusionConfig, OnnxOptions, QuantConfig
 from converters.registry import ArtifactFormat, register_format
+from core.schema import Range
 
 # transformers.js reads the first of last_hidden_state / logits / token_embeddings; with its default
 # `pooling: "none"` the pooled, normalised embedding comes back as it is.
@@ -34,7 +36,8 @@ class WebOptions:
         quant=QuantConfig(mode="dynamic", per_channel=True, embedding="per_row", full_range=True)))
     # fp16 with the standard ops only: WebGPU runs every op on the GPU, contrib fusions may fall back to WASM.
     webgpu: OnnxOptions | None = field(default_factory=lambda: OnnxOptions(precision="fp16", fuse=False))
-    threads: int = 2  # WASM threads the page asks for (the browser's figure in the manifest uses these)
+    # WASM threads the page asks for (the browser's figure in the manifest uses these)
+    threads: Annotated[int, Range(1, 256)] = 2
 
 
 WEB = register_format(

@@ -17,7 +17,7 @@ import numpy as np
 
 from converters.base import Shape, StructuralReport
 from converters.onnx.runner import OrtRunner
-from converters.web import WASM_FILE, WEBGPU_FILE
+from converters.web import WASM_FILE, WEBGPU_FILE, WebOptions
 from converters.web.browser import ORT_DIST, PAGE_DIR, StaticServer, browser, open_page, ort_web_version
 from core.data import load_stsb
 from core.errors import ArtifactError, gist
@@ -80,8 +80,7 @@ class BrowserRunner:
 
 def load_runner(artifact_dir: Path, manifest: Manifest, threads: int | None) -> BrowserRunner:
     check_truncation(artifact_dir, manifest)
-    wanted = int(manifest.options.get("threads") or 2)
-    return BrowserRunner(artifact_dir, manifest.file, threads or wanted)
+    return BrowserRunner(artifact_dir, manifest.file, threads or manifest.options_as(WebOptions).threads)
 
 
 def latency_batches(artifact_dir: Path, manifest: Manifest, input_names: list[str]) -> list[dict[str, np.ndarray]]:
