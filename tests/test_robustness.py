@@ -89,10 +89,10 @@ _DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.
                    "os.execv(sys.argv[1], sys.argv[1:])")
 
 
-def _start_export(out: Path, *extra: str) -> subprocess.Popen:
+def _start_export(out: Path, model: Path, *extra: str) -> subprocess.Popen:
     """The CLI in its own process group, so a test can freeze it together with its build process."""
     cmd = [sys.executable, "-c", _DEFAULT_SIGINT, sys.executable, str(ROOT / "cli.py"), "export", "--target", "x86",
-           "--out", str(out), *extra]
+           "--model", str(model), "--out", str(out), *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -145,12 +145,23 @@ def _resume(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def previous_artifact(x86_artifact, tmp_path):
-    """An output folder that already holds a good x86 artifact: what a rebuild must never damage."""
+def previous_artifact(tiny_x86, tmp_path):
+    """An output folder that already holds a good x86 artifact: what a rebuild must never damage. A tiny model's:
+    staging, locks and signals are the same for any model, and each interrupted export starts faster."""
+    model, built = tiny_x86
     out = tmp_path / "dist"
-    final = out / "all-MiniLM-L6-v2" / "x86"
-    shutil.copytree(x86_artifact.folder, final)
-    return out, final, (final / "manifest.json").read_bytes()
+    final = out / model.name / "x86"
+    shutil.copytree(built, final)
+    return out, final, (final / "manifest.json").read_bytes(), model
+
+
+@pytest.fixture(scope="module")
+def tiny_x86(tiny_models, tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny BERT model and its x86 artifact."""
+    (result,) = export(BuildConfig(model=str(tiny_models["bert"]), target="x86",
+                                   out=str(tmp_path_factory.mktemp("tiny-dist"))))
+    assert result.ok, result.error
+    return tiny_models["bert"], Path(result.folder)
 
 
 def _assert_intact(final: Path, manifest_bytes: bytes) -> None:
@@ -160,8 +171,8 @@ def _assert_intact(final: Path, manifest_bytes: bytes) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_stops_export_within_seconds(previous_artifact, sig):
-    out, final, manifest_bytes = previous_artifact
-    proc = _start_export(out)
+    out, final, manifest_bytes, model = previous_artifact
+    proc = _start_export(out, model)
     _pause_at(final.parent, "model.onnx", proc)  # mid-build: the converter is busy in C++
     proc.send_signal(sig)
     started = time.time()
@@ -175,17 +186,17 @@ def test_interrupt_stops_export_within_seconds(previous_artifact, sig):
 
 
 def test_sigkill_at_any_point_keeps_the_old_artifact_and_the_next_run_sweeps(previous_artifact):
-    out, final, manifest_bytes = previous_artifact
+    out, final, manifest_bytes, model = previous_artifact
     for point in (None, "model.onnx", "test_vectors.json"):  # staging made, converted, verifying
         left_behind = set(final.parent.glob(".x86.tmp-*"))  # SIGKILL cannot be handled: the next run sweeps
         assert len(left_behind) == (0 if point is None else 1)
-        proc = _start_export(out)
+        proc = _start_export(out, model)
         _pause_at(final.parent, point, proc, stale=left_behind)
         proc.kill()  # the build process dies with it (PR_SET_PDEATHSIG), frozen or not
         proc.wait(timeout=30)
         assert not left_behind & set(final.parent.glob(".x86.tmp-*"))
         _assert_intact(final, manifest_bytes)
-    proc = _start_export(out, "--no-verify")
+    proc = _start_export(out, model, "--no-verify")
     assert proc.wait(timeout=600) == 0, proc.stdout.read()
     assert not [p for p in final.parent.iterdir() if p.name.startswith(".")]
     assert (final / "manifest.json").read_bytes() != manifest_bytes  # replaced by the new build
@@ -196,11 +207,11 @@ def test_a_second_export_into_the_same_folder_refuses(previous_artifact):
 
     from cli import main
 
-    out, final, manifest_bytes = previous_artifact
-    first = _start_export(out)
+    out, final, manifest_bytes, model = previous_artifact
+    first = _start_export(out, model)
     try:
         _pause_at(final.parent, None, first)  # frozen while it holds the folder's lock
-        second = CliRunner().invoke(main, ["export", "--target", "x86", "--out", str(out)])
+        second = CliRunner().invoke(main, ["export", "--target", "x86", "--model", str(model), "--out", str(out)])
         assert second.exit_code == 2, second.output
         assert "another export" in second.stderr and "--out" in second.stderr
         assert len(list(final.parent.glob(".x86.tmp-*"))) == 1  # the second wrote nothing
