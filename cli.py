@@ -146,8 +146,8 @@ def export(target, model, dims, max_drop, fit_corpus, out, config_file, check, q
     for layout in layouts:
         for result in results:
             if result.ok and result.manifest and result.format in layout.formats:
-                folder = Path(result.folder)
-                written = write_layout(layout, folder, layout_folder(folder, result.manifest, layout))
+                artifact = result.artifact
+                written = write_layout(layout, artifact.folder, layout_folder(artifact, layout))
                 console.print(f"  {layout.name} layout: {written}")
     if terminal is not sys.stdout:
         console.print(f"[dim]converter output: {log_path('export')}[/dim]")
@@ -332,7 +332,7 @@ def embed(artifact, input_path, output, text_field, id_field, engine, ray_addres
     from pipelines.summary import RateProgress
 
     check_output_folder(output, "--output", {"artifact": artifact, "corpus": input_path})
-    manifest = open_artifact(artifact)
+    manifest = open_artifact(artifact).manifest
     corpus = read_corpus_input(input_path, text_field, id_field)
     encoder = ArtifactEncoder(artifact, threads=usable_cores())
     with _third_party_output("embed") as terminal, RateProgress(_console(terminal), len(corpus)) as progress:

@@ -3,8 +3,9 @@ it; both are imported on first use, so a missing optional runtime only matters t
 and running an artifact never imports a converter (nor torch, for ONNX and TFLite).
 
 A converter module provides ``convert(graph, spec, out_dir, options, calibration) -> Conversion``.
-A runner module provides ``load_runner(artifact_dir, manifest, threads) -> Runner`` and, optionally,
-``structural_checks(artifact_dir, manifest) -> StructuralReport``.
+A runner module provides ``load_runner(artifact, threads) -> Runner`` and, optionally,
+``structural_checks(artifact) -> StructuralReport``; ``artifact`` is a ``core.manifest.Artifact`` (the folder and
+its manifest, read once).
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from converters.base import Runner, StructuralReport
 from core.config import BuildConfig
 from core.errors import ArtifactError, ConfigError
-from core.manifest import Manifest
+from core.manifest import Artifact
 from core.model_source import ModelSource
 
 
@@ -46,12 +46,12 @@ class ArtifactFormat:
     def runner_module(self) -> ModuleType:
         return importlib.import_module(self.runner)
 
-    def load_runner(self, artifact_dir: Path, manifest: Manifest, threads: int | None = None) -> Runner:
-        return self.runner_module().load_runner(Path(artifact_dir), manifest, threads)
+    def load_runner(self, artifact: Artifact, threads: int | None = None) -> Runner:
+        return self.runner_module().load_runner(artifact, threads)
 
-    def structural_checks(self, artifact_dir: Path, manifest: Manifest) -> StructuralReport | None:
+    def structural_checks(self, artifact: Artifact) -> StructuralReport | None:
         checks = getattr(self.runner_module(), "structural_checks", None)
-        return checks(Path(artifact_dir), manifest) if checks else None
+        return checks(artifact) if checks else None
 
 
 FORMATS: dict[str, ArtifactFormat] = {}

@@ -447,6 +447,32 @@ class Manifest:
         return encode(self)
 
 
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact folder and its manifest, read and validated once (read_artifact), or just built by export."""
+
+    folder: Path
+    manifest: Manifest
+
+    @property
+    def model_path(self) -> Path:
+        return self.folder / self.manifest.file
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.folder / self.manifest.tokenizer.file
+
+    def with_results(self, **results: Any) -> Artifact:
+        """The same folder with results (parity, verdict, timings, speed, arm64, ...) set in its manifest."""
+        return replace(self, manifest=replace(self.manifest, **results))
+
+
+def read_artifact(folder: Path) -> Artifact:
+    """The artifact in ``folder``, its manifest read through ``read_manifest``."""
+    folder = Path(folder)
+    return Artifact(folder, read_manifest(folder))
+
+
 def read_manifest(artifact_dir: Path) -> Manifest:
     """The artifact's manifest, decoded through the schema once: a damaged, hostile or older manifest is one
     ArtifactError naming the field and the fix, never a KeyError later or a read outside the folder."""
@@ -497,24 +523,25 @@ def write_manifest(artifact_dir: Path, manifest: Manifest) -> None:
     write_json_atomic(Path(artifact_dir) / MANIFEST, manifest.to_json())
 
 
-def check_files(artifact_dir: Path, manifest: Manifest) -> None:
+def check_files(artifact: Artifact) -> None:
     """Raise ArtifactError naming the first file that is missing, unexpected, a symlink, or altered."""
-    links = sorted(p.relative_to(artifact_dir).as_posix() for p in artifact_dir.rglob("*") if p.is_symlink())
+    folder = artifact.folder
+    links = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_symlink())
     if links:
-        raise ArtifactError(f"{links[0]} in {artifact_dir} is a symlink; an artifact holds plain files only")
-    expected, sizes = manifest.files, manifest.file_bytes
+        raise ArtifactError(f"{links[0]} in {folder} is a symlink; an artifact holds plain files only")
+    expected, sizes = artifact.manifest.files, artifact.manifest.file_bytes
     for name, digest in sorted(expected.items()):
-        path = artifact_dir / name
+        path = folder / name
         if not path.is_file():
-            raise ArtifactError(f"{name} is listed in the manifest but missing from {artifact_dir}")
+            raise ArtifactError(f"{name} is listed in the manifest but missing from {folder}")
         if name in sizes and path.stat().st_size != sizes[name]:
             raise ArtifactError(f"{name} has {path.stat().st_size} bytes, the manifest says {sizes[name]}: the file "
                                 "was altered or truncated")
         if sha256_file(path) != digest:
             raise ArtifactError(f"{name} does not match its sha256 in the manifest: the file was altered or truncated")
-    extra = sorted(set(checksums_names(artifact_dir)) - set(expected))
+    extra = sorted(set(checksums_names(folder)) - set(expected))
     if extra:
-        raise ArtifactError(f"{extra[0]} is in {artifact_dir} but not in the manifest; the artifact was modified")
+        raise ArtifactError(f"{extra[0]} is in {folder} but not in the manifest; the artifact was modified")
 
 
 def checksums_names(artifact_dir: Path) -> list[str]:

@@ -23,7 +23,7 @@ from core.cpu import ARM_CPU_MODELS as CPU_MODELS
 from core.cpu import usable_cores
 from core.data import StsPairs, load_stsb
 from core.errors import ArtifactError, ConfigError, ToolchainError
-from core.manifest import Arm64Cpu, Arm64Record, Manifest, check_files, find_artifacts, read_manifest
+from core.manifest import Arm64Cpu, Arm64Record, Artifact, check_files, find_artifacts, read_artifact
 from core.metrics import row_cosines
 from core.reference import Reference, cache_dir
 from pipelines.gatekeeper import ReferenceCache
@@ -58,19 +58,18 @@ class HostRun:
     x86: np.ndarray  # the same artifact on this machine's runtime, rows in pairs.unique_sentences() order
 
 
-def check_on_cpu(environment: Arm64Environment, artifact_dir: Path, manifest: Manifest, cpu: str, host: HostRun,
-                 gate: Gate) -> Arm64Cpu:
+def check_on_cpu(environment: Arm64Environment, artifact: Artifact, cpu: str, host: HostRun, gate: Gate) -> Arm64Cpu:
     """One CPU model: parity against the fp32 model, the test vectors, and the difference from x86."""
     logs = cache_dir() / "logs"
     logs.mkdir(exist_ok=True)
     with (logs / f"arm64-{cpu}.log").open("ab") as log_file:
-        runner, process = load_arm64_runner(environment, artifact_dir, manifest, cpu, log_file)
+        runner, process = load_arm64_runner(environment, artifact, cpu, log_file)
         try:
-            encoder = ArtifactEncoder(artifact_dir, runner=runner)
+            encoder = ArtifactEncoder(artifact.folder, runner=runner)
             started = time.perf_counter()
             vectors = encoder.encode(host.pairs.unique_sentences())
             parity = replace(measure_parity(lambda _: vectors, host.reference, pairs=host.pairs),
-                             test_vectors_min_cosine=test_vector_min_cosine(artifact_dir, encoder),
+                             test_vectors_min_cosine=test_vector_min_cosine(artifact.folder, encoder),
                              runtime=encoder.runtime_name, emulated=True)
             seconds = time.perf_counter() - started
         finally:
@@ -91,9 +90,10 @@ def _finite(value: float) -> float | None:
     return round(float(value), 8) if np.isfinite(value) else None
 
 
-def check_cpus(environment: Arm64Environment, artifact_dir: Path, manifest: Manifest, cpus: Sequence[str],
-                   host: HostRun, log: Callable[[str], None]) -> dict[str, Arm64Cpu]:
+def check_cpus(environment: Arm64Environment, artifact: Artifact, cpus: Sequence[str], host: HostRun,
+               log: Callable[[str], None]) -> dict[str, Arm64Cpu]:
     """Every CPU model, each in its own emulated process, as many at once as this machine has cores."""
+    manifest = artifact.manifest
     gate = target_gate(manifest.target, manifest.format)
     skipped = {cpu: Arm64Cpu(CPU_MODELS[cpu], ok=True, skipped=UNSUPPORTED[manifest.format, cpu])
                for cpu in cpus if (manifest.format, cpu) in UNSUPPORTED}
@@ -102,7 +102,7 @@ def check_cpus(environment: Arm64Environment, artifact_dir: Path, manifest: Mani
         log(f"{manifest.target} {manifest.format}: emulated ARM64 {cpu} ({CPU_MODELS[cpu]})")
     with ThreadPoolExecutor(max_workers=max(1, min(len(runnable), usable_cores()))) as pool:
         figures = dict(zip(runnable, pool.map(
-            lambda cpu: check_on_cpu(environment, artifact_dir, manifest, cpu, host, gate), runnable), strict=True))
+            lambda cpu: check_on_cpu(environment, artifact, cpu, host, gate), runnable), strict=True))
     return {cpu: figures.get(cpu) or skipped[cpu] for cpu in cpus}
 
 
@@ -119,33 +119,33 @@ def verify_arm64(path: Path, *, cpus: Sequence[str] = tuple(CPU_MODELS), sentenc
         raise ConfigError(f"--sentences must be at least 1, got {sentences}")
     references, rows = ReferenceCache(model), []
     with open_artifact_source(Path(path)) as root:
-        artifacts = [a for a in find_artifacts(root) if read_manifest(a).format in ARM64_FORMATS]
+        artifacts = [a for a in map(read_artifact, find_artifacts(root)) if a.manifest.format in ARM64_FORMATS]
         if not artifacts:
             raise ArtifactError(f"no phone artifact ({', '.join(ARM64_FORMATS)}) at or below {str(path)!r}; "
                                 "--arch arm64 checks those")
         environment = ensure_environment(log)
-        for artifact_dir in artifacts:
-            shown = str(artifact_dir) if root == Path(path) else f"{path}:{artifact_dir.relative_to(root).as_posix()}"
+        for artifact in artifacts:
+            folder = artifact.folder
+            shown = str(folder) if root == Path(path) else f"{path}:{folder.relative_to(root).as_posix()}"
             try:
-                manifest, record = _check_artifact(environment, artifact_dir, references, cpus, sentences, log)
+                record = _check_artifact(environment, artifact, references, cpus, sentences, log)
             except ToolchainError as exc:  # bad input, not a parity verdict
                 rows.append({"path": shown, "ok": False, "failures": [str(exc)], "error": str(exc)})
                 continue
             if root == Path(path):  # a folder, not an archive extracted for the check
-                record_results(artifact_dir, replace(manifest, arm64=record))
-            rows.append({"path": shown, "target": manifest.target, "artifact": manifest.artifact,
+                record_results(artifact.with_results(arm64=record))
+            rows.append({"path": shown, "target": artifact.manifest.target, "artifact": artifact.manifest.artifact,
                          "ok": record.ok, "arm64": record, "failures": record.failures()})
     return rows
 
 
-def _check_artifact(environment: Arm64Environment, artifact_dir: Path, references: ReferenceCache,
-                    cpus: Sequence[str], sentences: int, log: Callable[[str], None]) -> tuple[Manifest, Arm64Record]:
-    """One artifact's files and manifest checked, then every CPU model; its manifest and ``arm64`` record."""
-    manifest = read_manifest(artifact_dir)
-    check_files(artifact_dir, manifest)
-    reference = references.reference_for(artifact_dir, manifest)
+def _check_artifact(environment: Arm64Environment, artifact: Artifact, references: ReferenceCache,
+                    cpus: Sequence[str], sentences: int, log: Callable[[str], None]) -> Arm64Record:
+    """One artifact's files checked, then every CPU model; its ``arm64`` record."""
+    check_files(artifact)
+    reference = references.reference_for(artifact)
     pairs = dev_pairs(sentences)
     reference.source_embeddings(pairs.unique_sentences())  # computed (and cached) before the threads
-    host = HostRun(pairs, reference, ArtifactEncoder(artifact_dir).encode(pairs.unique_sentences()))
-    per_cpu = check_cpus(environment, artifact_dir, manifest, cpus, host, log)
-    return manifest, Arm64Record(environment.qemu_version(), per_cpu)
+    host = HostRun(pairs, reference, ArtifactEncoder(artifact.folder).encode(pairs.unique_sentences()))
+    per_cpu = check_cpus(environment, artifact, cpus, host, log)
+    return Arm64Record(environment.qemu_version(), per_cpu)

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from converters.base import TextRunner, TimedInsideRunner
 from core.cpu import compute_precision, cpu_isa, cpu_mismatch, cpu_name, peak_gops, usable_cores
 from core.data import load_stsb
 from core.errors import ArtifactError
-from core.manifest import Manifest, Speed, read_manifest
+from core.manifest import Artifact, Manifest, Speed, read_artifact
 from core.model_files import read_tokenizer
 from core.model_source import load_sentence_transformer, resolve_model
 from core.reference import Reference
@@ -176,10 +176,11 @@ def run_worker(job: dict) -> dict:
             return {**result, "skipped": f"{encoder.runtime_name}: no speed figure on this OS"}
         timed_inside = isinstance(encoder.runner, TimedInsideRunner)
         result.update(time_inside_runtime(encoder, config) if timed_inside else time_engine(encoder.encode, config))
-        result["label"] = artifact_label(encoder.manifest)
+        manifest = encoder.artifact.manifest
+        result["label"] = artifact_label(manifest)
         result["runtime"] = encoder.runtime_name
-        result["size_bytes"] = encoder.manifest.size_bytes
-        result["compute"] = compute_precision(encoder.manifest.precision)
+        result["size_bytes"] = manifest.size_bytes
+        result["compute"] = compute_precision(manifest.precision)
         if encoder.runner.shapes and not isinstance(encoder.runner, TextRunner):  # a text runner has no buckets
             result["bucket_latency_ms"] = _bucket_latency(encoder, config)
     result["peak_rss_mb"] = peak_rss_mb()
@@ -223,15 +224,14 @@ def _peer_rows(model: str, config: BenchConfig, progress) -> list[dict]:
     return rows
 
 
-def roofline_of(rows: list[dict], artifacts: dict[Path, Manifest], config: BenchConfig) -> dict:
+def roofline_of(rows: list[dict], artifacts: list[Artifact], config: BenchConfig) -> dict:
     """Achieved GOP/s of each engine on the throughput workload, against this CPU's peak in the precision
     the engine computes in."""
-    artifact, manifest = next(iter(artifacts.items()))
-    tokenizer = read_tokenizer(artifact / manifest.tokenizer.file, ArtifactError,
-                               "the artifact is damaged: export it again")
+    artifact = artifacts[0]
+    tokenizer = read_tokenizer(artifact.tokenizer_path, ArtifactError, "the artifact is damaged: export it again")
     sentences, _ = workload(config)
-    encoded = encode_rows(tokenizer, sentences, ArtifactError, f"{artifact}: its tokenizer failed on the texts")
-    total = sum(flops_per_sentence(manifest.graph, len(ids["input_ids"])) for ids in encoded)
+    encoded = encode_rows(tokenizer, sentences, ArtifactError, f"{artifact.folder}: its tokenizer failed on the texts")
+    total = sum(flops_per_sentence(artifact.manifest.graph, len(ids["input_ids"])) for ids in encoded)
     peak = peak_gops()
     for row in rows:
         row["gops"] = total / len(sentences) * row["throughput_sps"] / 1e9
@@ -244,32 +244,32 @@ def roofline_of(rows: list[dict], artifacts: dict[Path, Manifest], config: Bench
                            f"computes in ({per_cycle}; core.cpu.ops_per_cycle)"}
 
 
-def cpu_notes(manifests: dict[Path, Manifest], strict: bool = False) -> dict[str, str]:
+def cpu_notes(artifacts: list[Artifact], strict: bool = False) -> dict[str, str]:
     """Artifacts built for another CPU class than this one; ArtifactError under ``strict``."""
     notes = {}
-    for artifact, manifest in manifests.items():
-        note = cpu_mismatch(manifest.isa_class)
+    for artifact in artifacts:
+        note = cpu_mismatch(artifact.manifest.isa_class)
         if note and strict:
-            raise ArtifactError(f"{artifact}: {note}")
+            raise ArtifactError(f"{artifact.folder}: {note}")
         if note:
-            notes[str(artifact)] = note
+            notes[str(artifact.folder)] = note
     return notes
 
 
-def bench(artifacts: list[Path], config: BenchConfig, progress=lambda msg: None, peers: bool = False,
+def bench(folders: list[Path], config: BenchConfig, progress=lambda msg: None, peers: bool = False,
           strict: bool = False) -> dict:
     """Per source model: its fp32 PyTorch baseline, then the peers (optional), then its artifacts. Every row's
     ratios are against its own model's baseline, measured in the same run; with several models (a student beside
     its teacher) each label names its model."""
-    manifests = {artifact: read_manifest(artifact) for artifact in artifacts}  # read once; workers read their own
-    notes = cpu_notes(manifests, strict)
-    groups: dict[str, dict[Path, Manifest]] = {}
-    for artifact, manifest in manifests.items():
-        groups.setdefault(manifest.model.source, {})[artifact] = manifest
+    artifacts = [read_artifact(folder) for folder in folders]  # read once; workers read their own
+    notes = cpu_notes(artifacts, strict)
+    groups: dict[str, list[Artifact]] = {}
+    for artifact in artifacts:
+        groups.setdefault(artifact.manifest.model.source, []).append(artifact)
     rows, skipped, flops = [], [], {}
     roofline = None
     for model, group in groups.items():
-        name = next(iter(group.values())).model.name
+        name = group[0].manifest.model.name
         group_rows = _bench_model(model, group, config, progress, peers)
         skipped += [row for row in group_rows if "skipped" in row]
         group_rows = [row for row in group_rows if "skipped" not in row]
@@ -286,18 +286,18 @@ def bench(artifacts: list[Path], config: BenchConfig, progress=lambda msg: None,
             "skipped": skipped, "roofline": roofline, "cpu_notes": notes}
 
 
-def _bench_model(model: str, artifacts: dict[Path, Manifest], config: BenchConfig, progress, peers: bool) -> list[dict]:
+def _bench_model(model: str, artifacts: list[Artifact], config: BenchConfig, progress, peers: bool) -> list[dict]:
     """One source model's baseline, peers and artifacts; each timed row carries its ratios and its baseline."""
     progress(f"fp32 PyTorch baseline of {model}")
     baseline = run_in_subprocess({"engine": "torch", "model": model, "config": asdict(config)})
     rows = [baseline]
     if peers:
         rows += _peer_rows(model, config, progress)
-    for artifact, manifest in artifacts.items():
-        progress(str(artifact))
-        row = run_in_subprocess({"engine": "artifact", "artifact": str(artifact), "config": asdict(config)})
-        row["path"] = str(artifact)
-        row["parity"] = encode(manifest.parity)
+    for artifact in artifacts:
+        progress(str(artifact.folder))
+        row = run_in_subprocess({"engine": "artifact", "artifact": str(artifact.folder), "config": asdict(config)})
+        row["path"] = str(artifact.folder)
+        row["parity"] = encode(artifact.manifest.parity)
         rows.append(row)
     timed = [row for row in rows if "skipped" not in row]
     sources = [r["parity"]["spearman_source"] for r in timed if (r.get("parity") or {}).get("spearman_source")]
@@ -315,13 +315,13 @@ def _bench_model(model: str, artifacts: dict[Path, Manifest], config: BenchConfi
 def record_speed(result: dict, table: str) -> None:
     """Each timed artifact's row into its manifest (and report), with the run's baseline, settings and CPU."""
     for row in (r for r in result["rows"] if "path" in r and "skipped" not in r):
-        artifact = Path(row["path"])
+        folder = Path(row["path"])
         speed = Speed(label=row["label"], runtime=row["runtime"], throughput_sps=row["throughput_sps"],
                       latency_p50_ms=row["latency_p50_ms"], latency_p95_ms=row["latency_p95_ms"],
                       throughput_ratio=row["throughput_ratio"], latency_p50_ratio=row["latency_p50_ratio"],
                       baseline_size_bytes=row["baseline"]["size_bytes"] or 0, batch_size=result["config"]["batch_size"],
                       threads=result["config"]["threads"], cpu=result["cpu"], table_md=table)
-        record_results(artifact, replace(read_manifest(artifact), speed=speed))
+        record_results(read_artifact(folder).with_results(speed=speed))
 
 
 def markdown_table(result: dict) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import ArtifactError, ConfigError, OutputError, require
-from core.manifest import Manifest, check_files, read_manifest, sha256_file, write_json_atomic
+from core.manifest import Artifact, Manifest, check_files, read_artifact, sha256_file, write_json_atomic
 from core.safe_io import read_json
 from core.vectors import PRECISIONS, VectorCodec
 from pipelines.corpus import Corpus
@@ -59,11 +59,11 @@ def artifact_checksum(manifest: Manifest) -> str:
     return hashlib.sha256(json.dumps(manifest.files, sort_keys=True).encode()).hexdigest()
 
 
-def open_artifact(artifact_dir: Path) -> Manifest:
-    """The artifact's manifest, after its files passed their checksums: a damaged artifact never fills an index."""
-    manifest = read_manifest(artifact_dir)
-    check_files(artifact_dir, manifest)
-    return manifest
+def open_artifact(artifact_dir: Path) -> Artifact:
+    """The artifact, after its files passed their checksums: a damaged artifact never fills an index."""
+    artifact = read_artifact(artifact_dir)
+    check_files(artifact)
+    return artifact
 
 
 def vector_codec(manifest: Manifest, precision: str) -> VectorCodec | None:
@@ -176,7 +176,7 @@ def embed_corpus(artifact_dir: Path, corpus: Corpus, output: Path, engine: Engin
                  progress: Callable[[int], None] | None = None) -> EmbedResult:
     """Embed every chunk the ledger does not hold yet; ``progress`` gets the rows done after each chunk."""
     encoder.require_token_input()
-    manifest = encoder.manifest
+    manifest = encoder.artifact.manifest
     job = EmbedJob(artifact_checksum(manifest), corpus.fingerprint, len(corpus), manifest.embedding_dim,
                    chunk_rows, batch_size, precision)
     codec = vector_codec(manifest, precision)

@@ -20,7 +20,7 @@ from core.config import BuildConfig
 from core.cpu import usable_cores
 from core.errors import GateError, ToolchainError
 from core.graph import build_graph
-from core.manifest import Manifest, write_manifest
+from core.manifest import Artifact, Manifest, write_manifest
 from core.model_source import ModelSource
 from pipelines.preflight import preflight
 from pipelines.report import model_card, record_results
@@ -44,6 +44,11 @@ class ArtifactResult:
     seconds: float = 0.0
     refused: str | None = None  # why the model's family cannot take this format; nothing was built
 
+    @property
+    def artifact(self) -> Artifact | None:
+        """The built artifact at its final location; None where none was built."""
+        return Artifact(Path(self.folder), self.manifest) if self.manifest else None
+
 
 def _with_overrides(plan: ArtifactPlan, config: BuildConfig) -> ArtifactPlan:
     """Apply the build's options (--quantization, --isa) to formats that have such choices."""
@@ -56,7 +61,7 @@ def _destination(session: Session, target: Target, plan: ArtifactPlan) -> Path:
     return base / plan.folder if plan.folder else base
 
 
-def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Callable[[str], None]) -> dict:
+def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Callable[[str], None]) -> Manifest:
     """Convert, package, verify and gate one artifact; returns its manifest. Raises on failure."""
     final = _destination(session, target, plan)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -80,19 +85,19 @@ def build_artifact(session: Session, target: Target, plan: ArtifactPlan, log: Ca
         write_manifest(tmp, draft)  # what the runtime reads; checksums are final below
         encoder = ArtifactEncoder(tmp, threads=usable_cores())
         write_test_vectors(tmp, encoder, session.reference)
-        manifest = build_manifest(session, target, plan, conversion, tokenizer, tmp)
+        artifact = Artifact(tmp, build_manifest(session, target, plan, conversion, tokenizer, tmp))
         if session.config.verify:
             log(f"{target.name}: verifying {plan.description} on STS-B dev")
             started = time.perf_counter()
-            verdict = check(tmp, manifest, encoder, session.reference, plan.gate)
-            manifest = verdict.recorded(manifest)
+            verdict = check(artifact, encoder, session.reference, plan.gate)
+            artifact = verdict.recorded(artifact)
             timings["verify_s"] = round(time.perf_counter() - started, 1)
             if not verdict.ok:
                 raise GateError(f"{target.name} ({plan.description}) failed its gate: " + "; ".join(verdict.failures))
-        manifest = replace(manifest, timings=timings)
-        record_results(tmp, manifest)
+        artifact = artifact.with_results(timings=timings)
+        record_results(artifact)
         swap_into_place(tmp, final)
-        return manifest
+        return artifact.manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from core.errors import ArtifactError, ToolchainError
-from core.manifest import Gate, Manifest, check_files, find_artifacts, read_manifest
+from core.manifest import Artifact, Gate, check_files, find_artifacts, read_artifact
 from core.model_source import load_sentence_transformer, resolve_model
 from core.pca import Projection
 from core.reference import Reference
@@ -25,13 +25,14 @@ class ReferenceCache:
         self.model_override = model_override
         self._models: dict[str, tuple] = {}
 
-    def reference_for(self, artifact_dir: Path, manifest: Manifest) -> Reference:
+    def reference_for(self, artifact: Artifact) -> Reference:
+        manifest = artifact.manifest
         spec = self.model_override or manifest.model.source
         if spec not in self._models:
             source = resolve_model(spec)
             self._models[spec] = (source, load_sentence_transformer(source))
         source, st_model = self._models[spec]
-        projection = Projection.load(artifact_dir / manifest.pca.file) if manifest.pca else None
+        projection = Projection.load(artifact.folder / manifest.pca.file) if manifest.pca else None
         reference = Reference(st_model, source, projection)
         if reference.model_sha256 != manifest.model.sha256:
             raise ArtifactError(
@@ -56,12 +57,13 @@ def verify_artifact(artifact_dir: Path, references: ReferenceCache, overrides: G
                     strict: bool = False, public_key: Path | None = None) -> dict:
     if public_key is not None:  # first: nothing of a bundle that is not the signed one gets parsed
         check_signature(artifact_dir, public_key)
-    manifest = read_manifest(artifact_dir)
-    check_files(artifact_dir, manifest)
-    reference = references.reference_for(artifact_dir, manifest)
+    artifact = read_artifact(artifact_dir)
+    check_files(artifact)
+    reference = references.reference_for(artifact)
     encoder = ArtifactEncoder(artifact_dir, strict=strict)
+    manifest = artifact.manifest
     gate = overrides.apply(target_gate(manifest.target, manifest.format))
-    verdict = check(artifact_dir, manifest, encoder, reference, gate, limit=limit)
+    verdict = check(artifact, encoder, reference, gate, limit=limit)
     return {
         "path": str(artifact_dir),
         "target": manifest.target,

@@ -20,7 +20,7 @@ import onnx
 from converters.onnx.outputs import as_one_token_sequence, rename_output
 from converters.web import WASM_FILE, WEB_OUTPUT, WEBGPU_FILE
 from core.errors import ArtifactError, ConfigError, gist
-from core.manifest import Manifest, check_files, read_manifest
+from core.manifest import Artifact, Manifest, check_files, read_artifact
 from core.schema import encode
 from pipelines.staging import staging_dir, swap_into_place
 from targets import get_targets
@@ -35,8 +35,8 @@ class Layout:
     name: str
     library: str
     formats: tuple[str, ...]  # artifact formats it takes
-    # (artifact, manifest, folder to write, where that folder will be) -> the lines that load it from there.
-    write: Callable[[Path, dict, Path, Path], str]
+    # (artifact, folder to write, where that folder will be) -> the lines that load it from there.
+    write: Callable[[Artifact, Path, Path], str]
 
 
 LAYOUTS: dict[str, Layout] = {}
@@ -103,11 +103,12 @@ def sentence_transformers_file(manifest: Manifest) -> str:
     return "onnx/model_O4.onnx" if manifest.precision == "fp16" else "onnx/model.onnx"
 
 
-def write_sentence_transformers(artifact_dir: Path, manifest: Manifest, out: Path, final: Path) -> str:
+def write_sentence_transformers(artifact: Artifact, out: Path, final: Path) -> str:
+    manifest = artifact.manifest
     file_name = sentence_transformers_file(manifest)
-    model = _load(artifact_dir / manifest.file)
+    model = _load(artifact.model_path)
     _save(as_one_token_sequence(model, ST_OUTPUT), out / file_name)
-    _copy_tokenizer(artifact_dir, out)
+    _copy_tokenizer(artifact.folder, out)
     dim = manifest.embedding_dim
     # The graph already pools (and normalises, as the source model does); the one-token sequence passes whole.
     _json(out / "modules.json", [
@@ -127,9 +128,10 @@ def write_sentence_transformers(artifact_dir: Path, manifest: Manifest, out: Pat
             'embeddings = model.encode(["A man is playing a guitar."])')
 
 
-def write_fastembed(artifact_dir: Path, manifest: Manifest, out: Path, final: Path) -> str:
-    shutil.copyfile(artifact_dir / manifest.file, out / "model.onnx")
-    _copy_tokenizer(artifact_dir, out)
+def write_fastembed(artifact: Artifact, out: Path, final: Path) -> str:
+    manifest = artifact.manifest
+    shutil.copyfile(artifact.model_path, out / "model.onnx")
+    _copy_tokenizer(artifact.folder, out)
     name = f"local/{manifest.model.name}-{manifest.target}"
     # The graph pools and normalises inside: no pooling, no normalisation on fastembed's side.
     return ("from fastembed import TextEmbedding\n"
@@ -145,16 +147,17 @@ TRANSFORMERS_JS_FILE = {"int8": WASM_FILE, "fp16": WEBGPU_FILE, "fp32": "onnx/mo
 TRANSFORMERS_JS_DTYPE = {"int8": "q8", "fp16": "fp16", "fp32": "fp32"}
 
 
-def write_transformers_js(artifact_dir: Path, manifest: Manifest, out: Path, final: Path) -> str:
+def write_transformers_js(artifact: Artifact, out: Path, final: Path) -> str:
+    manifest = artifact.manifest
     if manifest.format == "onnx_web":  # already its layout: both files, output named as it reads it
         for name in (WASM_FILE, WEBGPU_FILE):
-            if (artifact_dir / name).is_file():
+            if (artifact.folder / name).is_file():
                 (out / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(artifact_dir / name, out / name)
+                shutil.copyfile(artifact.folder / name, out / name)
     else:
-        model = _load(artifact_dir / manifest.file)
+        model = _load(artifact.model_path)
         _save(rename_output(model, WEB_OUTPUT), out / TRANSFORMERS_JS_FILE[manifest.precision])
-    _copy_tokenizer(artifact_dir, out)
+    _copy_tokenizer(artifact.folder, out)
     dtype = TRANSFORMERS_JS_DTYPE[manifest.precision]
     return ('import { pipeline, env } from "@huggingface/transformers";\n'
             f'env.localModelPath = "{final.parent}/"; env.allowRemoteModels = false;\n'
@@ -173,8 +176,9 @@ register_layout(Layout("transformers.js", "transformers.js (pipeline('feature-ex
 def write_layout(layout: Layout, artifact_dir: Path, out: Path, location: Path | None = None) -> Path:
     """The artifact (checked against its manifest first) in ``layout`` at ``out``, written atomically; its usage
     lines load it from ``location`` (default: ``out``; a release archive names the folder it unpacks to)."""
-    manifest = read_manifest(artifact_dir)
-    check_files(artifact_dir, manifest)
+    artifact = read_artifact(artifact_dir)
+    check_files(artifact)
+    manifest = artifact.manifest
     if manifest.format not in layout.formats:
         raise ConfigError(f"the {layout.name} layout takes {' or '.join(layout.formats)} artifacts; "
                           f"{artifact_dir} is {manifest.format}")
@@ -183,7 +187,7 @@ def write_layout(layout: Layout, artifact_dir: Path, out: Path, location: Path |
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        usage = layout.write(artifact_dir, manifest, tmp, location or out)
+        usage = layout.write(artifact, tmp, location or out)
         shutil.copyfile(artifact_dir / "test_vectors.json", tmp / "test_vectors.json")
         # The model file's sha256 as the manifest lists it (check_files verified it above).
         _json(tmp / LAYOUT_RECORD, {
@@ -199,9 +203,10 @@ def write_layout(layout: Layout, artifact_dir: Path, out: Path, location: Path |
     return out
 
 
-def layout_folder(artifact_dir: Path, manifest: Manifest, layout: Layout) -> Path:
+def layout_folder(artifact: Artifact, layout: Layout) -> Path:
     """<model>/layouts/<layout>/<target>[-<plan folder>] for an artifact at <model>/<target>[/<plan folder>]."""
-    target_dir = next((p for p in (artifact_dir, *artifact_dir.parents) if p.name == manifest.target), artifact_dir)
-    name = "-".join(artifact_dir.relative_to(target_dir.parent).parts)
+    folder, target = artifact.folder, artifact.manifest.target
+    target_dir = next((p for p in (folder, *folder.parents) if p.name == target), folder)
+    name = "-".join(folder.relative_to(target_dir.parent).parts)
     return target_dir.parent / "layouts" / layout.name / name
 

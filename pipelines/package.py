@@ -17,11 +17,11 @@ from core.manifest import (
     MANIFEST,
     MAX_MANIFEST_BYTES,
     UNCHECKED_FILES,
-    Manifest,
+    Artifact,
     check_files,
     find_artifacts,
     parse_manifest,
-    read_manifest,
+    read_artifact,
 )
 from core.output_paths import check_output_folder, check_outside
 from core.safe_io import UnpackBudget, reading_archive
@@ -116,7 +116,7 @@ def _reset(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 def write_archive(artifact_dir: Path, archive: Path) -> Path:
     """A .tar.gz of one artifact folder (deterministic order and metadata), written atomically."""
-    check_files(artifact_dir, read_manifest(artifact_dir))  # never package a tampered artifact
+    check_files(read_artifact(artifact_dir))  # never package a tampered artifact
     return archive_folder(artifact_dir, archive)
 
 
@@ -137,8 +137,9 @@ def archive_folder(folder: Path, archive: Path) -> Path:
     return archive
 
 
-def archive_name(root: Path, artifact_dir: Path, manifest: Manifest) -> str:
-    parts = artifact_dir.relative_to(root).parts if artifact_dir != root else (manifest.target,)
+def archive_name(root: Path, artifact: Artifact) -> str:
+    manifest = artifact.manifest
+    parts = artifact.folder.relative_to(root).parts if artifact.folder != root else (manifest.target,)
     model = manifest.model.name + (f"-pca{manifest.embedding_dim}" if manifest.pca else "")
     return "-".join((model, *parts))
 
@@ -158,14 +159,14 @@ def package_all(root: Path, out: Path | None = None, layout: Layout | None = Non
     check_outside(out, "--out", "artifact", artifacts)
     archives = []
     for artifact_dir in artifacts:
-        manifest = read_manifest(artifact_dir)
-        name = archive_name(root, artifact_dir, manifest)
+        artifact = read_artifact(artifact_dir)
+        name = archive_name(root, artifact)
         if layout is None:
             if sign_key is not None:
-                check_files(artifact_dir, manifest)  # never sign a tampered artifact
-                sign(artifact_dir, manifest, sign_key)
+                check_files(artifact)  # never sign a tampered artifact
+                sign(artifact, sign_key)
             archives.append(write_archive(artifact_dir, out / f"{name}.tar.gz"))
-        elif manifest.format in layout.formats:
+        elif artifact.manifest.format in layout.formats:
             unpacked = f"{name}-{layout.name}"  # the folder the archive unpacks to, as its usage lines name it
             with tempfile.TemporaryDirectory() as scratch:
                 folder = write_layout(layout, artifact_dir, Path(scratch) / unpacked, location=Path(unpacked))

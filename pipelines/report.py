@@ -11,6 +11,7 @@ import numpy as np
 from core.manifest import (
     AppText,
     Arm64Record,
+    Artifact,
     DimsSweepRecord,
     Manifest,
     find_artifacts,
@@ -127,10 +128,10 @@ def _phone_md(root: Path) -> str:
     return "\n".join(parts)
 
 
-def record_results(artifact_dir: Path, manifest: Manifest) -> None:
+def record_results(artifact: Artifact) -> None:
     """The one writer of what was measured of an artifact: its manifest.json, and the report.md made from it."""
-    write_manifest(artifact_dir, manifest)
-    write_text_atomic(artifact_dir / "report.md", artifact_report(manifest))
+    write_manifest(artifact.folder, artifact.manifest)
+    write_text_atomic(artifact.folder / "report.md", artifact_report(artifact.manifest))
 
 
 def _rows(root: Path) -> list[dict]:

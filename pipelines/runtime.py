@@ -16,7 +16,7 @@ from converters.base import ManyBatchRunner, Runner, TextRunner
 from converters.registry import get_format
 from core.cpu import cpu_mismatch
 from core.errors import ArtifactError, ToolchainError, gist
-from core.manifest import read_manifest
+from core.manifest import read_artifact
 from core.model_files import read_tokenizer
 from core.tokenizer_guard import encode_rows
 from pipelines.signing import check_signature
@@ -29,39 +29,40 @@ class ArtifactEncoder:
     ) -> None:
         """``public_key``: load only an artifact whose model-signing signature that key verifies (pipelines.signing),
         checked before any of its files is read."""
-        self.artifact_dir = Path(artifact_dir)
+        artifact_dir = Path(artifact_dir)
         if public_key is not None:
-            check_signature(self.artifact_dir, public_key)
-        self.manifest = read_manifest(self.artifact_dir)
+            check_signature(artifact_dir, public_key)
+        self.artifact = read_artifact(artifact_dir)
+        manifest = self.artifact.manifest
         # An int8 artifact built for one CPU class on another: a note to show, or, with strict, an error.
-        self.cpu_mismatch = cpu_mismatch(self.manifest.isa_class)
+        self.cpu_mismatch = cpu_mismatch(manifest.isa_class)
         if strict and self.cpu_mismatch:
-            raise ArtifactError(f"{self.artifact_dir}: {self.cpu_mismatch}")
-        self.tokenizer = read_tokenizer(self.artifact_dir / self.manifest.tokenizer.file, ArtifactError,
+            raise ArtifactError(f"{artifact_dir}: {self.cpu_mismatch}")
+        self.tokenizer = read_tokenizer(self.artifact.tokenizer_path, ArtifactError,
                                         "the artifact is damaged: export it again")
         self.tokenizer.no_padding()  # we pad per batch or per bucket below
-        self.input_names: list[str] = [spec.name for spec in self.manifest.inputs]
-        self.pad_id = self.manifest.tokenizer.pad_token_id
-        self.prompts: dict[str, str] = self.manifest.prompts
-        self.default_prompt_name: str | None = self.manifest.default_prompt_name
-        fmt = get_format(self.manifest.format)
+        self.input_names: list[str] = [spec.name for spec in manifest.inputs]
+        self.pad_id = manifest.tokenizer.pad_token_id
+        self.prompts: dict[str, str] = manifest.prompts
+        self.default_prompt_name: str | None = manifest.default_prompt_name
+        fmt = get_format(manifest.format)
         self.sequence_multiple = fmt.sequence_multiple
-        self.max_length = self.manifest.tokenizer.max_length
+        self.max_length = manifest.tokenizer.max_length
         self.runner = runner or self._load_runner(fmt, threads)
         # A runner may stand in for a runtime that cannot run on this OS (Core ML off macOS): it says so.
         self.emulated: bool = getattr(self.runner, "emulated", False)
-        self.runtime_name: str = getattr(self.runner, "description", self.manifest.runtime)
+        self.runtime_name: str = getattr(self.runner, "description", manifest.runtime)
 
     def _load_runner(self, fmt, threads: int | None) -> Runner:
         """The format's runtime on the artifact's file; whatever the runtime raises on a damaged file becomes one
         ArtifactError line (it ran after the checksums, or on an artifact whose manifest was rewritten too)."""
         try:
-            return fmt.load_runner(self.artifact_dir, self.manifest, threads)
+            return fmt.load_runner(self.artifact, threads)
         except (ToolchainError, ImportError):
             raise
         except Exception as exc:
-            raise ArtifactError(f"{self.artifact_dir / self.manifest.file} cannot be loaded by its runtime "
-                                f"({self.manifest.runtime}): {gist(exc, last=True)}") from None
+            raise ArtifactError(f"{self.artifact.model_path} cannot be loaded by its runtime "
+                                f"({self.artifact.manifest.runtime}): {gist(exc, last=True)}") from None
 
     def _run(self, inputs: dict[str, np.ndarray], shape) -> np.ndarray:
         return self._run_many([inputs], lambda batches: [self.runner.run(batches[0], shape)])[0]
@@ -76,10 +77,10 @@ class ArtifactEncoder:
         try:
             outputs = [np.asarray(output) for output in call()]
         except Exception as exc:
-            raise ArtifactError(f"{self.manifest.file} failed to run: {gist(exc, last=True)}") from None
+            raise ArtifactError(f"{self.artifact.manifest.file} failed to run: {gist(exc, last=True)}") from None
         for count, output in zip(rows, outputs, strict=True):
             if output.ndim != 2 or output.shape[0] != count:
-                raise ArtifactError(f"{self.manifest.file} returned shape {output.shape}, not (batch, dims)")
+                raise ArtifactError(f"{self.artifact.manifest.file} returned shape {output.shape}, not (batch, dims)")
         return outputs
 
     def prompt(self, prompt_name: str | None = None) -> str:
@@ -93,7 +94,7 @@ class ArtifactEncoder:
     def tokenize(self, sentences: Sequence[str], prompt_name: str | None = None) -> list[dict[str, list[int]]]:
         prompt = self.prompt(prompt_name)
         return encode_rows(self.tokenizer, [prompt + sentence for sentence in sentences], ArtifactError,
-                           f"{self.artifact_dir}: its tokenizer failed on the texts")
+                           f"{self.artifact.folder}: its tokenizer failed on the texts")
 
     def _sequence_bucket(self, length: int) -> int:
         sequences = sorted({s.sequence for s in self.runner.shapes})
@@ -131,7 +132,7 @@ class ArtifactEncoder:
     def require_token_input(self) -> None:
         """Refuse, in one line, a batch path on an artifact that takes strings (MediaPipe's TextEmbedder)."""
         if isinstance(self.runner, TextRunner):
-            raise ArtifactError(f"{self.artifact_dir} takes strings in an app's own runtime (its tokenizer is "
+            raise ArtifactError(f"{self.artifact.folder} takes strings in an app's own runtime (its tokenizer is "
                                 "inside, one text per call); embed a corpus with the tflite or x86 artifact instead")
 
     def run_tokenized(self, rows: list[dict[str, list[int]]]) -> np.ndarray:
@@ -164,7 +165,7 @@ class ArtifactEncoder:
             return self.embed_texts(sentences, prompt_name)
         rows = self.tokenize(sentences, prompt_name)
         if not rows:
-            return np.zeros((0, self.manifest.embedding_dim), dtype=np.float32)
+            return np.zeros((0, self.artifact.manifest.embedding_dim), dtype=np.float32)
         return self.run_planned(rows, plan_batches([len(row["input_ids"]) for row in rows], batch_size))
 
     def embed_texts(self, sentences: Sequence[str], prompt_name: str | None = None,
@@ -173,7 +174,7 @@ class ArtifactEncoder:
         manifest names, as the app does before each call."""
         prompt = self.prompt(prompt_name)
         if not sentences:
-            return np.zeros((0, self.manifest.embedding_dim), dtype=np.float32)
+            return np.zeros((0, self.artifact.manifest.embedding_dim), dtype=np.float32)
         texts = [prompt + sentence for sentence in sentences]
         return self._checked(lambda: [self.runner.embed_texts(texts, normalize=normalize)], [len(texts)])[0]
 

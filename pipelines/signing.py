@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from core.errors import ArtifactError, ConfigError, OutputError
-from core.manifest import PROVENANCE, SIGNATURE, Manifest, artifact_files, sha256_file, write_json_atomic
+from core.manifest import PROVENANCE, SIGNATURE, Artifact, artifact_files, sha256_file, write_json_atomic
 from core.schema import encode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,11 +84,12 @@ def generate_key(folder: Path) -> tuple[Path, Path]:
     return private, public
 
 
-def provenance_statement(artifact_dir: Path, manifest: Manifest) -> dict:
+def provenance_statement(artifact: Artifact) -> dict:
     """What built the artifact, as an in-toto statement with an SLSA v1 provenance predicate: its files (subjects),
     the build config, library versions, the source model's checksum, and the gate's verdict and parity."""
-    subjects = [{"name": path.relative_to(artifact_dir).as_posix(), "digest": {"sha256": sha256_file(path)}}
-                for path in artifact_files(artifact_dir)]
+    manifest = artifact.manifest
+    subjects = [{"name": path.relative_to(artifact.folder).as_posix(), "digest": {"sha256": sha256_file(path)}}
+                for path in artifact_files(artifact.folder)]
     return {
         "_type": STATEMENT,
         "subject": subjects,
@@ -114,17 +115,18 @@ def provenance_statement(artifact_dir: Path, manifest: Manifest) -> dict:
     }
 
 
-def sign(artifact_dir: Path, manifest: Manifest, private_key: Path) -> Path:
+def sign(artifact: Artifact, private_key: Path) -> Path:
     """Write provenance.json, then model-signing's signature of the whole folder; returns the signature file."""
     if not Path(private_key).is_file():
         raise ConfigError(f"signing key {str(private_key)!r} is not a file; pass a PEM private key to --sign-key")
-    write_json_atomic(artifact_dir / PROVENANCE, provenance_statement(artifact_dir, manifest))
-    (artifact_dir / SIGNATURE).unlink(missing_ok=True)
-    result = _model_signing("sign", "key", str(artifact_dir), "--private_key", str(private_key),
-                            "--signature", str(artifact_dir / SIGNATURE))
+    folder = artifact.folder
+    write_json_atomic(folder / PROVENANCE, provenance_statement(artifact))
+    (folder / SIGNATURE).unlink(missing_ok=True)
+    result = _model_signing("sign", "key", str(folder), "--private_key", str(private_key),
+                            "--signature", str(folder / SIGNATURE))
     if result.returncode != 0:
-        raise ConfigError(f"model-signing could not sign {artifact_dir} with {private_key}: {_last_line(result)}")
-    return artifact_dir / SIGNATURE
+        raise ConfigError(f"model-signing could not sign {folder} with {private_key}: {_last_line(result)}")
+    return folder / SIGNATURE
 
 
 def check_signature(artifact_dir: Path, public_key: Path) -> None:

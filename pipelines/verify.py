@@ -12,7 +12,7 @@ from converters.base import TextRunner
 from converters.registry import get_format
 from core.data import TOKENIZER_TEXTS, StsPairs, load_stsb
 from core.errors import ArtifactError
-from core.manifest import AppText, CosineSummary, Gate, Manifest, Parity, Structure, TextPass
+from core.manifest import AppText, Artifact, CosineSummary, Gate, Parity, Structure, TextPass
 from core.metrics import row_cosines, sts_spearman
 from core.reference import Reference
 from core.safe_io import field, read_json
@@ -149,22 +149,23 @@ class Verdict:
     def ok(self) -> bool:
         return not self.failures
 
-    def recorded(self, manifest: Manifest) -> Manifest:
-        """``manifest`` with this verdict's record (parity, structure, verdict)."""
-        return replace(manifest, parity=self.parity.rounded(), structure=self.structure,
-                       verdict="pass" if self.ok else "fail")
+    def recorded(self, artifact: Artifact) -> Artifact:
+        """``artifact`` with this verdict's record (parity, structure, verdict) in its manifest."""
+        return artifact.with_results(parity=self.parity.rounded(), structure=self.structure,
+                                     verdict="pass" if self.ok else "fail")
 
 
-def check(artifact_dir: Path, manifest: Manifest, encoder: ArtifactEncoder, reference: Reference, gate: Gate,
+def check(artifact: Artifact, encoder: ArtifactEncoder, reference: Reference, gate: Gate,
           limit: int | None = None) -> Verdict:
     """The one verification, for export's gate and for ``verify``: the format's structural checks, the output's
     dims, parity on STS-B dev (its first ``limit`` pairs), the test vectors and, for a text-in artifact, strings;
     judged against ``gate``."""
-    structure = structural_checks(artifact_dir, manifest)
+    manifest = artifact.manifest
+    structure = structural_checks(artifact)
     dims = encoder.encode(["dimension probe"]).shape[1]
     if dims != manifest.embedding_dim:
         raise ArtifactError(f"{manifest.file} outputs {dims} dims but the manifest says {manifest.embedding_dim}")
-    parity = measure_artifact(artifact_dir, encoder, reference, limit=limit)
+    parity = measure_artifact(artifact.folder, encoder, reference, limit=limit)
     return Verdict(parity, structure, gate, tuple(gate_failures(parity, gate, structure)))
 
 
@@ -211,11 +212,12 @@ def test_vector_min_cosine(artifact_dir: Path, encoder: ArtifactEncoder) -> floa
     return float(np.nan_to_num(row_cosines(got, expected), nan=-1.0).min())
 
 
-def structural_checks(artifact_dir: Path, manifest: Manifest) -> Structure | None:
+def structural_checks(artifact: Artifact) -> Structure | None:
     """The format's own checks of the artifact; its other program runners go through the test vectors too."""
-    report = get_format(manifest.format).structural_checks(artifact_dir, manifest)
+    report = get_format(artifact.manifest.format).structural_checks(artifact)
     if report is None:
         return None
-    vectors = {name: round(test_vector_min_cosine(artifact_dir, ArtifactEncoder(artifact_dir, runner=runner)), 6)
+    folder = artifact.folder
+    vectors = {name: round(test_vector_min_cosine(folder, ArtifactEncoder(folder, runner=runner)), 6)
                for name, runner in report.program_runners.items()}
     return Structure(report.facts, tuple(report.gate_failures), vectors)

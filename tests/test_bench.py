@@ -38,8 +38,7 @@ def test_flops_per_sentence_counts_projections_and_attention(spec):
 def test_roofline_sets_each_engines_rate_against_the_peak_of_its_precision(x86_artifact):
     fp32 = {"label": "fp32 PyTorch", "throughput_sps": 100.0, "compute": "fp32"}
     int8 = {"label": "x86 ONNX int8", "throughput_sps": 400.0, "compute": "int8"}
-    result = roofline_of([fp32, int8], {Path(x86_artifact.folder): x86_artifact.manifest},
-                         BenchConfig(throughput_sentences=64))
+    result = roofline_of([fp32, int8], [x86_artifact.artifact], BenchConfig(throughput_sentences=64))
     assert fp32["gops"] == pytest.approx(result["flops_per_sentence_mean"] * 100 / 1e9) and fp32["gops"] > 0
     assert int8["gops"] == pytest.approx(4 * fp32["gops"])
     for row in (fp32, int8):

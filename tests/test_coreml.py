@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from converters.base import Conversion, Shape
 from converters.coreml import CoreMLOptions
 from core.errors import ArtifactError, ConfigError
 from core.graph import EmbeddingGraph
-from core.manifest import GraphSpec, InputSpec, Manifest
+from core.manifest import Artifact, GraphSpec, InputSpec
 from core.metrics import row_cosines
 from tests.manifests import manifest_for
 
@@ -28,14 +27,14 @@ from tests.manifests import manifest_for
 pytestmark = pytest.mark.filterwarnings("ignore:Function _TORCH_OPS_REGISTRY:DeprecationWarning")
 
 BUCKETS = (32, 64, 128, 256)
-Converted = tuple[Path, Conversion, Manifest]
+Converted = tuple[Artifact, Conversion]
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory, graph, spec) -> Converted:
     out = tmp_path_factory.mktemp("coreml")
     conversion = coreml_convert.convert(graph, spec, out, CoreMLOptions(sequence_buckets=BUCKETS))
-    return out, conversion, manifest_for("coreml", conversion, spec)
+    return Artifact(out, manifest_for("coreml", conversion, spec)), conversion
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def converted_batched(tmp_path_factory, graph, spec) -> Converted:
     out = tmp_path_factory.mktemp("coreml_batched")
     options = CoreMLOptions(sequence_buckets=(16, 32), batch_sizes=(1, 4), fp32_ops=("layer_norm",))
     conversion = coreml_convert.convert(graph, spec, out, options)
-    return out, conversion, manifest_for("coreml", conversion, spec)
+    return Artifact(out, manifest_for("coreml", conversion, spec)), conversion
 
 
 def _tokenize(st_model, sentences: list[str], spec: GraphSpec, length: int | None = None) -> dict[str, np.ndarray]:
@@ -64,7 +63,7 @@ def _bucket(length: int, buckets: tuple[int, ...]) -> int:
 
 
 def test_conversion_record(converted):
-    _, conversion, _ = converted
+    _, conversion = converted
     assert conversion.model_file == "model.mlpackage"
     assert (conversion.runtime, conversion.precision, conversion.input_dtype) == ("coreml", "fp16", "int32")
     assert conversion.shapes == [Shape(1, s, f"1x{s}") for s in BUCKETS]
@@ -73,8 +72,8 @@ def test_conversion_record(converted):
 
 
 def test_spec_inputs_outputs_and_enumerated_shapes(converted, spec):
-    out, _, manifest = converted
-    summary = coreml_runner.inspect_spec(out, manifest)
+    artifact, _ = converted
+    summary = coreml_runner.inspect_spec(artifact)
     assert [i["name"] for i in summary["inputs"]] == list(spec.input_names)
     for feature in summary["inputs"]:
         assert feature["dtype"] == "int32"
@@ -86,8 +85,8 @@ def test_spec_inputs_outputs_and_enumerated_shapes(converted, spec):
 
 
 def test_is_fp16_ml_program(converted, spec):
-    out, _, manifest = converted
-    summary = coreml_runner.inspect_spec(out, manifest)
+    artifact, _ = converted
+    summary = coreml_runner.inspect_spec(artifact)
     assert summary["model_type"] == "mlProgram"
     assert summary["op_precisions"]["float16"] > 0
     assert "float32" not in summary["op_precisions"]  # no op left in fp32 by default
@@ -107,9 +106,9 @@ def test_is_fp16_ml_program(converted, spec):
     ids=["embedding_dim", "input_names", "shapes", "missing_file"],
 )
 def test_inspect_rejects_a_mismatched_manifest(converted, change):
-    out, _, manifest = converted
+    artifact, _ = converted
     with pytest.raises(ArtifactError):
-        coreml_runner.inspect_spec(out, replace(manifest, **change))
+        coreml_runner.inspect_spec(Artifact(artifact.folder, replace(artifact.manifest, **change)))
 
 
 def test_emulated_fp16_parity(graph, st_model, spec, dev_sentences):
@@ -122,8 +121,8 @@ def test_emulated_fp16_parity(graph, st_model, spec, dev_sentences):
 
 def test_program_execution_parity(converted, graph, st_model, spec, dev_sentences):
     """The saved program itself, op by op (emulated on this machine, not a Core ML prediction)."""
-    out, _, manifest = converted
-    executor = coreml_runner.load_program_executor(out, manifest)
+    artifact, _ = converted
+    executor = coreml_runner.load_program_executor(artifact)
     assert executor.label == "emulated"
     sentences = dev_sentences[:12]
     lengths = [len(ids) for ids in st_model.tokenizer(sentences)["input_ids"]]
@@ -138,22 +137,22 @@ def test_program_execution_parity(converted, graph, st_model, spec, dev_sentence
 
 
 def test_program_execution_refuses_a_shape_core_ml_would(converted):
-    out, _, manifest = converted
-    executor = coreml_runner.load_program_executor(out, manifest)
+    artifact, _ = converted
+    executor = coreml_runner.load_program_executor(artifact)
     feeds = {name: np.zeros((1, 40), dtype=np.int64) for name in executor.input_names}
     with pytest.raises(ArtifactError, match="not one of the enumerated shapes"):
         executor.run(feeds)
 
 
 def test_batched_conversion_keeps_chosen_ops_in_fp32(converted_batched, graph, st_model, spec, dev_sentences):
-    out, conversion, manifest = converted_batched
+    artifact, conversion = converted_batched
     assert [(s.batch, s.sequence) for s in conversion.shapes] == [(1, 16), (1, 32), (4, 16), (4, 32)]
-    summary = coreml_runner.inspect_spec(out, manifest)
+    summary = coreml_runner.inspect_spec(artifact)
     assert summary["outputs"][0]["dims"] == [None, spec.embedding_dim]  # symbolic batch
     assert summary["ops_by_precision"]["float32"] == {"layer_norm": 2 * spec.num_hidden_layers + 1}
     assert summary["op_precisions"]["float16"] > 0
     feeds = _tokenize(st_model, dev_sentences[:4], spec, 32)
-    emulated = coreml_runner.load_program_executor(out, manifest).run(feeds)
+    emulated = coreml_runner.load_program_executor(artifact).run(feeds)
     assert row_cosines(emulated, _reference(graph, feeds, spec)).min() >= 0.99
 
 
@@ -178,16 +177,16 @@ def test_single_fixed_shape_allows_ios16(spec):
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="checks the non-macOS fallback")
 def test_load_runner_off_macos_is_a_labelled_emulation(converted):
-    out, _, manifest = converted
+    artifact, _ = converted
     assert not coreml_runner.native_prediction_available()
-    runner = coreml_runner.load_runner(out, manifest, None)
+    runner = coreml_runner.load_runner(artifact, None)
     assert runner.emulated and "emulation" in runner.description
 
 
 @pytest.mark.skipif(sys.platform != "darwin", reason="Core ML prediction needs macOS")
 def test_core_ml_prediction_matches_fp32(converted, graph, st_model, spec, dev_sentences):
-    out, _, manifest = converted
-    runner = coreml_runner.load_runner(out, manifest, None)
+    artifact, _ = converted
+    runner = coreml_runner.load_runner(artifact, None)
     assert [(s.batch, s.sequence) for s in runner.shapes] == [(1, s) for s in BUCKETS]
     sentences = dev_sentences[:32]
     shape = Shape(1, 64, "1x64")

@@ -55,7 +55,7 @@ def test_local_embedding_is_the_artifacts_own_row_for_row(local_run, x86_artifac
     np.testing.assert_allclose(vectors, expected, atol=1e-6)  # the encoder's own vectors, row for row
     # Dynamic int8 picks activation scales per batch: other batches (the whole corpus at 32) move a vector a little.
     assert row_cosines(vectors, encoder.encode(texts)).min() >= 0.99
-    assert metadata["dims"] == 384 and metadata["artifact_checksum"] == artifact_checksum(encoder.manifest)
+    assert metadata["dims"] == 384 and metadata["artifact_checksum"] == artifact_checksum(encoder.artifact.manifest)
     assert f"{len(texts)} vectors" in printed and "sent/s" in printed
 
 

@@ -51,7 +51,7 @@ def _embed_in_consumer(consumer: Path, folder: Path, texts: list[str], tmp_path:
 def test_python_libraries_load_their_layout_with_parity(name, x86_artifact, consumer, tmp_path):
     artifact = Path(x86_artifact.folder)
     layout = get_layout(name)
-    folder = write_layout(layout, artifact, layout_folder(artifact, x86_artifact.manifest, layout))
+    folder = write_layout(layout, artifact, layout_folder(x86_artifact.artifact, layout))
     assert folder.parent.name == name and folder.parent.parent.name == "layouts"
     odd, expected = _texts(artifact)
     texts = odd + load_stsb("dev").unique_sentences()[:SENTENCES]
@@ -69,7 +69,7 @@ def test_transformers_js_loads_the_x86_artifact_in_its_layout(x86_artifact):
     """The x86 graph with its output renamed, as transformers.js reads it, in Chromium's WASM."""
     artifact = Path(x86_artifact.folder)
     layout = get_layout("transformers.js")
-    folder = write_layout(layout, artifact, layout_folder(artifact, x86_artifact.manifest, layout))
+    folder = write_layout(layout, artifact, layout_folder(x86_artifact.artifact, layout))
     texts, expected = _texts(artifact)
     got = embed_with_transformers_js(folder, texts)
     assert row_cosines(got, expected).min() >= x86_artifact.manifest.gate.min_cosine

@@ -45,6 +45,7 @@ from core.manifest import (
     check_files,
     checksums,
     file_sizes,
+    read_artifact,
     read_manifest,
     write_manifest,
 )
@@ -223,7 +224,7 @@ def test_package_never_writes_into_an_artifact(complete, tmp_path):
     result = CliRunner().invoke(main, ["package", str(artifact)])
     assert result.exit_code == 0, result.output
     assert [p.name for p in (tmp_path / "release").iterdir()] == ["all-MiniLM-L6-v2-pca384-test.tar.gz"]
-    check_files(artifact, read_manifest(artifact))  # untouched
+    check_files(read_artifact(artifact))  # untouched
 
 
 def test_bench_json_is_refused_inside_an_artifact_before_timing(complete, tmp_path):
@@ -231,7 +232,7 @@ def test_bench_json_is_refused_inside_an_artifact_before_timing(complete, tmp_pa
     result = CliRunner().invoke(main, ["bench", str(artifact), "--json", str(artifact / "bench.json")])
     assert result.exit_code == 2 and "--json" in result.output and "is inside the artifact" in result.output
     assert result.output.count("\n") == 1 and not (artifact / "bench.json").exists()
-    check_files(artifact, read_manifest(artifact))
+    check_files(read_artifact(artifact))
 
 
 JSON_VALUES = st.recursive(

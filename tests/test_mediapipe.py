@@ -28,7 +28,7 @@ from converters.mediapipe.runner import (
 from converters.mediapipe.tokenizer import Unsupported, mediapipe_vocabulary, normalize_for_mediapipe, refusal
 from core.data import TOKENIZER_TEXTS
 from core.errors import ArtifactError, ModelSourceError
-from core.manifest import checksums, file_sizes, parse_manifest
+from core.manifest import Artifact, checksums, file_sizes, parse_manifest
 from core.metrics import row_cosines
 from core.model_source import resolve_model
 from pipelines.gatekeeper import verify_path
@@ -215,7 +215,7 @@ def test_a_packed_vocabulary_that_tokenizes_otherwise_fails_the_gate(artifact, t
     manifest = json.loads((broken / "manifest.json").read_text(encoding="utf-8"))
     manifest["files"], manifest["file_bytes"] = checksums(broken), file_sizes(broken)
     typed = parse_manifest(manifest, "tampered manifest")
-    structure = checked_structure(broken, typed)
+    structure = checked_structure(Artifact(broken, typed))
     failures = gate_failures(typed.parity, target_gate("mobile", "mediapipe"), structure)
     assert len(failures) == 1 and "other ids than the model's" in failures[0], failures
 
@@ -232,7 +232,7 @@ def test_a_packed_vocabulary_that_tokenizes_otherwise_fails_the_gate(artifact, t
 def test_a_hostile_manifest_is_one_line(artifact, damage, needle):
     manifest = {**json.loads((artifact / "manifest.json").read_text(encoding="utf-8")), **damage}
     with pytest.raises(ArtifactError, match=needle):
-        load_runner(artifact, parse_manifest(manifest, "manifest.json"), None)
+        load_runner(Artifact(artifact, parse_manifest(manifest, "manifest.json")), None)
 
 
 def test_a_packed_vocabulary_compressed_or_missing_is_one_line():

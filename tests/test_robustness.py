@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.config import BuildConfig
-from core.manifest import check_files, read_manifest
+from core.manifest import check_files, read_artifact
 from core.metrics import row_cosines
 from pipelines.export import export
 from pipelines.runtime import ArtifactEncoder
@@ -166,7 +166,7 @@ def tiny_x86(tiny_models, tmp_path_factory) -> tuple[Path, Path]:
 
 def _assert_intact(final: Path, manifest_bytes: bytes) -> None:
     assert (final / "manifest.json").read_bytes() == manifest_bytes
-    check_files(final, read_manifest(final))
+    check_files(read_artifact(final))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -108,7 +108,7 @@ def test_a_changed_bundle_is_refused_in_one_line_before_anything_is_parsed(archi
     def parsed(*args, **kwargs):
         raise AssertionError("the manifest was read before the signature was checked")
 
-    monkeypatch.setattr(gatekeeper, "read_manifest", parsed)
+    monkeypatch.setattr(gatekeeper, "read_artifact", parsed)
     result = _verify(folder, public_key)
     assert result.exit_code == 2, result.output
     (line,) = result.stderr.strip().splitlines()

@@ -16,7 +16,7 @@ from onnx import numpy_helper
 from cli import main
 from converters.web import WASM_FILE, WEB_OUTPUT, WEBGPU_FILE
 from converters.web.runner import check_truncation
-from core.manifest import checksums, file_sizes, write_json_atomic
+from core.manifest import Artifact, checksums, file_sizes, write_json_atomic
 from core.metrics import row_cosines
 from pipelines.gatekeeper import verify_path
 from tests.transformers_js import embed_with_transformers_js
@@ -112,7 +112,7 @@ def test_a_tokenizer_config_that_would_not_truncate_is_refused(web_artifact, tmp
     feed the model texts past its limit; verify refuses the artifact in one line, exit 2."""
     folder = tmp_path / "web"
     shutil.copytree(web_artifact.folder, folder)
-    check_truncation(folder, web_artifact.manifest)  # the exported one agrees
+    check_truncation(Artifact(folder, web_artifact.manifest))  # the exported one agrees
     config = json.loads((folder / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 10**9}))
     _resign(folder)

@@ -24,7 +24,7 @@ from converters.arm64.guest import GuestError, header, read_arrays, write_arrays
 from converters.base import Runner, Shape
 from converters.mediapipe.runner import Normalize, text_input
 from core.errors import ArtifactError, ConfigError, MissingDependencyError, ToolchainError
-from core.manifest import Manifest
+from core.manifest import Artifact
 from core.reference import cache_dir
 
 HERE = Path(__file__).resolve().parent
@@ -188,10 +188,11 @@ class Arm64MediaPipeRunner:
         raise ArtifactError("the MediaPipe artifact takes strings (TextEmbedder tokenizes inside); use embed_texts")
 
 
-def load_arm64_runner(environment: Arm64Environment, artifact_dir: Path, manifest: Manifest, cpu: str,
+def load_arm64_runner(environment: Arm64Environment, artifact: Artifact, cpu: str,
                       log_file: IO[bytes]) -> tuple[Runner, EmulatedProcess]:
     """The artifact's runner on the emulated CPU model, and its process (close it when done)."""
-    fmt, model = manifest.format, str(Path(artifact_dir) / manifest.file)
+    manifest = artifact.manifest
+    fmt, model = manifest.format, str(artifact.model_path)
     if fmt not in ARM64_FORMATS:
         raise ConfigError(f"{fmt} artifacts do not run on ARM64 phones; --arch arm64 checks "
                           f"{', '.join(ARM64_FORMATS)}")

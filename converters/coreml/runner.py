@@ -20,7 +20,7 @@ from converters.base import Shape, StructuralReport
 from converters.coreml import EMULATION_LABEL, enumerated_shape
 from core.errors import ArtifactError, require
 from core.graph import EmbeddingGraph, build_graph
-from core.manifest import Manifest
+from core.manifest import Artifact
 from core.model_source import load_sentence_transformer, resolve_model
 from core.pca import Projection
 
@@ -124,14 +124,14 @@ def _non_finite_weights(model_path: Path) -> list[str]:
     ]
 
 
-def inspect_spec(artifact_dir: Path, manifest: Manifest) -> dict[str, Any]:
+def inspect_spec(artifact: Artifact) -> dict[str, Any]:
     """Structural checks of the artifact's Core ML program against its manifest; raise ArtifactError on a mismatch.
 
     Manifest keys used: embedding_dim and inputs[].name (required); file, shapes, precision (when present).
     """
-    model_path = Path(artifact_dir) / manifest.file
+    manifest, model_path = artifact.manifest, artifact.model_path
     if not model_path.is_dir():
-        raise ArtifactError(f"{model_path.name} is missing from {artifact_dir}; the Core ML artifact is incomplete")
+        raise ArtifactError(f"{model_path.name} is missing from {artifact.folder}; the Core ML artifact is incomplete")
     summary = summarize_program(model_path)
     name = model_path.name
     if summary["model_type"] != "mlProgram":
@@ -183,16 +183,16 @@ class CoreMLRunner:
         return np.asarray(self.model.predict(feeds)[self.output_name], dtype=np.float32)
 
 
-def load_runner(artifact_dir: Path, manifest: Manifest, threads: int | None) -> CoreMLRunner | Fp16EmulationRunner:
+def load_runner(artifact: Artifact, threads: int | None) -> CoreMLRunner | Fp16EmulationRunner:
     """Core ML's own prediction on macOS; elsewhere the labelled fp16 emulation. Core ML picks its own threads."""
     if not native_prediction_available():
-        return Fp16EmulationRunner(artifact_dir, manifest)
-    return CoreMLRunner(Path(artifact_dir) / manifest.file)
+        return Fp16EmulationRunner(artifact)
+    return CoreMLRunner(artifact.model_path)
 
 
-def structural_checks(artifact_dir: Path, manifest: Manifest) -> StructuralReport:
+def structural_checks(artifact: Artifact) -> StructuralReport:
     """What Linux can check of the real artifact: its spec, and (off macOS) its own program, op by op."""
-    summary = inspect_spec(artifact_dir, manifest)
+    summary = inspect_spec(artifact)
     native = native_prediction_available()
     facts: dict[str, Any] = {
         "spec": {k: summary[k] for k in ("model_type", "shapes", "op_precisions") if k in summary},
@@ -201,7 +201,7 @@ def structural_checks(artifact_dir: Path, manifest: Manifest) -> StructuralRepor
     if native:
         return StructuralReport(facts)
     facts["program_execution"] = "coremltools reference ops, fp16 storage between ops (emulated)"
-    return StructuralReport(facts, program_runners={"program": load_program_executor(artifact_dir, manifest)})
+    return StructuralReport(facts, program_runners={"program": load_program_executor(artifact)})
 
 
 # ---- fp16 emulation on Linux (labelled "emulated": not Core ML) ----
@@ -230,10 +230,10 @@ class Fp16EmulationRunner:
     emulated = True
     description = "fp16 PyTorch emulation (Core ML prediction needs macOS)"
 
-    def __init__(self, artifact_dir: Path, manifest: Manifest) -> None:
-        st_model = load_sentence_transformer(resolve_model(manifest.model.source))
-        pca = manifest.pca
-        projection = Projection.load(Path(artifact_dir) / pca.file) if pca else None
+    def __init__(self, artifact: Artifact) -> None:
+        st_model = load_sentence_transformer(resolve_model(artifact.manifest.model.source))
+        pca = artifact.manifest.pca
+        projection = Projection.load(artifact.folder / pca.file) if pca else None
         self.graph = half_precision_copy(build_graph(st_model, projection, additive_mask=True))
         self.shapes: list[Shape] | None = None
 
@@ -358,6 +358,6 @@ class ProgramExecutor:
         return np.asarray(self.function.outputs[0].val, dtype=np.float32)
 
 
-def load_program_executor(artifact_dir: Path, manifest: Manifest) -> ProgramExecutor:
+def load_program_executor(artifact: Artifact) -> ProgramExecutor:
     """The artifact's program run on this machine by coremltools' reference ops (emulated, not Core ML)."""
-    return ProgramExecutor(Path(artifact_dir) / manifest.file)
+    return ProgramExecutor(artifact.model_path)

@@ -13,7 +13,7 @@ import torch
 from converters.base import Shape
 from converters.executorch import EMBEDDING_KERNEL, METHOD, QUANTIZED_KERNELS_LIBRARY
 from core.errors import ArtifactError, require
-from core.manifest import Manifest
+from core.manifest import Artifact
 
 _loaded_libraries: list[ctypes.CDLL] = []  # kept alive: their static initialisers registered the kernels
 
@@ -71,7 +71,7 @@ def register_quantized_kernels() -> bool:
     return EMBEDDING_KERNEL in portable._get_operator_names()
 
 
-def load_runner(artifact_dir: Path, manifest: Manifest, threads: int | None) -> ExecuTorchRunner:
+def load_runner(artifact: Artifact, threads: int | None) -> ExecuTorchRunner:
     register_quantized_kernels()  # int8 word embeddings run on embedding_byte from the quantized kernels
-    names = [spec.name for spec in manifest.inputs]
-    return ExecuTorchRunner(Path(artifact_dir) / manifest.file, names, threads)
+    names = [spec.name for spec in artifact.manifest.inputs]
+    return ExecuTorchRunner(artifact.model_path, names, threads)

@@ -16,7 +16,7 @@ from converters.mediapipe.package import echo_model, package, packed_vocabulary
 from converters.mediapipe.tokenizer import NORMALIZATION, normalize_for_mediapipe
 from core.data import EDGE_TEXTS, TOKENIZER_TEXTS, load_stsb
 from core.errors import ArtifactError, gist, require
-from core.manifest import Manifest
+from core.manifest import Artifact, Manifest
 from core.model_files import read_tokenizer
 from core.safe_io import read_capped
 from core.tokenizer_guard import encode_rows
@@ -122,9 +122,9 @@ def _ascii_lower(text: str) -> str:
     return text.translate(ASCII_LOWER)
 
 
-def load_runner(artifact_dir: Path, manifest: Manifest, threads: int | None) -> MediaPipeRunner:
-    shape, normalize = text_input(manifest)
-    return MediaPipeRunner(Path(artifact_dir) / manifest.file, [shape], normalize)
+def load_runner(artifact: Artifact, threads: int | None) -> MediaPipeRunner:
+    shape, normalize = text_input(artifact.manifest)
+    return MediaPipeRunner(artifact.model_path, [shape], normalize)
 
 
 def mediapipe_ids(vocab_txt: bytes, length: int, texts: Sequence[str]) -> list[list[int]]:
@@ -146,18 +146,16 @@ def agreement_texts() -> list[str]:
     return [*TOKENIZER_TEXTS, *EDGE_TEXTS, *load_stsb("dev").unique_sentences()[:200]]
 
 
-def tokenizer_agreement(artifact_dir: Path, manifest: Manifest, texts: Sequence[str] | None = None) -> dict:
+def tokenizer_agreement(artifact: Artifact, texts: Sequence[str] | None = None) -> dict:
     """On each text: do MediaPipe's ids equal the model's tokenizer's (the artifact's tokenizer.json, which
     truncates at the same length), raw and after the app normalisation the manifest names?"""
     texts = agreement_texts() if texts is None else texts
-    shape, normalize = text_input(manifest)
-    vocab = packed_vocabulary(read_capped(Path(artifact_dir) / manifest.file, MAX_MODEL_BYTES, ArtifactError,
-                                          "MediaPipe model"))
-    tokenizer = read_tokenizer(Path(artifact_dir) / manifest.tokenizer.file, ArtifactError,
-                               "the artifact is damaged: export it again")
+    shape, normalize = text_input(artifact.manifest)
+    vocab = packed_vocabulary(read_capped(artifact.model_path, MAX_MODEL_BYTES, ArtifactError, "MediaPipe model"))
+    tokenizer = read_tokenizer(artifact.tokenizer_path, ArtifactError, "the artifact is damaged: export it again")
     tokenizer.no_padding()
     expected = [row["input_ids"] for row in encode_rows(tokenizer, list(texts), ArtifactError,
-                                                         f"{artifact_dir}: its tokenizer failed on the texts")]
+                                                         f"{artifact.folder}: its tokenizer failed on the texts")]
     raw = mediapipe_ids(vocab, shape.sequence, texts)
     normalized = mediapipe_ids(vocab, shape.sequence, [normalize(text) for text in texts])
     differ = [text for text, ids, want in zip(texts, normalized, expected, strict=True) if ids != want]
@@ -169,8 +167,8 @@ def tokenizer_agreement(artifact_dir: Path, manifest: Manifest, texts: Sequence[
     }
 
 
-def structural_checks(artifact_dir: Path, manifest: Manifest) -> StructuralReport:
-    agreement = tokenizer_agreement(artifact_dir, manifest)
+def structural_checks(artifact: Artifact) -> StructuralReport:
+    agreement = tokenizer_agreement(artifact)
     differ = agreement["differ_after_normalization"]
     failures = [f"MediaPipe's tokenizer gives other ids than the model's on {len(differ)} of {agreement['strings']} "
                 f"strings even after the app normalisation (first: {differ[0]!r})"] if differ else []

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from converters.base import Shape
-from core.manifest import Manifest
+from core.manifest import Artifact
 
 
 class OrtRunner:
@@ -33,5 +33,5 @@ class OrtRunner:
         return self.session.run(None, {name: inputs[name] for name in self.input_names})[0]
 
 
-def load_runner(artifact_dir: Path, manifest: Manifest, threads: int | None) -> OrtRunner:
-    return OrtRunner(artifact_dir / manifest.file, threads)
+def load_runner(artifact: Artifact, threads: int | None) -> OrtRunner:
+    return OrtRunner(artifact.model_path, threads)

@@ -15,7 +15,7 @@ from converters.base import Shape
 from converters.openvino import COMPILED_MODELS, TUNABLE_PROPERTIES, OpenVinoFacts, is_tunable
 from core.cpu import cpu_flags
 from core.errors import ArtifactError, require
-from core.manifest import Manifest
+from core.manifest import Artifact, Manifest
 
 
 class OpenVinoRunner:
@@ -106,6 +106,6 @@ def compile_properties(manifest: Manifest) -> dict[str, dict[str, str]]:
     return properties
 
 
-def load_runner(artifact_dir: Path, manifest: Manifest, threads: int | None) -> OpenVinoRunner:
-    return OpenVinoRunner(Path(artifact_dir) / manifest.file, threads, manifest.precision,
-                          compile_properties(manifest))
+def load_runner(artifact: Artifact, threads: int | None) -> OpenVinoRunner:
+    return OpenVinoRunner(artifact.model_path, threads, artifact.manifest.precision,
+                          compile_properties(artifact.manifest))

@@ -9,7 +9,7 @@ import numpy as np
 
 from converters.base import Shape
 from core.errors import ArtifactError, require
-from core.manifest import Manifest
+from core.manifest import Artifact
 
 
 class TFLiteRunner:
@@ -43,7 +43,7 @@ class TFLiteRunner:
         return np.asarray(output, dtype=np.float32)
 
 
-def load_runner(artifact_dir: Path, manifest: Manifest, threads: int | None) -> TFLiteRunner:
-    if not manifest.shapes:
+def load_runner(artifact: Artifact, threads: int | None) -> TFLiteRunner:
+    if not artifact.manifest.shapes:
         raise ArtifactError("a TFLite manifest must list its fixed shapes; the artifact is incomplete")
-    return TFLiteRunner(Path(artifact_dir) / manifest.file, list(manifest.shapes), threads)
+    return TFLiteRunner(artifact.model_path, list(artifact.manifest.shapes), threads)

@@ -21,7 +21,7 @@ from converters.web import WASM_FILE, WEBGPU_FILE, WebOptions
 from converters.web.browser import ORT_DIST, PAGE_DIR, StaticServer, browser, open_page, ort_web_version
 from core.data import load_stsb
 from core.errors import ArtifactError, gist
-from core.manifest import Manifest
+from core.manifest import Artifact
 from core.model_files import read_tokenizer
 from core.safe_io import read_json
 from core.tokenizer_guard import encode_rows
@@ -78,19 +78,19 @@ class BrowserRunner:
         self.server.close()
 
 
-def load_runner(artifact_dir: Path, manifest: Manifest, threads: int | None) -> BrowserRunner:
-    check_truncation(artifact_dir, manifest)
-    return BrowserRunner(artifact_dir, manifest.file, threads or manifest.options_as(WebOptions).threads)
+def load_runner(artifact: Artifact, threads: int | None) -> BrowserRunner:
+    check_truncation(artifact)
+    return BrowserRunner(artifact.folder, artifact.manifest.file,
+                         threads or artifact.manifest.options_as(WebOptions).threads)
 
 
-def latency_batches(artifact_dir: Path, manifest: Manifest, input_names: list[str]) -> list[dict[str, np.ndarray]]:
+def latency_batches(artifact: Artifact, input_names: list[str]) -> list[dict[str, np.ndarray]]:
     """Batch-1 inputs of the latency sentences through the artifact's own tokenizer."""
-    tokenizer = read_tokenizer(artifact_dir / manifest.tokenizer.file, ArtifactError,
-                               "the artifact is damaged: export it again")
+    tokenizer = read_tokenizer(artifact.tokenizer_path, ArtifactError, "the artifact is damaged: export it again")
     tokenizer.no_padding()
     sentences = load_stsb("dev").unique_sentences()
     chosen = sentences[:: max(1, len(sentences) // LATENCY_SENTENCES)][:LATENCY_SENTENCES]
-    rows = encode_rows(tokenizer, chosen, ArtifactError, f"{artifact_dir}: its tokenizer failed on the texts")
+    rows = encode_rows(tokenizer, chosen, ArtifactError, f"{artifact.folder}: its tokenizer failed on the texts")
     return [{name: np.asarray([row[name]], dtype=np.int64) for name in input_names} for row in rows]
 
 
@@ -111,31 +111,31 @@ def gzip_bytes(paths: list[Path]) -> int:
     return sum(len(gzip.compress(path.read_bytes(), compresslevel=6)) for path in paths if path.is_file())
 
 
-def check_truncation(artifact_dir: Path, manifest: Manifest) -> None:
+def check_truncation(artifact: Artifact) -> None:
     """transformers.js truncates at tokenizer_config.json's model_max_length: another value than the manifest's
     limit is a damaged artifact (a page would feed the model inputs longer than it takes)."""
-    path = Path(artifact_dir) / "tokenizer_config.json"
+    path = artifact.folder / "tokenizer_config.json"
     if not path.is_file():
         return
+    max_length = artifact.manifest.tokenizer.max_length
     limit = read_json(path, ArtifactError, "tokenizer config").get("model_max_length")
-    if limit != manifest.tokenizer.max_length or isinstance(limit, bool):
-        raise ArtifactError(f"{path}: model_max_length is {str(limit)[:24]}, not the manifest's "
-                            f"{manifest.tokenizer.max_length}: transformers.js would feed longer inputs than the model "
-                            "takes; export the artifact again")
+    if limit != max_length or isinstance(limit, bool):
+        raise ArtifactError(f"{path}: model_max_length is {str(limit)[:24]}, not the manifest's {max_length}: "
+                            "transformers.js would feed longer inputs than the model takes; export the artifact again")
 
 
-def structural_checks(artifact_dir: Path, manifest: Manifest) -> StructuralReport:
-    artifact_dir = Path(artifact_dir)
-    runner = load_runner(artifact_dir, manifest, None)
+def structural_checks(artifact: Artifact) -> StructuralReport:
+    folder = artifact.folder
+    runner = load_runner(artifact, None)
     try:
-        batches = latency_batches(artifact_dir, manifest, [spec.name for spec in manifest.inputs])
+        batches = latency_batches(artifact, [spec.name for spec in artifact.manifest.inputs])
         timings = runner.timings(batches)
         wasm_ms = float(np.median(timings["ms"]))
-        native_ms = float(np.median(native_latency_ms(artifact_dir / WASM_FILE, batches, runner.info["threads"])))
+        native_ms = float(np.median(native_latency_ms(folder / WASM_FILE, batches, runner.info["threads"])))
         webgpu = runner.webgpu_support()
     finally:
         runner.close()
-    extras = [artifact_dir / name for name in DOWNLOADED]
+    extras = [folder / name for name in DOWNLOADED]
     facts: dict[str, Any] = {
         "browser": f"Chromium {browser().version} (headless)",
         "onnxruntime_web": ort_web_version(),
@@ -146,14 +146,14 @@ def structural_checks(artifact_dir: Path, manifest: Manifest) -> StructuralRepor
         "native_b1_p50_ms": round(native_ms, 3),
         "wasm_vs_native": round(wasm_ms / native_ms, 2),
         "latency_sentences": len(batches),
-        "download_gzip_bytes": gzip_bytes([artifact_dir / WASM_FILE, *extras]),
+        "download_gzip_bytes": gzip_bytes([folder / WASM_FILE, *extras]),
     }
     program_runners = {}
-    if (artifact_dir / WEBGPU_FILE).is_file():
-        facts["webgpu_fp16_download_gzip_bytes"] = gzip_bytes([artifact_dir / WEBGPU_FILE, *extras])
+    if (folder / WEBGPU_FILE).is_file():
+        facts["webgpu_fp16_download_gzip_bytes"] = gzip_bytes([folder / WEBGPU_FILE, *extras])
         if webgpu["available"]:
             facts["webgpu"] = f"checked on {webgpu['adapter']}"
-            program_runners["webgpu_fp16"] = BrowserRunner(artifact_dir, WEBGPU_FILE, 1, backend="webgpu")
+            program_runners["webgpu_fp16"] = BrowserRunner(folder, WEBGPU_FILE, 1, backend="webgpu")
         else:
             facts["webgpu"] = f"fp16 variant not checked here: {webgpu['reason']}"
     return StructuralReport(facts=facts, program_runners=program_runners)
