@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from tokenizers import normalizers
+from tokenizers import Tokenizer, normalizers
 
 from cli import main
 from converters.mediapipe.package import echo_model, package, packed_vocabulary
@@ -95,6 +95,26 @@ def test_vocabulary_renames_specials_where_the_model_names_them_otherwise(tiny_m
     assert vocabulary.renamed == {"<s>": "[CLS]", "</s>": "[SEP]", "<unk>": "[UNK]"}
     assert vocabulary.tokens[0] == "[CLS]" and vocabulary.tokens[2] == "[SEP]"
     assert refusal(resolve_model(str(mpnet))) is None
+
+
+def test_ordinary_entries_spelled_like_mediapipe_specials_are_renamed_out_of_the_way(tiny_models):
+    """all-mpnet-base-v2 keeps BERT's [CLS] and [SEP] as ordinary entries beside its <s> and </s>: no text reaches
+    them, so they take other unreachable names and <s>/</s> take MediaPipe's. As added tokens, a text would."""
+    tokenizer = _tokenizer_json_at(tiny_models["mpnet"])
+    vocab = tokenizer["model"]["vocab"]
+    cls_id, sep_id = len(vocab), len(vocab) + 1
+    ordinary = {**tokenizer, "model": {**tokenizer["model"], "vocab": {**vocab, "[CLS]": cls_id, "[SEP]": sep_id}}}
+    vocabulary = mediapipe_vocabulary(ordinary)
+    assert vocabulary.tokens[0] == "[CLS]" and vocabulary.tokens[2] == "[SEP]"
+    assert vocabulary.tokens[cls_id] == f"[CLS]#{cls_id}" and vocabulary.tokens[sep_id] == f"[SEP]#{sep_id}"
+    encoding = Tokenizer.from_str(json.dumps(ordinary)).encode("[CLS] and [SEP] as text")
+    assert cls_id not in encoding.ids and sep_id not in encoding.ids
+    added = {**ordinary, "added_tokens": [*tokenizer["added_tokens"], {
+        "id": cls_id, "content": "[CLS]", "single_word": False, "lstrip": False, "rstrip": False,
+        "normalized": False, "special": True}]}
+    assert cls_id in Tokenizer.from_str(json.dumps(added)).encode("[CLS] as text").ids
+    with pytest.raises(Unsupported, match=r"\[CLS\].*a text can produce it"):
+        mediapipe_vocabulary(added)
 
 
 def _tokenizer_json_at(model_dir: Path) -> dict:

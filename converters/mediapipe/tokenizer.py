@@ -98,10 +98,19 @@ def mediapipe_vocabulary(tokenizer: dict) -> MediaPipeVocabulary:
         raise Unsupported("its token ids have gaps, which a vocab.txt (one token per line) cannot express")
     roles = {"cls": first, "sep": last, "unk": str(model.get("unk_token", "[UNK]"))}
     renamed = {token: MEDIAPIPE_SPECIALS[role] for role, token in roles.items() if token != MEDIAPIPE_SPECIALS[role]}
+    # An ordinary entry spelled like a name MediaPipe looks up (MPNet keeps BERT's [CLS] and [SEP] at ids 105-106
+    # beside its own <s> and </s>) is no text's token in either tokenizer, both split the brackets off first; it
+    # takes another such name. An added token is matched in the text by Hugging Face, so it cannot be renamed.
+    matched_in_text = {str(added.get("content")) for added in added_tokens if isinstance(added, dict)}
+    renamed |= {token: f"{token}#{i}" for i, token in by_id.items() if token in MEDIAPIPE_SPECIALS.values()
+                and token not in roles.values() and token not in matched_in_text}
     tokens = [renamed.get(token, token) for _, token in sorted(by_id.items())]
     for role, name in MEDIAPIPE_SPECIALS.items():
         if tokens.count(name) != 1 or by_id.get(tokens.index(name)) != roles[role]:
-            raise Unsupported(f"its vocabulary already uses {name!r} for another token than its {role} token")
+            raise Unsupported(f"its vocabulary already uses {name!r} for another token than its {role} token, and "
+                              "a text can produce it")
+    if len(set(tokens)) != len(tokens):
+        raise Unsupported("renaming its specials for MediaPipe would give two ids one name")
     if any("\n" in token or "\r" in token for token in tokens):
         raise Unsupported("a token of its vocabulary contains a line break, which vocab.txt cannot hold")
     return MediaPipeVocabulary(tuple(tokens), renamed, NORMALIZATION)
