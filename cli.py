@@ -340,12 +340,12 @@ def embed(artifact, input_path, output, text_field, id_field, engine, ray_addres
             from pipelines.embed_ray import ray_engine, shutdown
 
             try:
-                result = embed_corpus(artifact, corpus, output, ray_engine(artifact, ray_address, actors, batch_size),
+                result = embed_corpus(corpus, output, ray_engine(artifact, ray_address, actors, batch_size),
                                       encoder, chunk_rows, batch_size, precision, progress.advance)
             finally:
                 shutdown()
         else:
-            result = embed_corpus(artifact, corpus, output, local_engine(encoder, batch_size), encoder, chunk_rows,
+            result = embed_corpus(corpus, output, local_engine(encoder, batch_size), encoder, chunk_rows,
                                   batch_size, precision, progress.advance)
     speed = manifest.speed
     versus = f"; bench measured {speed.throughput_sps:,.0f} sent/s at batch {speed.batch_size}" if speed else ""

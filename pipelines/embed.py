@@ -171,7 +171,7 @@ class EmbedResult:
         return self.embedded / self.seconds if self.seconds else 0.0
 
 
-def embed_corpus(artifact_dir: Path, corpus: Corpus, output: Path, engine: Engine, encoder: ArtifactEncoder,
+def embed_corpus(corpus: Corpus, output: Path, engine: Engine, encoder: ArtifactEncoder,
                  chunk_rows: int = 4096, batch_size: int = 64, precision: str = "float32",
                  progress: Callable[[int], None] | None = None) -> EmbedResult:
     """Embed every chunk the ledger does not hold yet; ``progress`` gets the rows done after each chunk."""
