@@ -12,8 +12,10 @@ the cores divided among the actors.
 from __future__ import annotations
 
 import io
+import shutil
 import tarfile
 import tempfile
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -42,6 +44,7 @@ class ArtifactActor:
     def __init__(self, artifact: list, threads: int, batch_size: int) -> None:
         ray = require("ray", "ray")
         self.folder = Path(tempfile.mkdtemp(prefix="embed-artifact-"))
+        weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)  # also runs when the actor exits
         archive = self.folder / "artifact.tar"
         archive.write_bytes(ray.get(artifact[0]))
         safe_extract(archive, self.folder)
