@@ -123,6 +123,19 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_x86(tiny_models, tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny BERT model and its x86 artifact: for what holds for any model (staging, signals, rebuilds, weight
+    ranges), built in seconds."""
+    from core.config import BuildConfig
+    from pipelines.export import export
+
+    (result,) = export(BuildConfig(model=str(tiny_models["bert"]), target="x86",
+                                   out=str(tmp_path_factory.mktemp("tiny-dist"))))
+    assert result.ok, result.error
+    return tiny_models["bert"], Path(result.folder)
+
+
+@pytest.fixture(scope="session")
 def tiny_exports(tiny_models, tmp_path_factory):
     """``tiny_exports(name)``: that tiny model exported to every target through the real pipeline, once per
     session (the family tests and the ARM64 tests share it); artifact folder ("mobile/tflite", ...) ->

@@ -130,13 +130,17 @@ def test_tiny_models_catch_a_broken_mask_or_shifted_positions(tiny_models, name,
 
 def test_a_refused_format_is_skipped_before_any_work(tiny_models, tmp_path, monkeypatch):
     family = family_registry.family_for("distilbert")
-    refusing = replace(family, refused_formats={"tflite": "no TFLite lowering for this family"})
+    # ExecuTorch and MediaPipe refused, LiteRT built: the quickest of the three builds is the one that runs
+    refusing = replace(family, refused_formats={"executorch": "no ExecuTorch lowering for this family",
+                                                "mediapipe": "no MediaPipe tokenizer for this family"})
     monkeypatch.setitem(family_registry._BY_MODEL_TYPE, "distilbert", refusing)
     results = export(BuildConfig(model=str(tiny_models["distilbert"]), target="mobile", out=str(tmp_path)))
     tflite, pte, mediapipe = results
-    why = "distilbert models cannot be exported to mobile TFLite int8: no TFLite lowering for this family"
-    assert tflite.refused == why
-    assert not Path(tflite.folder).exists() and pte.ok and not pte.refused and mediapipe.ok and not mediapipe.refused
+    assert pte.refused == ("distilbert models cannot be exported to mobile ExecuTorch int8 (XNNPACK): "
+                           "no ExecuTorch lowering for this family")
+    assert mediapipe.refused.endswith(": no MediaPipe tokenizer for this family")
+    assert not Path(pte.folder).exists() and not Path(mediapipe.folder).exists()
+    assert tflite.ok and not tflite.refused
 
 
 def test_a_target_whose_only_format_is_refused_fails_in_one_line(tiny_models, tmp_path, monkeypatch):

@@ -99,7 +99,7 @@ def test_a_plan_whose_options_do_not_fit_its_format_is_refused(monkeypatch):
         register(Target("mismatched", "wrong options", (plan,)))
 
 
-def test_a_fifth_target_from_this_file_alone(monkeypatch, tmp_path):
+def test_a_fifth_target_from_this_file_alone(tiny_models, monkeypatch, tmp_path):
     """An existing converter with other options: fp32 ONNX, unfused, with a near-exact gate."""
     monkeypatch.setattr(targets.base, "TARGETS", dict(targets.TARGETS))
     register(Target(
@@ -113,9 +113,9 @@ def test_a_fifth_target_from_this_file_alone(monkeypatch, tmp_path):
             description="ONNX fp32",
         ),),
     ))
-    (result,) = export(BuildConfig(target="x86-fp32", out=str(tmp_path)))
+    (result,) = export(BuildConfig(model=str(tiny_models["bert"]), target="x86-fp32", out=str(tmp_path)))
     assert result.ok, result.error
-    assert Path(result.folder) == tmp_path / "all-MiniLM-L6-v2" / "x86-fp32"
+    assert Path(result.folder) == tmp_path / "bert" / "x86-fp32"
     assert result.manifest.to_json()["precision"] == "fp32" and result.manifest.to_json()["verdict"] == "pass"
     (row,) = verify_path(Path(result.folder), limit=200)
     assert row["ok"], row["failures"]

@@ -15,9 +15,10 @@ from pipelines.export import export
 from pipelines.rebuild import rebuild_config
 
 
-def test_rebuild_from_manifest_goes_to_out_and_checks_every_byte(x86_artifact, tmp_path):
+def test_rebuild_from_manifest_goes_to_out_and_checks_every_byte(tiny_x86, tmp_path):
+    model, built = tiny_x86
     artifact = tmp_path / ("shipped-" + "x" * 150) / "x86"  # a path longer than the console: the line must not break
-    shutil.copytree(x86_artifact.folder, artifact)
+    shutil.copytree(built, artifact)
     manifest = json.loads((artifact / "manifest.json").read_text())
     manifest["build"]["verify"] = False  # the bytes are the point here; the gate runs everywhere else
     manifest["files"]["tokenizer.json"] = "0" * 64  # one checksum the rebuild cannot reproduce
@@ -26,7 +27,7 @@ def test_rebuild_from_manifest_goes_to_out_and_checks_every_byte(x86_artifact, t
                                        str(tmp_path / "rebuilt"), "--check"], terminal_width=240)
     assert result.exit_code == 1, result.output
     assert f"{artifact / 'manifest.json'}: 1 file(s) differ from the manifest: tokenizer.json" in result.output
-    rebuilt = tmp_path / "rebuilt" / "all-MiniLM-L6-v2" / "x86"
+    rebuilt = tmp_path / "rebuilt" / model.name / "x86"
     assert sha256_file(rebuilt / "model.onnx") == manifest["files"]["model.onnx"]
     assert (artifact / "manifest.json").read_text() == json.dumps(manifest)  # the original is untouched
 
@@ -37,10 +38,11 @@ def test_a_rebuild_never_replaces_the_artifact_it_checks(x86_artifact):
     assert result.exit_code == 2 and "would replace the artifact" in result.stderr, result.output
 
 
-def test_core_ml_package_is_byte_identical_across_builds(tmp_path):
+def test_core_ml_package_is_byte_identical_across_builds(tiny_models, tmp_path):
     digests = []
     for run in ("a", "b"):
-        (result,) = export(BuildConfig(target="apple", out=str(tmp_path / run), verify=False))
+        (result,) = export(BuildConfig(model=str(tiny_models["bert"]), target="apple", out=str(tmp_path / run),
+                                       verify=False))
         assert result.ok, result.error
         digests.append(json.loads((Path(result.folder) / "manifest.json").read_text())["files"])
     assert digests[0] == digests[1]

@@ -155,15 +155,6 @@ def previous_artifact(tiny_x86, tmp_path):
     return out, final, (final / "manifest.json").read_bytes(), model
 
 
-@pytest.fixture(scope="module")
-def tiny_x86(tiny_models, tmp_path_factory) -> tuple[Path, Path]:
-    """The tiny BERT model and its x86 artifact."""
-    (result,) = export(BuildConfig(model=str(tiny_models["bert"]), target="x86",
-                                   out=str(tmp_path_factory.mktemp("tiny-dist"))))
-    assert result.ok, result.error
-    return tiny_models["bert"], Path(result.folder)
-
-
 def _assert_intact(final: Path, manifest_bytes: bytes) -> None:
     assert (final / "manifest.json").read_bytes() == manifest_bytes
     check_files(read_artifact(final))
@@ -235,7 +226,7 @@ def test_recovery_puts_back_an_artifact_a_killed_swap_moved_aside(tmp_path):
     assert (model_dir / "x86" / "manifest.json").read_text() == "{}"
 
 
-def test_disk_full_mid_write_leaves_nothing(tmp_path, monkeypatch):
+def test_disk_full_mid_write_leaves_nothing(tiny_models, tmp_path, monkeypatch):
     import converters.onnx.quantize as onnx_converter
 
     real = onnx_converter.quantize_int8
@@ -246,14 +237,14 @@ def test_disk_full_mid_write_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(onnx_converter, "quantize_int8", fill_disk)
     out = tmp_path / "dist"
-    (result,) = export(BuildConfig(target="x86", out=str(out)))
+    (result,) = export(BuildConfig(model=str(tiny_models["bert"]), target="x86", out=str(out)))
     monkeypatch.setattr(onnx_converter, "quantize_int8", real)
     assert not result.ok
     assert "disk is full" in result.error and "--out" in result.error
     assert not any(p for p in out.rglob("*") if p.is_file())
 
 
-def test_a_converter_crash_on_a_nearly_full_disk_says_the_disk_is_full(tmp_path, monkeypatch):
+def test_a_converter_crash_on_a_nearly_full_disk_says_the_disk_is_full(tiny_models, tmp_path, monkeypatch):
     """OpenVINO and coremltools report a full disk in their own words ("basic_ios::clear: iostream error")."""
     import converters.openvino.convert as openvino_converter
     import pipelines.export as export_module
@@ -265,7 +256,7 @@ def test_a_converter_crash_on_a_nearly_full_disk_says_the_disk_is_full(tmp_path,
     real_usage = shutil.disk_usage
     monkeypatch.setattr(export_module.shutil, "disk_usage",
                         lambda path: real_usage(path)._replace(free=10 * 2**20))  # a disk with 10 MB left
-    (result,) = export(BuildConfig(target="x86-openvino", out=str(tmp_path / "dist")))
+    (result,) = export(BuildConfig(model=str(tiny_models["bert"]), target="x86-openvino", out=str(tmp_path / "dist")))
     assert not result.ok
     assert result.error.startswith("RuntimeError: basic_ios::clear: iostream error (only 10 MB free on the disk")
     assert "--out" in result.error
