@@ -18,7 +18,7 @@ from core.cpu import ARM_CPU_MODELS
 from core.manifest import checksums, file_sizes, read_manifest
 from pipelines.arm64 import verify_arm64
 
-SENTENCES = 300
+SENTENCES = 100  # per CPU model: a kernel family that computes wrong fails on any 100 sentences
 
 
 @pytest.fixture(scope="module")
