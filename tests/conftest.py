@@ -23,10 +23,13 @@ GROUPS_BY_MODULE = {
     "tests/test_targets.py": "minilm-mobile",
     "tests/test_mediapipe.py": "minilm-mobile",
     "tests/test_arm64.py": "tiny-bert-max",  # tiny_exports("bert-max")
+    **{f"tests/test_{name}.py": "minilm-x86" for name in  # x86_artifact
+       ("bench", "compression", "embed", "gate", "layers", "layouts", "reproducible", "robustness", "x86")},
 }
 GROUPS_BY_TEST = {"tests/test_gate.py::test_verify_reaches_the_verdict_export_recorded": "tiny-bert"}
 FAMILY_PARAM = re.compile(r"^tests/test_families\.py::\w+\[([\w.-]+)\]$")  # `exported`: tiny_exports(family)
-COSTLY_BUILDS = {"mobile_export": "minilm-mobile", "tiny_exports": "tiny-", "exported": "tiny-"}
+COSTLY_BUILDS = {"mobile_export": "minilm-mobile", "x86_artifact": "minilm-x86", "tiny_exports": "tiny-",
+                 "exported": "tiny-"}
 
 
 def worker_group(nodeid: str) -> str:
