@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -308,10 +309,11 @@ def report(path) -> None:
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--input", "input_path", type=click.Path(path_type=Path), required=True,
-              help="texts: .txt (one per line), .jsonl, .parquet, or a folder of them")
-@click.option("--output", type=click.Path(path_type=Path), required=True,
-              help="folder for the parquet chunks, ledger.json and job.json; rerun the same command to resume")
+@click.option("--input", "input_path", required=True,
+              help="texts: .txt (one per line), .jsonl, .parquet, or a folder of them; a path or a URI (s3://bucket/prefix)")
+@click.option("--output", required=True,
+              help="folder (a path or a URI) for the parquet shards, ledger/ and job.json; rerun the same command to "
+                   "resume")
 @click.option("--text-field", default="text", show_default=True, help="jsonl/parquet: the field holding the text")
 @click.option("--id-field", default=None, help="jsonl/parquet: the field holding a unique id [default: row number]")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
@@ -320,33 +322,38 @@ def report(path) -> None:
               help="ray: actors, each with one loaded artifact")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="rows per parquet file: the unit a killed job resumes from")
+              help="rows per parquet file: the unit that runs on a worker and that a killed job resumes from")
 @click.option("--precision", type=click.Choice(["float32", "int8", "binary"]), default="float32", show_default=True,
               help="stored vectors: int8 and binary use the ranges calibrated in the artifact's manifest")
 def embed(artifact, input_path, output, text_field, id_field, engine, ray_address, actors, batch_size,
           chunk_rows, precision) -> None:
     """Embed a corpus with the artifact that ships (the vectors an index stores match the app's)."""
-    from pipelines.corpus import read_corpus_input
-    from pipelines.embed import embed_corpus, local_engine, open_artifact
+    from core.storage import Place
+    from pipelines.corpus import Fields
+    from pipelines.embed import LocalEngine, embed_corpus, open_artifact, plan_input
     from pipelines.runtime import ArtifactEncoder
     from pipelines.summary import RateProgress
 
-    check_output_folder(output, "--output", {"artifact": artifact, "corpus": input_path})
+    source, destination = Place.of(input_path), Place.of(output)
+    if not destination.remote:
+        inputs = {"artifact": artifact} if source.remote else {"artifact": artifact, "corpus": input_path}
+        check_output_folder(output, "--output", inputs)
     manifest = open_artifact(artifact).manifest
-    corpus = read_corpus_input(input_path, text_field, id_field)
     encoder = ArtifactEncoder(artifact, threads=usable_cores())
-    with _third_party_output("embed") as terminal, RateProgress(_console(terminal), len(corpus)) as progress:
+    encoder.require_token_input()
+    fields = Fields(text_field, id_field)
+    with contextlib.ExitStack() as stack:
+        terminal = stack.enter_context(_third_party_output("embed"))
         if engine == "ray":
             from pipelines.embed_ray import ray_engine, shutdown
 
-            try:
-                result = embed_corpus(corpus, output, ray_engine(artifact, ray_address, actors, batch_size),
-                                      encoder, chunk_rows, batch_size, precision, progress.advance)
-            finally:
-                shutdown()
+            stack.callback(shutdown)
+            runner = ray_engine(artifact, ray_address, actors)
         else:
-            result = embed_corpus(corpus, output, local_engine(encoder, batch_size), encoder, chunk_rows,
-                                  batch_size, precision, progress.advance)
+            runner = LocalEngine(encoder)
+        plan = plan_input(source, fields, chunk_rows, runner)
+        progress = stack.enter_context(RateProgress(_console(terminal), plan.rows))
+        result = embed_corpus(plan, destination, runner, manifest, chunk_rows, batch_size, precision, progress.advance)
     speed = manifest.speed
     versus = f"; bench measured {speed.throughput_sps:,.0f} sent/s at batch {speed.batch_size}" if speed else ""
     click.echo(f"{result.rows} vectors in {output} ({result.embedded} embedded by this run in {result.seconds:.1f} s: "

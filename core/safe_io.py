@@ -28,9 +28,8 @@ MAX_TEXT_BYTES = 1 << 30  # a sentence corpus
 # them. Beyond it the tokenizer's own work is the danger: it builds ~140 bytes of state per character (20 MB of text
 # took 2.9 GB and 17 s here; 200 MB aborted the process).
 MAX_TEXT_CHARS = 1 << 20
-# Rows (texts) of one corpus input, files of a folder together: the whole input is held in memory as ids and texts,
-# ~200 bytes a row beyond the text itself while it is read (10M short lines peaked at 2.2 GB); a larger corpus goes
-# in as several inputs (5M rows take hours to embed on a CPU anyway).
+# Rows (texts) of a corpus held in memory whole (a fit or distillation corpus): ~200 bytes a row beyond the text itself
+# while it is read (10M short lines peaked at 2.2 GB). `embed` streams its input and is bounded by its plan instead.
 MAX_CORPUS_ROWS = 5_000_000
 
 # Archives (a release .tar.gz, a model's zip, a wheel, a parquet file's pages) are checked on their own records,

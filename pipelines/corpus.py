@@ -1,147 +1,237 @@
-"""A corpus to embed: texts with ids, from txt (one per line), jsonl or parquet files, or a folder of them.
+"""A corpus to embed, planned without holding it: txt (one text per line), jsonl or parquet files, a folder of them or
+many shards, on a local disk or an object store (core.storage).
 
-Every input is checked while it is read: a file that is not UTF-8, a jsonl line that is not an object or
-lacks the text field, a text that is not a string or not encodable (a lone surrogate escaped in JSON), an empty
-input, more than MAX_CORPUS_ROWS rows or a text over MAX_TEXT_CHARS (core.safe_io): one CorpusError line naming
-the file and the line. Rows are counted before they are built (a parquet file's from its footer), and parquet is
-decoded a batch at a time, so a small file that decodes to millions of rows is refused at once. Ids come from
-``--id-field`` when given, else the row's position in the whole input ("0", "1" ...), so the same input gives the
-same ids on every run and every engine.
+``scan_file`` reads one input file once, from start to end, a block at a time: it checks every row (a byte that is not
+UTF-8, a jsonl line that is not an object or lacks the text field, a text that is not a string or not encodable, a
+text over MAX_TEXT_CHARS, a parquet file that decodes to far more than its size) and notes where every
+``chunk_rows``-th row begins. Those places cut the corpus into shards, the unit that is embedded, written and
+resumed (one output file each); ``read_shard`` reads one shard's rows from its place, wherever it runs. So a job is
+refused in one CorpusError line, naming the file and the line, before anything is written, and no process ever holds
+more than a shard of texts: the plan holds one record per shard.
+
+Ids come from ``--id-field`` when given (unique within a shard; checking every id against every other would hold
+them all in one place), else the row's position in the whole input ("0", "1" ...), so the same input gives the same
+ids on every run and every engine.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from core.errors import CorpusError, require
-from core.safe_io import MAX_CORPUS_ROWS, MAX_TEXT_BYTES, MAX_TEXT_CHARS, MAX_UNPACK_RATIO, read_capped, unpack_limit
+from core.safe_io import MAX_TEXT_BYTES, MAX_TEXT_CHARS, MAX_UNPACK_RATIO, unpack_limit
+from core.storage import Place, failures_as, kind, list_files, open_input, size
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
+# Output files (shards) of one job: the plan holds a small record for each.
+MAX_SHARDS = 500_000
+READ_BLOCK = 8 << 20
 # Parquet rows decoded at a time: a small file may hold millions of rows or repeat a long text, so memory is bounded
 # by a batch, not by what the file decodes to.
 PARQUET_BATCH_ROWS = 4096
+# The most bytes a text of MAX_TEXT_CHARS characters takes in UTF-8: a longer line is refused before it is decoded.
+MAX_LINE_BYTES = 4 * MAX_TEXT_CHARS
 
 
 @dataclass(frozen=True)
-class Corpus:
-    ids: list[str]
-    texts: list[str]
+class Fields:
+    text: str = "text"
+    id: str | None = None  # None: ids are row positions
+
+
+@dataclass(frozen=True)
+class FileScan:
+    file: Place
+    rows: int
+    starts: tuple[int, ...]  # where rows 0, chunk_rows, 2 * chunk_rows ... begin: a byte offset, or a parquet row
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``first_row`` .. ``first_row + rows`` of the corpus: one output file."""
+
+    index: int
+    file: Place
+    start: int  # where its first row begins in ``file`` (FileScan.starts)
+    first_row: int  # that row's position in the whole input: its id without --id-field
+    rows: int
+
+
+@dataclass(frozen=True)
+class CorpusPlan:
+    source: Place
+    fields: Fields
+    shards: tuple[Shard, ...]
+    rows: int
     fingerprint: str  # sha256 over the input files' names and bytes: a resumed job must read the same input
 
-    def __len__(self) -> int:
-        return len(self.texts)
+
+def input_files(source: Place) -> list[Place]:
+    """The files of an input: the file itself, or a folder's txt/jsonl/parquet files in name order."""
+    with failures_as(CorpusError, source, "read the input"):
+        found = kind(source)
+        if found == "missing":
+            raise CorpusError(f"input {str(source)!r} does not exist; pass a .txt, .jsonl or .parquet file or a folder")
+        if found == "file":
+            if not source.name.endswith(SUFFIXES):
+                raise CorpusError(f"input {source} is not a {', '.join(SUFFIXES)} file")
+            return [source]
+        files = [place for place, _ in list_files(source, SUFFIXES)]
+    if not files:
+        raise CorpusError(f"{source} holds no {', '.join(SUFFIXES)} files to embed")
+    return files
 
 
-def input_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file() and not p.is_symlink())
-        if not files:
-            raise CorpusError(f"{path} holds no {', '.join(SUFFIXES)} files to embed")
-        return files
-    if not path.exists():
-        raise CorpusError(f"input {str(path)!r} does not exist; pass a .txt, .jsonl or .parquet file or a folder")
-    if path.suffix not in SUFFIXES:
-        raise CorpusError(f"input {path} is not a {', '.join(SUFFIXES)} file")
-    return [path]
+def scan_file(file: Place, fields: Fields, chunk_rows: int) -> FileScan:
+    """One input file read through: every row checked, the start of every ``chunk_rows``-th row noted."""
+    limit = MAX_SHARDS * chunk_rows
+    starts, rows = [], 0
+    with failures_as(CorpusError, file, "read"):
+        if file.name.endswith(".parquet") and _parquet_footer_rows(file) > limit:  # refused before a row is decoded
+            _too_many_rows(file, limit, chunk_rows)
+        for start, _, _ in _rows(file, fields, 0):
+            if rows % chunk_rows == 0:
+                starts.append(start)
+            rows += 1
+            if rows > limit:
+                _too_many_rows(file, limit, chunk_rows)
+        digest = hashlib.sha256()
+        with open_input(file) as handle:
+            while block := handle.read(READ_BLOCK):
+                digest.update(block)
+    return FileScan(file, rows, tuple(starts), digest.hexdigest())
 
 
-def read_corpus_input(path: Path, text_field: str = "text", id_field: str | None = None) -> Corpus:
-    ids: list[str] = []
-    texts: list[str] = []
-    digest = hashlib.sha256()
-    for file in input_files(Path(path)):
-        raw = read_capped(file, MAX_TEXT_BYTES, CorpusError, "corpus")
-        digest.update(file.name.encode() + b"\0" + raw)
-        room = MAX_CORPUS_ROWS - len(texts)
-        if file.suffix == ".txt":
-            rows = [(None, line) for line in _lines(file, raw, room)]
-        elif file.suffix == ".jsonl":
-            rows = list(_jsonl_rows(file, raw, text_field, id_field, room))
-        else:
-            rows = _parquet_rows(file, text_field, id_field, room)
-        for row_id, text in rows:
-            ids.append(str(len(ids)) if row_id is None else row_id)
+def plan_corpus(source: Place, fields: Fields, chunk_rows: int, scans: Sequence[FileScan]) -> CorpusPlan:
+    """The shards of the whole input from its files' scans (in input order)."""
+    shards, rows, digest = [], 0, hashlib.sha256()
+    for scan in scans:
+        name = scan.file.name if scan.file == source else scan.file.relative_to(source)
+        digest.update(f"{name}\0{scan.sha256}\0".encode())
+        for number, start in enumerate(scan.starts):
+            count = min(chunk_rows, scan.rows - number * chunk_rows)
+            shards.append(Shard(len(shards), scan.file, start, rows + number * chunk_rows, count))
+        rows += scan.rows
+        if len(shards) > MAX_SHARDS:
+            raise CorpusError(f"input {source} needs more than {MAX_SHARDS:,} output files of --chunk-rows "
+                              f"{chunk_rows}; raise --chunk-rows or embed the corpus in parts")
+    if not rows:
+        raise CorpusError(f"input {source} is empty: nothing to embed")
+    digest.update(f"{fields.text}\0{fields.id}".encode())
+    return CorpusPlan(source, fields, tuple(shards), rows, digest.hexdigest())
+
+
+def read_shard(shard: Shard, fields: Fields) -> tuple[list[str], list[str]]:
+    """A shard's ids and texts, read from its place."""
+    ids, texts = [], []
+    with failures_as(CorpusError, shard.file, "read"):
+        rows = _rows(shard.file, fields, shard.start)
+        for position, (_, row_id, text) in zip(range(shard.rows), rows, strict=False):
+            ids.append(str(shard.first_row + position) if row_id is None else row_id)
             texts.append(text)
-    if not texts:
-        raise CorpusError(f"input {path} is empty: nothing to embed")
-    if id_field and len(set(ids)) != len(ids):
-        raise CorpusError(f"input {path}: {id_field!r} repeats a value; ids must be unique")
-    return Corpus(ids, texts, digest.hexdigest())
+    if len(texts) != shard.rows:
+        raise CorpusError(f"{shard.file} ended after {len(texts)} of its shard's {shard.rows} rows: the input changed "
+                          "since the job was planned; embed it to a new --output")
+    if fields.id and len(set(ids)) != len(ids):
+        raise CorpusError(f"{shard.file}: {fields.id!r} repeats a value in rows {shard.first_row:,} to "
+                          f"{shard.first_row + shard.rows - 1:,}; ids must be unique")
+    return ids, texts
 
 
-def _decode(file: Path, raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise CorpusError(f"{file} is not UTF-8 (bad byte at line {line}); re-save it as UTF-8") from None
+# --- rows of each format: (where the row begins, its id or None, its text), checked ---------------------------------
+
+def _rows(file: Place, fields: Fields, start: int) -> Iterator[tuple[int, str | None, str]]:
+    return (_parquet_rows if file.name.endswith(".parquet") else _line_rows)(file, fields, start)
 
 
-def _check_rows(file: Path, rows: int, room: int) -> None:
-    if rows > room:
-        raise CorpusError(f"{file} brings the input to more than {MAX_CORPUS_ROWS:,} rows, the most one input may "
-                          "have; split the corpus and embed each part to its own --output")
-
-
-def _check_length(file: Path, where: str, text: str) -> None:
-    if len(text) > MAX_TEXT_CHARS:
-        raise CorpusError(f"{file} {where} is a text of {len(text):,} characters, more than the {MAX_TEXT_CHARS:,} one "
-                          "text may have (a model reads only its first few thousand tokens); shorten or split it")
-
-
-def _lines(file: Path, raw: bytes, room: int) -> list[str]:
-    # Each line is one text, an empty one too (it embeds as the source model does); no trailing phantom line.
-    _check_rows(file, raw.count(b"\n") + (bool(raw) and not raw.endswith(b"\n")), room)  # before a line is built
-    text = _decode(file, raw)
-    lines = text.removesuffix("\n").split("\n") if text else []
-    if lines and max(map(len, lines)) > MAX_TEXT_CHARS:
-        number = next(i for i, line in enumerate(lines, start=1) if len(line) > MAX_TEXT_CHARS)
-        _check_length(file, f"line {number}", lines[number - 1])
-    return lines
-
-
-def _jsonl_rows(file: Path, raw: bytes, text_field: str, id_field: str | None, room: int):
-    # JSON Lines are separated by "\n" only: U+2028 and the other breaks str.splitlines knows may sit inside a JSON
-    # string.
-    _check_rows(file, raw.count(b"\n") + 1, room)  # blank lines too: a bound, counted before any line is built
-    for number, line in enumerate(_decode(file, raw).split("\n"), start=1):
-        if not line.strip():
-            continue
+def _line_rows(file: Place, fields: Fields, start: int) -> Iterator[tuple[int, str | None, str]]:
+    jsonl = file.name.endswith(".jsonl")
+    for number, (offset, raw) in enumerate(_lines(file, start), start=1):
+        where = f"line {number}" if start == 0 else f"the line at byte {offset:,}"
         try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            raise CorpusError(f"{file} line {number} is not JSON; a .jsonl file holds one object per line") from None
-        except ValueError:  # Python reads no integer of over 4,300 digits
-            raise CorpusError(f"{file} line {number} holds a number of over 4,300 digits; no text field needs "
-                              "one") from None
-        text_id, text = _row(file, f"line {number}", row, text_field, id_field)
-        for value in (text, text_id or ""):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:  # a \ud800 escape: JSON allows it, UTF-8 and the tokenizer do not
-                raise CorpusError(f"{file} line {number} has an unpaired surrogate {value[exc.start]!r} in its text or "
-                                  "id; fix the \\u escape or remove it") from None
-        yield text_id, text
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorpusError(f"{file} is not UTF-8 (bad byte at {where}); re-save it as UTF-8") from None
+        if not jsonl:  # each line is one text, an empty one too (it embeds as the source model does)
+            _check_length(file, where, line)
+            yield offset, None, line
+        elif line.strip():
+            yield (offset, *_jsonl_row(file, where, line, fields))
 
 
-def _parquet_rows(file: Path, text_field: str, id_field: str | None, room: int) -> list[tuple[str | None, str]]:
-    """A parquet file's rows, a batch at a time. Repeated values stay one dictionary entry in Arrow until they are
-    measured: the file is an archive of its texts and ids, refused past ``unpack_limit`` of its size (core.safe_io)."""
+def _lines(file: Place, start: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) from ``start`` on, lines split at "\n" only (JSON Lines' rule: U+2028 and the other breaks
+    str.splitlines knows may sit inside a JSON string); no trailing phantom line. A line longer than any allowed
+    text is refused before it is held whole."""
+    with open_input(file) as handle:
+        handle.seek(start)
+        pending, offset, count = b"", start, 0
+        while block := handle.read(READ_BLOCK):
+            lines = (pending + block).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                yield offset, line
+                offset += len(line) + 1
+            count += len(lines)
+            if len(pending) > MAX_LINE_BYTES:
+                where = f"line {count + 1}" if start == 0 else f"the line at byte {offset:,}"
+                _too_long(file, where, f"over {MAX_LINE_BYTES:,} bytes")
+        if pending:
+            yield offset, pending
+
+
+def _jsonl_row(file: Place, where: str, line: str, fields: Fields) -> tuple[str | None, str]:
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        raise CorpusError(f"{file} {where} is not JSON; a .jsonl file holds one object per line") from None
+    except ValueError:  # Python reads no integer of over 4,300 digits
+        raise CorpusError(f"{file} {where} holds a number of over 4,300 digits; no text field needs one") from None
+    text_id, text = _row(file, where, row, fields)
+    for value in (text, text_id or ""):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a \ud800 escape: JSON allows it, UTF-8 and the tokenizer do not
+            raise CorpusError(f"{file} {where} has an unpaired surrogate {value[exc.start]!r} in its text or id; fix "
+                              "the \\u escape or remove it") from None
+    return text_id, text
+
+
+def _parquet_rows(file: Place, fields: Fields, start: int) -> Iterator[tuple[int, str | None, str]]:
+    """A parquet file's rows from row ``start``, a batch at a time. Repeated values stay one dictionary entry in Arrow
+    until they are measured: the file is an archive of its texts and ids, refused past ``unpack_limit`` of its size
+    (core.safe_io)."""
     compute = require("pyarrow.compute", "embed")
     parquet = require("pyarrow.parquet", "embed")
     types = require("pyarrow.types", "embed")
-    limit, decoded = unpack_limit(file.stat().st_size, MAX_TEXT_BYTES), 0
-    rows: list[tuple[str | None, str]] = []
-    try:
-        names = parquet.read_schema(file).names
-        columns = [name for name in (text_field, id_field) if name and name in names]
-        reader = parquet.ParquetFile(file, read_dictionary=columns)
-        _check_rows(file, reader.metadata.num_rows, room)  # from the footer, before a row is decoded
-        for batch in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
-            _check_rows(file, len(rows) + batch.num_rows, room)  # the footer may understate them
+    limit, decoded = unpack_limit(size(file) or 0, MAX_TEXT_BYTES), 0
+    with open_input(file) as handle:
+        try:
+            reader = parquet.ParquetFile(handle)
+            names = reader.schema_arrow.names
+            columns = [name for name in (fields.text, fields.id) if name and name in names]
+            reader = parquet.ParquetFile(handle, read_dictionary=columns)
+            groups, row = [], 0
+            for group in range(reader.metadata.num_row_groups):
+                count = reader.metadata.row_group(group).num_rows
+                if row + count > start:
+                    groups.append(group)
+                else:
+                    row += count
+            batches = reader.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=groups, columns=columns)
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError ... for a damaged file
+            raise CorpusError(f"{file} is not a readable parquet file ({type(exc).__name__})") from None
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception as exc:
+                raise CorpusError(f"{file} is not a readable parquet file ({type(exc).__name__})") from None
+            if batch is None:
+                return
             for values in batch.columns:
                 if types.is_dictionary(values.type):
                     lengths = compute.binary_length(values.dictionary).take(values.indices)
@@ -149,25 +239,46 @@ def _parquet_rows(file: Path, text_field: str, id_field: str | None, room: int) 
             if decoded > limit:
                 raise CorpusError(f"{file} decodes to more than {limit / 1e6:.0f} MB of text ({MAX_UNPACK_RATIO} times "
                                   "its size, or the cap): refused as a decompression bomb; split it")
-            rows += [_row(file, f"row {len(rows) + i}", row, text_field, id_field)
-                     for i, row in enumerate(batch.to_pylist())]
-    except CorpusError:
-        raise
-    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError ... for a damaged file
-        raise CorpusError(f"{file} is not a readable parquet file ({type(exc).__name__})") from None
-    return rows
+            skip = max(start - row, 0)
+            for number, values in enumerate(batch.slice(skip).to_pylist(), start=row + skip):
+                yield (number, *_row(file, f"row {number}", values, fields))
+            row += batch.num_rows
 
 
-def _row(file: Path, where: str, row: object, text_field: str, id_field: str | None) -> tuple[str | None, str]:
+def _parquet_footer_rows(file: Place) -> int:
+    parquet = require("pyarrow.parquet", "embed")
+    with open_input(file) as handle:
+        try:
+            return parquet.ParquetFile(handle).metadata.num_rows
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError ... for a damaged file
+            raise CorpusError(f"{file} is not a readable parquet file ({type(exc).__name__})") from None
+
+
+def _row(file: Place, where: str, row: object, fields: Fields) -> tuple[str | None, str]:
     if not isinstance(row, dict):
         raise CorpusError(f"{file} {where} is not an object")
-    if not isinstance(row.get(text_field), str):
-        problem = "has no" if text_field not in row else "has a non-string"
-        raise CorpusError(f"{file} {where} {problem} text field {text_field!r}; choose it with --text-field")
-    _check_length(file, where, row[text_field])
-    if id_field is None:
-        return None, row[text_field]
-    value = row.get(id_field)
+    if not isinstance(row.get(fields.text), str):
+        problem = "has no" if fields.text not in row else "has a non-string"
+        raise CorpusError(f"{file} {where} {problem} text field {fields.text!r}; choose it with --text-field")
+    _check_length(file, where, row[fields.text])
+    if fields.id is None:
+        return None, row[fields.text]
+    value = row.get(fields.id)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise CorpusError(f"{file} {where} has no string or integer id field {id_field!r}; choose it with --id-field")
-    return str(value), row[text_field]
+        raise CorpusError(f"{file} {where} has no string or integer id field {fields.id!r}; choose it with --id-field")
+    return str(value), row[fields.text]
+
+
+def _check_length(file: Place, where: str, text: str) -> None:
+    if len(text) > MAX_TEXT_CHARS:
+        _too_long(file, where, f"of {len(text):,} characters")
+
+
+def _too_many_rows(file: Place, limit: int, chunk_rows: int) -> None:
+    raise CorpusError(f"{file} has more than {limit:,} rows: over {MAX_SHARDS:,} output files of --chunk-rows "
+                      f"{chunk_rows}; raise --chunk-rows or embed the corpus in parts")
+
+
+def _too_long(file: Place, where: str, length: str) -> None:
+    raise CorpusError(f"{file} {where} is a text {length}, more than the {MAX_TEXT_CHARS:,} one text may have (a model "
+                      "reads only its first few thousand tokens); shorten or split it")

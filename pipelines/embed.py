@@ -1,65 +1,62 @@
 """`embed`: fill an index with the artifact that ships, so stored vectors and query vectors come from one graph.
 
-The corpus is cut into chunks of ``chunk_rows`` rows; each chunk becomes one parquet file (id, vector as a
-fixed-size list: float32, or int8 / packed binary with ``precision``) written atomically, then recorded in
-``ledger.json``. A rerun of the same job skips the chunks the ledger holds (their bytes re-checked), so a killed
-job finishes with no row missing and none twice. ``job.json`` pins what a chunk depends on (artifact, input
-bytes, batching, precision); another job into the same folder is refused.
+The corpus is planned into shards of ``chunk_rows`` rows (pipelines.corpus); each shard is read where it is embedded
+and becomes one parquet file (id, vector as a fixed-size list: float32, or int8 / packed binary with ``precision``)
+written by that process, atomically, then recorded by a small file of its own in ``ledger/``. A rerun of the same
+job skips the shards whose record it finds (their files' sizes re-checked), so a killed job finishes with no row
+missing and none twice; a shard written twice (a retried task) is written the same. ``job.json`` pins what a shard
+depends on (artifact, input bytes and fields, batching, precision); another job into the same place is refused.
+Output goes to a local folder or an object store (core.storage), so a worker on any node writes its own shards.
 
-Batches are planned per chunk by one rule (``runtime.plan_batches``: rows sorted by token count, stable, cut into
-batches of ``batch_size``) and a chunk runs as one ``ArtifactEncoder.encode`` call wherever it runs. A dynamic int8
+Batches are planned per shard by one rule (``runtime.plan_batches``: rows sorted by token count, stable, cut into
+batches of ``batch_size``) and a shard runs as one ``ArtifactEncoder.encode`` call wherever it runs. A dynamic int8
 artifact picks activation scales per batch, so the same batches on every engine are what makes the local and the
-Ray results identical row for row; one call per chunk lets a runner with parallel streams (OpenVINO) use them.
+Ray results identical row for row; one call per shard lets a runner with parallel streams (OpenVINO) use them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import io
 import json
-import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from core.errors import ArtifactError, ConfigError, OutputError, require
-from core.manifest import Artifact, Manifest, check_files, read_artifact, sha256_file, write_json_atomic
-from core.safe_io import read_json
+import core.storage as storage
+from core.errors import ConfigError, OutputError, require
+from core.manifest import Artifact, Manifest, check_files, read_artifact
+from core.storage import Place, failures_as
 from core.vectors import PRECISIONS, VectorCodec
-from pipelines.corpus import Corpus
+from pipelines.corpus import CorpusPlan, Fields, FileScan, Shard, input_files, plan_corpus, read_shard, scan_file
 from pipelines.runtime import ArtifactEncoder
 
-LEDGER = "ledger.json"
 JOB = "job.json"
+LEDGER = "ledger"
 METADATA_KEY = b"embedding_toolchain"
+MAX_RECORD_BYTES = 4096
 
 
 @dataclass(frozen=True)
 class EmbedJob:
     artifact_checksum: str  # sha256 over the manifest's file checksums: the graph, tokenizer and test vectors
-    input_fingerprint: str
+    input_fingerprint: str  # the input files' names and bytes, and the fields read from them
     rows: int
+    shards: int
     dims: int
     chunk_rows: int = 4096
     batch_size: int = 64
     precision: str = "float32"  # or int8 / binary, with the artifact's calibrated ranges (core.vectors)
-
-    @property
-    def chunks(self) -> int:
-        return -(-self.rows // self.chunk_rows)
-
-    def chunk_range(self, index: int) -> range:
-        return range(index * self.chunk_rows, min((index + 1) * self.chunk_rows, self.rows))
 
 
 def artifact_checksum(manifest: Manifest) -> str:
     return hashlib.sha256(json.dumps(manifest.files, sort_keys=True).encode()).hexdigest()
 
 
-def open_artifact(artifact_dir: Path) -> Artifact:
+def open_artifact(artifact_dir) -> Artifact:
     """The artifact, after its files passed their checksums: a damaged artifact never fills an index."""
     artifact = read_artifact(artifact_dir)
     check_files(artifact)
@@ -75,83 +72,144 @@ def vector_codec(manifest: Manifest, precision: str) -> VectorCodec | None:
     return VectorCodec.from_record(manifest.vectors, manifest.embedding_dim)
 
 
-@dataclass(frozen=True)
-class Chunk:
-    index: int
-    texts: list[str]
-
-
-# An engine embeds chunks and yields each as soon as all its rows are done: (index, (rows, dims) in row order).
-# Every engine runs a chunk as ``encoder.encode(chunk.texts, batch_size)``: tokenized where it runs, planned by
-# runtime.plan_batches, all its batches in one call (a runner with parallel streams runs them side by side).
-Engine = Callable[[Iterable[Chunk]], Iterator[tuple[int, np.ndarray]]]
-
-
-def local_engine(encoder: ArtifactEncoder, batch_size: int) -> Engine:
-    def run(chunks: Iterable[Chunk]) -> Iterator[tuple[int, np.ndarray]]:
-        for chunk in chunks:
-            yield chunk.index, encoder.encode(chunk.texts, batch_size)
-
-    return run
-
-
-def start_job(output: Path, job: EmbedJob) -> set[int]:
-    """Create or resume the job in ``output``; returns the chunk indices already done (and intact)."""
-    if output.exists() and not output.is_dir():
-        raise OutputError(f"output path {str(output)!r} is a file; pass a folder to --output")
-    output.mkdir(parents=True, exist_ok=True)
-    if (output / JOB).exists():
-        recorded = read_json(output / JOB, OutputError, "embed job")
-        if recorded != asdict(job):
-            changed = sorted(k for k in asdict(job) if recorded.get(k) != asdict(job)[k])
-            raise OutputError(f"{output} holds another embed job (its {', '.join(changed)} differ); pass a new "
-                              "--output, or the same artifact, input and options to resume")
-    else:
-        write_json_atomic(output / JOB, asdict(job))
-    for stray in output.glob(".part-*.tmp"):
-        stray.unlink()
-    ledger = read_json(output / LEDGER, OutputError, "embed ledger") if (output / LEDGER).exists() else {}
-    done = set()
-    for key, entry in ledger.items():
-        path = output / chunk_name(int(key)) if key.isdigit() else None
-        if path is not None and path.is_file() and isinstance(entry, dict) and sha256_file(path) == entry.get("sha256"):
-            done.add(int(key))
-    return done
-
-
-def chunk_name(index: int) -> str:
+def shard_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
-def write_chunk(output: Path, index: int, ids: list[str], vectors: np.ndarray, metadata: dict) -> None:
-    """One parquet file, written beside its place and renamed in, then recorded in the ledger."""
+@dataclass(frozen=True)
+class ShardRecord:
+    """A finished shard, as its ledger file records it."""
+
+    index: int
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ShardWriter:
+    """Everything a process needs to embed a shard and write it (small, so it travels to workers)."""
+
+    output: Place
+    fields: Fields
+    batch_size: int
+    precision: str
+    codec: VectorCodec | None
+    metadata: dict
+
+    def embed(self, shard: Shard, encoder: ArtifactEncoder) -> ShardRecord:
+        """Read the shard, embed it as one ``encode`` call, write its file and then its ledger record."""
+        ids, texts = read_shard(shard, self.fields)
+        vectors = encoder.encode(texts, self.batch_size)
+        stored = vectors if self.codec is None else self.codec.encode(vectors, self.precision)
+        data = _parquet_bytes(ids, stored, self.metadata)
+        place = self.output.child(shard_name(shard.index))
+        record = ShardRecord(shard.index, len(ids), len(data), hashlib.sha256(data).hexdigest())
+        with failures_as(OutputError, place, "write"):
+            storage.write_atomic(place, lambda stream: stream.write(data))
+            storage.write_atomic(self.output.child(f"{LEDGER}/{shard_name(shard.index)}.json"),
+                         lambda stream: stream.write(json.dumps(asdict(record)).encode()))
+        return record
+
+
+def _parquet_bytes(ids: list[str], vectors: np.ndarray, metadata: dict) -> bytes:
     pa = require("pyarrow", "embed")
     parquet = require("pyarrow.parquet", "embed")
     column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.from_numpy_dtype(vectors.dtype)),
                                                vectors.shape[1])
     table = pa.table({"id": pa.array(ids, type=pa.string()), "vector": column})
-    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()})
-    final = output / chunk_name(index)
-    tmp = output / f".{final.name}.{os.getpid()}.tmp"
+    buffer = io.BytesIO()
+    parquet.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()}), buffer)
+    return buffer.getvalue()
+
+
+class Engine(Protocol):
+    """Where shards run. ``scan`` reads the input files through (pipelines.corpus.scan_file); ``run`` embeds and writes
+    each pending shard with ``writer`` and yields its record as soon as it is written."""
+
+    def scan(self, files: Sequence[Place], fields: Fields, chunk_rows: int) -> list[FileScan]: ...
+
+    def run(self, shards: Sequence[Shard], writer: ShardWriter) -> Iterator[ShardRecord]: ...
+
+
+@dataclass
+class LocalEngine:
+    """This process: one warm encoder with all cores, shard after shard."""
+
+    encoder: ArtifactEncoder
+
+    def scan(self, files: Sequence[Place], fields: Fields, chunk_rows: int) -> list[FileScan]:
+        return [scan_file(file, fields, chunk_rows) for file in files]
+
+    def run(self, shards: Sequence[Shard], writer: ShardWriter) -> Iterator[ShardRecord]:
+        for shard in shards:
+            yield writer.embed(shard, self.encoder)
+
+
+def plan_input(source: Place, fields: Fields, chunk_rows: int, engine: Engine) -> CorpusPlan:
+    """The input's shards, its files scanned by the engine (on Ray, by its workers)."""
+    files = input_files(source)
+    return plan_corpus(source, fields, chunk_rows, engine.scan(files, fields, chunk_rows))
+
+
+def start_job(output: Place, job: EmbedJob) -> set[int]:
+    """Create or resume the job at ``output``; returns the shards already done (recorded, their files intact)."""
+    with failures_as(OutputError, output, "write to"):
+        if storage.size(output) is not None:
+            raise OutputError(f"output path {str(output)!r} is a file; pass a folder to --output")
+        job_file = output.child(JOB)
+        if storage.size(job_file) is not None:
+            recorded = _read_record(job_file, "embed job")
+            if recorded != asdict(job):
+                changed = sorted(k for k in asdict(job) if recorded.get(k) != asdict(job)[k])
+                raise OutputError(f"{output} holds another embed job (its {', '.join(changed) or 'format'} differ); "
+                                  "pass a new --output, or the same artifact, input and options to resume")
+        else:
+            storage.make_folder(output.child(LEDGER))
+            storage.write_atomic(job_file, lambda stream: stream.write(json.dumps(asdict(job), indent=2).encode()))
+        if not output.remote:
+            for stray, _ in storage.list_files(output, (".tmp",)):
+                storage.delete(stray)
+        done = set()
+        for place, _ in storage.list_files(output.child(LEDGER), (".json",)):
+            record = _ledger_record(place, job.shards)
+            if record and storage.size(output.child(shard_name(record.index))) == record.bytes:
+                done.add(record.index)
+    return done
+
+
+def _read_record(place: Place, what: str) -> dict:
+    if (storage.size(place) or 0) > MAX_RECORD_BYTES:
+        raise OutputError(f"{place} is too large to be an {what} record; pass a new --output")
     try:
-        parquet.write_table(table, tmp)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    ledger_path = output / LEDGER
-    ledger = read_json(ledger_path, OutputError, "embed ledger") if ledger_path.exists() else {}
-    ledger[str(index)] = {"rows": len(ids), "sha256": sha256_file(final)}
-    write_json_atomic(ledger_path, ledger)
+        value = json.loads(storage.read_bytes(place))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise OutputError(f"{place} is not an {what} record (damaged); pass a new --output") from None
+    if not isinstance(value, dict):
+        raise OutputError(f"{place} is not an {what} record (damaged); pass a new --output")
+    return value
 
 
-def read_vectors(output: Path) -> tuple[list[str], np.ndarray, dict]:
-    """Every chunk of a finished job, in order: ids, the stored vectors (float32 (rows, dims), int8 (rows, dims) or
+def _ledger_record(place: Place, shards: int) -> ShardRecord | None:
+    """A ledger file's record, or None if it is damaged or names no shard of this job (that shard runs again)."""
+    try:
+        record = ShardRecord(**_read_record(place, "embed ledger"))
+    except (OutputError, TypeError):
+        return None
+    fields_ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (record.index, record.rows, record.bytes))
+    return record if fields_ok and 0 <= record.index < shards and place.name == f"{shard_name(record.index)}.json" \
+        else None
+
+
+def read_vectors(output) -> tuple[list[str], np.ndarray, dict]:
+    """Every shard of a finished job, in order: ids, the stored vectors (float32 (rows, dims), int8 (rows, dims) or
     packed binary uint8 (rows, dims / 8)), and the files' metadata."""
     parquet = require("pyarrow.parquet", "embed")
-    job = EmbedJob(**read_json(output / JOB, ArtifactError, "embed job"))
+    place = output if isinstance(output, Place) else Place.of(output)
+    job = EmbedJob(**_read_record(place.child(JOB), "embed job"))
     ids, parts, metadata = [], [], {}
-    for index in range(job.chunks):
-        table = parquet.read_table(output / chunk_name(index))
+    for index in range(job.shards):
+        table = parquet.read_table(io.BytesIO(storage.read_bytes(place.child(shard_name(index)))))
         metadata = json.loads(table.schema.metadata[METADATA_KEY])
         ids += table.column("id").to_pylist()
         vectors = table.column("vector").combine_chunks()
@@ -171,42 +229,33 @@ class EmbedResult:
         return self.embedded / self.seconds if self.seconds else 0.0
 
 
-def embed_corpus(corpus: Corpus, output: Path, engine: Engine, encoder: ArtifactEncoder,
-                 chunk_rows: int = 4096, batch_size: int = 64, precision: str = "float32",
+def embed_corpus(plan: CorpusPlan, output: Place, engine: Engine, manifest: Manifest, chunk_rows: int = 4096,
+                 batch_size: int = 64, precision: str = "float32",
                  progress: Callable[[int], None] | None = None) -> EmbedResult:
-    """Embed every chunk the ledger does not hold yet; ``progress`` gets the rows done after each chunk."""
-    encoder.require_token_input()
-    manifest = encoder.artifact.manifest
-    job = EmbedJob(artifact_checksum(manifest), corpus.fingerprint, len(corpus), manifest.embedding_dim,
+    """Embed every shard the ledger does not hold yet; ``progress`` gets the rows done after each shard."""
+    job = EmbedJob(artifact_checksum(manifest), plan.fingerprint, plan.rows, len(plan.shards), manifest.embedding_dim,
                    chunk_rows, batch_size, precision)
     codec = vector_codec(manifest, precision)
-    fresh_folder, fresh_job = not output.exists(), not (output / JOB).exists()
+    with failures_as(OutputError, output, "write to"):
+        fresh_folder, fresh_job = storage.kind(output) == "missing", storage.size(output.child(JOB)) is None
     done = start_job(output, job)
     metadata = {"artifact_checksum": job.artifact_checksum, "dims": job.dims, "dtype": precision,
                 "model": manifest.model.name, "target": manifest.target, "artifact": manifest.artifact,
-                "normalized": manifest.normalized, "input_fingerprint": corpus.fingerprint}
+                "normalized": manifest.normalized, "input_fingerprint": plan.fingerprint}
+    writer = ShardWriter(output, plan.fields, batch_size, precision, codec, metadata)
     started, embedded = time.perf_counter(), 0
     if progress:
-        progress(sum(len(job.chunk_range(i)) for i in done))
-
-    def pending() -> Iterator[Chunk]:
-        for index in (i for i in range(job.chunks) if i not in done):
-            rows = job.chunk_range(index)
-            yield Chunk(index, corpus.texts[rows.start : rows.stop])
-
+        progress(sum(shard.rows for shard in plan.shards if shard.index in done))
     try:
-        for index, vectors in engine(pending()):
-            rows = job.chunk_range(index)
-            stored = vectors if codec is None else codec.encode(vectors, precision)
-            write_chunk(output, index, corpus.ids[rows.start : rows.stop], stored, metadata)
-            embedded += len(rows)
+        for record in engine.run([shard for shard in plan.shards if shard.index not in done], writer):
+            embedded += record.rows
             if progress:
-                progress(len(rows))
+                progress(record.rows)
     except BaseException:
-        if fresh_job and not embedded:  # a run that stops before its first chunk leaves nothing of its own behind
-            (output / JOB).unlink(missing_ok=True)
+        if fresh_job and not embedded:  # a run that stops before its first shard leaves nothing of its own behind
+            storage.delete_folder(output.child(LEDGER))
+            storage.delete(output.child(JOB))
             if fresh_folder:
-                with contextlib.suppress(OSError):  # not empty: a partial chunk file stays for the next run to clear
-                    output.rmdir()
+                storage.delete_folder(output)
         raise
-    return EmbedResult(len(corpus), embedded, time.perf_counter() - started, str(output))
+    return EmbedResult(plan.rows, embedded, time.perf_counter() - started, str(output))

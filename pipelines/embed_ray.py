@@ -1,8 +1,12 @@
-"""The Ray engine for `embed`: the same planned batches, run by a pool of actors on Ray Data.
+"""The Ray engine for `embed`: the shards of the plan, each read, embedded and written by an actor on Ray Data.
 
-The job ships the artifact itself (a tar in Ray's object store), so workers need no shared disk: each actor
-unpacks it once into its own temporary folder and keeps one ArtifactEncoder warm. Pinned to Ray 2.60
-(``map_batches`` with a callable class and ``concurrency``; the actor-pool API changed across releases).
+The driver holds the plan (one small record per shard) and the ledger's records: Ray tasks scan the input files,
+and each actor reads its shard's rows from the input's place, embeds them as the local engine does (one
+``encode`` call, the same planned batches) and writes the shard's file and ledger record itself, so neither the texts
+nor the vectors pass through the driver. Input and output must be places every node reaches: an object store
+(``s3://...``) or a shared folder. The job ships the artifact itself (a tar in Ray's object store), so workers need
+no copy of it: each actor unpacks it once into its own temporary folder and keeps one ArtifactEncoder warm. Pinned
+to Ray 2.60 (``map_batches`` with a callable class and ``concurrency``; the actor-pool API changed across releases).
 
 On a small machine Ray Data needs CPU left for its own tasks: with 2 cores, 2 actors at 1 CPU each starved
 them and the job hung. Each actor therefore asks for a fraction of a CPU, and ONNX Runtime inside it gets
@@ -11,19 +15,24 @@ the cores divided among the actors.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import tarfile
 import tempfile
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import numpy as np
 
 from core.cpu import usable_cores
 from core.errors import ToolchainError, gist, require
-from pipelines.embed import Chunk, Engine
+from core.storage import Place
+from pipelines.corpus import Fields, FileScan, Shard, scan_file
+from pipelines.embed import ShardRecord, ShardWriter
 from pipelines.package import safe_extract
 from pipelines.runtime import ArtifactEncoder
 
@@ -38,10 +47,10 @@ def artifact_tar(artifact_dir: Path) -> bytes:
     return buffer.getvalue()
 
 
-class ArtifactActor:
-    """One per Ray actor: the artifact unpacked once, its encoder kept warm for every batch."""
+class ShardActor:
+    """One per Ray actor: the artifact unpacked once, its encoder kept warm for every shard."""
 
-    def __init__(self, artifact: list, threads: int, batch_size: int) -> None:
+    def __init__(self, artifact: list, threads: int, writer: ShardWriter) -> None:
         ray = require("ray", "ray")
         self.folder = Path(tempfile.mkdtemp(prefix="embed-artifact-"))
         weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)  # also runs when the actor exits
@@ -49,20 +58,67 @@ class ArtifactActor:
         archive.write_bytes(ray.get(artifact[0]))
         safe_extract(archive, self.folder)
         self.encoder = ArtifactEncoder(self.folder / "artifact", threads=threads)
-        self.batch_size = batch_size
+        self.writer = writer
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        chunks, rows, vectors = [], [], []
-        for index, texts in zip(batch["chunk"], batch["texts"], strict=True):
-            chunks.append(np.full(len(texts), index))
-            rows.append(np.arange(len(texts)))
-            vectors.append(self.encoder.encode(list(texts), self.batch_size))  # as the local engine runs a chunk
-        return {"chunk": np.concatenate(chunks), "row": np.concatenate(rows), "vector": np.concatenate(vectors)}
+        shards = [Shard(int(index), Place(str(file)), int(start), int(first), int(rows)) for index, file, start, first,
+                  rows in zip(*(batch[name] for name in SHARD_COLUMNS), strict=True)]
+        records = [self.writer.embed(shard, self.encoder) for shard in shards]
+        return {name: np.array([getattr(record, name) for record in records]) for name in RECORD_COLUMNS}
 
 
-def ray_engine(artifact_dir: Path, address: str | None, actors: int, batch_size: int) -> Engine:
-    """Start (or join, with ``address``) Ray and return an engine that runs whole chunks on it, each run by the actor
-    as the local engine runs it (one ``encode`` call: nothing is tokenized on the driver)."""
+SHARD_COLUMNS = ("index", "file", "start", "first_row", "rows")
+RECORD_COLUMNS = tuple(field.name for field in dataclass_fields(ShardRecord))
+
+
+@dataclass
+class RayEngine:
+    """Shards on a pool of actors; file scans as Ray tasks."""
+
+    artifact: object  # the artifact's tar in the object store
+    actors: int
+    threads: int  # ONNX Runtime threads per actor
+    actor_cpus: float
+
+    def scan(self, files: Sequence[Place], fields: Fields, chunk_rows: int) -> list[FileScan]:
+        ray = require("ray", "ray")
+        task = ray.remote(num_cpus=self.actor_cpus)(scan_file)
+        with _toolchain_errors(ray):
+            return ray.get([task.remote(file, fields, chunk_rows) for file in files])
+
+    def run(self, shards: Sequence[Shard], writer: ShardWriter) -> Iterator[ShardRecord]:
+        """One dataset over every pending shard, so the actors start once; a record comes back per written shard."""
+        ray = require("ray", "ray")
+        if not shards:
+            return
+        items = [{"index": s.index, "file": s.file.uri, "start": s.start, "first_row": s.first_row, "rows": s.rows}
+                 for s in shards]
+        dataset = ray.data.from_items(items).map_batches(
+            ShardActor, fn_constructor_kwargs={"artifact": [self.artifact], "threads": self.threads, "writer": writer},
+            batch_size=1, concurrency=self.actors, num_cpus=self.actor_cpus,
+        )
+        with _toolchain_errors(ray):
+            for row in dataset.iter_rows():
+                yield ShardRecord(int(row["index"]), int(row["rows"]), int(row["bytes"]), str(row["sha256"]))
+
+
+@contextlib.contextmanager
+def _toolchain_errors(ray) -> Iterator[None]:
+    """A worker's own one-line error (a damaged shard, an unwritable output) reaches the user as itself; anything
+    else Ray raises becomes one line."""
+    try:
+        yield
+    except ray.exceptions.RayError as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, ToolchainError):
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise ToolchainError(f"the Ray job failed ({gist(exc)})") from None
+
+
+def ray_engine(artifact_dir: Path, address: str | None, actors: int) -> RayEngine:
+    """Start (or join, with ``address``) Ray; an engine that runs whole shards on it."""
     ray = require("ray", "ray")
     require("ray.data", "ray")
     cores = usable_cores()
@@ -73,37 +129,9 @@ def ray_engine(artifact_dir: Path, address: str | None, actors: int, batch_size:
         ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     ray.data.DataContext.get_current().enable_progress_bars = False
-    artifact = ray.put(artifact_tar(artifact_dir))
-    per_actor_cpus = max(cores - 0.5, 0.5) / actors  # leave half a core to Ray Data's own tasks
-    threads = max(cores // actors, 1)
-
-    def run(chunks: Iterable[Chunk]) -> Iterator[tuple[int, np.ndarray]]:
-        """One dataset over every pending chunk, so the actors start once; a chunk is yielded when its rows come
-        back."""
-        work = {chunk.index: chunk for chunk in chunks}
-        items = [{"chunk": chunk.index, "texts": chunk.texts} for chunk in work.values()]
-        if not items:
-            return
-        dataset = ray.data.from_items(items).map_batches(
-            ArtifactActor, fn_constructor_kwargs={"artifact": [artifact], "threads": threads, "batch_size": batch_size},
-            batch_size=1, concurrency=actors, num_cpus=per_actor_cpus,
-        )
-        vectors: dict[int, np.ndarray] = {}
-        left = {index: len(chunk.texts) for index, chunk in work.items()}
-        try:
-            for part in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                for index in np.unique(part["chunk"]):
-                    mine = part["chunk"] == index
-                    if index not in vectors:
-                        vectors[index] = np.zeros((left[index], part["vector"].shape[1]), dtype=np.float32)
-                    vectors[index][part["row"][mine]] = part["vector"][mine]
-                    left[index] -= int(mine.sum())
-                    if left[index] == 0:
-                        yield int(index), vectors.pop(index)
-        except ray.exceptions.RayError as exc:
-            raise ToolchainError(f"the Ray job failed ({gist(exc)})") from None
-
-    return run
+    # Leave half a core to Ray Data's own tasks; ONNX Runtime in each actor gets the cores divided among the actors.
+    return RayEngine(ray.put(artifact_tar(artifact_dir)), actors, max(cores // actors, 1),
+                     max(cores - 0.5, 0.5) / actors)
 
 
 def shutdown() -> None:

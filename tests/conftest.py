@@ -172,6 +172,35 @@ def mobile_export(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def object_store():
+    """An S3-compatible server on 127.0.0.1 (moto's) for this session: ``(bucket URI maker, pyarrow filesystem)``.
+    ``uri("corpus/in")`` is the place as `embed` takes it, endpoint included."""
+    import logging
+
+    import pyarrow.fs as fs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    credentials = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {name: os.environ.get(name) for name in credentials}
+    os.environ.update(credentials)  # child processes (the CLI, Ray workers) inherit them
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    admin = fs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1",
+                            allow_bucket_creation=True)
+    admin.create_dir("bucket")
+    yield (lambda key: f"s3://bucket/{key}?{options}"), admin
+    server.stop()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
 def graph(st_model):
     """The embedding graph with the in-graph float mask (what the TFLite, ExecuTorch and Core ML paths convert)."""
     from core.graph import build_graph

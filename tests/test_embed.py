@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as fs
 import pytest
 from click.testing import CliRunner
 
@@ -65,14 +66,18 @@ def test_a_killed_run_resumes_with_no_row_missing_or_twice(local_run, x86_artifa
            "--output", str(output), "--chunk-rows", CHUNK]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and not (output / LEDGER).exists():
+    while time.time() < deadline and not list((output / LEDGER).glob("*.json")):
         time.sleep(0.02)
     proc.kill()
     proc.wait()
-    done_before = len(json.loads((output / LEDGER).read_text()))
-    assert 1 <= done_before < 9, "the run was not killed mid-job"
+    done_before = {path.name: path.stat().st_mtime_ns for path in (output / LEDGER).glob("*.json")}
+    assert 1 <= len(done_before) < 9, "the run was not killed mid-job"
+    done_rows = sum(json.loads((output / LEDGER / name).read_text())["rows"] for name in done_before)
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    assert f"({len(corpus[1]) - done_rows} embedded by this run" in result.stdout, result.stdout
+    # The finished shards were not recomputed: their ledger records (and files) are the first run's.
+    assert all((output / LEDGER / name).stat().st_mtime_ns == mtime for name, mtime in done_before.items())
     ids, vectors, _ = read_vectors(output)
     expected_ids, expected, _ = read_vectors(local_run[0])
     assert ids == expected_ids
@@ -129,15 +134,44 @@ def test_bad_input_is_one_line_and_writes_nothing(x86_artifact, local_run, tmp_p
     assert (sorted(output.rglob("*")) if output.exists() else None) == before
 
 
-def test_ray_gives_the_local_vectors_row_for_row(local_run, x86_artifact, corpus, tmp_path):
+@pytest.fixture(scope="module")
+def stored_corpus(corpus, object_store) -> str:
+    """The corpus file uploaded to the S3-compatible server: the input folder's URI."""
+    uri, store = object_store
+    with store.open_output_stream("bucket/in/corpus.txt") as stream:
+        stream.write(corpus[0].read_bytes())
+    return uri("in")
+
+
+def _stored_files(store, prefix: str) -> list[str]:
+    return sorted(info.path.removeprefix(f"bucket/{prefix}/")
+                  for info in store.get_file_info(fs.FileSelector(f"bucket/{prefix}", recursive=True))
+                  if info.type == fs.FileType.File)
+
+
+def test_object_store_in_and_out(local_run, x86_artifact, stored_corpus, object_store):
+    """Input read from an S3-compatible server, shards and ledger written there: the local disk's vectors."""
+    uri, store = object_store
+    result = _embed(x86_artifact.folder, stored_corpus, uri("local-out"))
+    assert result.exit_code == 0, result.output
+    ids, vectors, _ = read_vectors(uri("local-out"))
+    expected_ids, expected, _ = read_vectors(local_run[0])
+    assert ids == expected_ids
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+    shards = [f"part-{index:05d}.parquet" for index in range(9)]
+    assert _stored_files(store, "local-out") == sorted(["job.json", *shards, *(f"ledger/{s}.json" for s in shards)])
+
+
+def test_ray_workers_read_and_write_the_store_with_the_local_vectors(local_run, x86_artifact, stored_corpus,
+                                                                      object_store):
     pytest.importorskip("ray")
-    output = tmp_path / "ray"
+    uri, _ = object_store
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    cmd = [sys.executable, str(ROOT / "cli.py"), "embed", str(x86_artifact.folder), "--input", str(corpus[0]),
-           "--output", str(output), "--chunk-rows", CHUNK, "--engine", "ray", "--actors", "2"]
+    cmd = [sys.executable, str(ROOT / "cli.py"), "embed", str(x86_artifact.folder), "--input", stored_corpus,
+           "--output", uri("ray-out"), "--chunk-rows", CHUNK, "--engine", "ray", "--actors", "2"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    ids, vectors, _ = read_vectors(output)
+    ids, vectors, _ = read_vectors(uri("ray-out"))
     expected_ids, expected, _ = read_vectors(local_run[0])
     assert ids == expected_ids
     np.testing.assert_allclose(vectors, expected, atol=1e-6)

@@ -1,5 +1,5 @@
 """Hostile inputs that cost time and memory rather than paths (issue 29): a corpus line of 200 MB, a parquet file of
-280 kB that decodes to 100M rows, a lone surrogate in jsonl, a release archive in another compression than its name
+40 kB that claims 10M rows, a lone surrogate in jsonl, a release archive in another compression than its name
 says, a decompression bomb, a tokenizer whose regular expression panics, a damaged split model for assemble-model.
 
 Each ends as one ``error:`` line and exit 2, within 10 s and 2 GB, with nothing written outside a temporary folder
@@ -36,9 +36,10 @@ import core.tokenizer_guard as tokenizer_guard
 from cli import main
 from core.config import BuildConfig
 from core.errors import ArtifactError
-from core.safe_io import MAX_CORPUS_ROWS, MAX_MEMBER_BYTES, MAX_MEMBERS, MAX_TEXT_CHARS
+from core.safe_io import MAX_MEMBER_BYTES, MAX_MEMBERS, MAX_TEXT_CHARS
+from core.storage import Place
 from core.tokenizer_guard import encode_rows, tokenizer_errors
-from pipelines.corpus import read_corpus_input
+from pipelines.corpus import MAX_SHARDS, Fields, plan_corpus, read_shard, scan_file
 from pipelines.export import export
 from pipelines.package import safe_extract, write_archive
 from tests.test_hostile_files import FUZZ, byte_damage, clean_outcome
@@ -112,41 +113,53 @@ def artifact(tiny_model, tmp_path_factory) -> Path:
 
 # --- corpora ---------------------------------------------------------------------------------------------------
 
-def _write_corpus(kind: str, folder: Path) -> tuple[Path, str]:
-    """The input file of a hostile corpus, and the words its refusal names."""
+def _write_corpus(kind: str, folder: Path) -> tuple[Path, str, list[str]]:
+    """The input file of a hostile corpus, the words its refusal names, and the embed options it runs with."""
     if kind == "20 MB line":  # the line the audit found at 2.9 GB and 17 s; 200 MB aborted the process
         path = folder / "long.txt"
         path.write_text("word " * 4_000_000 + "\n")
-        return path, f"more than the {MAX_TEXT_CHARS:,} one text may have"
-    if kind == "99 MB of empty lines":
+        return path, f"more than the {MAX_TEXT_CHARS:,} one text may have", []
+    if kind == "a plan of too many shards":  # one output file per line; the plan would hold a record for each
         path = folder / "empty.txt"
-        path.write_bytes(b"\n" * 99_000_000)
-        return path, f"more than {MAX_CORPUS_ROWS:,} rows"
-    if kind == "parquet of 10M+1 rows":  # 40 kB on disk
+        path.write_bytes(b"\n" * (MAX_SHARDS + 1))
+        return path, f"over {MAX_SHARDS:,} output files", ["--chunk-rows", "1"]
+    if kind == "parquet claiming 10M+1 rows":  # 40 kB on disk: refused from its footer, before a row is decoded
         path = folder / "rows.parquet"
-        rows = pa.DictionaryArray.from_arrays(pa.array(np.zeros(MAX_CORPUS_ROWS + 1, np.int32)), pa.array(["same"]))
+        rows = pa.DictionaryArray.from_arrays(pa.array(np.zeros(10_000_001, np.int32)), pa.array(["same"]))
         pq.write_table(pa.table({"text": rows}), path, compression="zstd")
-        return path, f"more than {MAX_CORPUS_ROWS:,} rows"
+        return path, f"over {MAX_SHARDS:,} output files", ["--chunk-rows", "1"]
     if kind == "parquet repeating a long text":  # 100k rows of one 500k-character text: 50 GB decoded, 1 kB stored
         path = folder / "repeated.parquet"
         rows = pa.DictionaryArray.from_arrays(pa.array(np.zeros(100_000, np.int32)), pa.array(["x" * 500_000]))
         pq.write_table(pa.table({"text": rows}), path, compression="zstd")
-        return path, "decompression bomb"
+        return path, "decompression bomb", []
     if kind == "lone surrogate":
         path = folder / "surrogate.jsonl"
         path.write_text('{"text": "fine"}\n{"text": "bad \\ud800 here"}\n')
-        return path, "line 2 has an unpaired surrogate"
+        return path, "line 2 has an unpaired surrogate", []
     path = folder / "number.jsonl"
     path.write_text('{"text": "fine", "n": ' + "1" * 5000 + "}\n")
-    return path, "line 1 holds a number of over 4,300 digits"
+    return path, "line 1 holds a number of over 4,300 digits", []
 
 
-@pytest.mark.parametrize("kind", ["20 MB line", "99 MB of empty lines", "parquet of 10M+1 rows",
+def read_corpus(path: Path) -> tuple[list[str], list[str]]:
+    """Every id and text of a one-file corpus, through its plan and shards as `embed` reads them."""
+    fields = Fields()
+    plan = plan_corpus(Place.of(path), fields, 4096, [scan_file(Place.of(path), fields, 4096)])
+    ids, texts = [], []
+    for shard in plan.shards:
+        shard_ids, shard_texts = read_shard(shard, fields)
+        ids += shard_ids
+        texts += shard_texts
+    return ids, texts
+
+
+@pytest.mark.parametrize("kind", ["20 MB line", "a plan of too many shards", "parquet claiming 10M+1 rows",
                                   "parquet repeating a long text", "lone surrogate", "huge integer"])
 def test_a_hostile_corpus_is_one_line_within_limits(artifact, tmp_path, kind):
-    corpus, needle = _write_corpus(kind, tmp_path)
+    corpus, needle, options = _write_corpus(kind, tmp_path)
     output = tmp_path / "vectors"
-    run = run_cli(["embed", str(artifact), "--input", str(corpus), "--output", str(output)], tmp_path / "tmp")
+    run = run_cli(["embed", str(artifact), "--input", str(corpus), "--output", str(output), *options], tmp_path / "tmp")
     assert_one_line_refusal(run, needle, tmp_path / "tmp")
     assert not output.exists()
 
@@ -156,7 +169,7 @@ def test_a_long_text_under_the_cap_is_read_whole(tmp_path):
     beyond MAX_TEXT_CHARS."""
     corpus = tmp_path / "long.txt"
     corpus.write_text("x" * MAX_TEXT_CHARS + "\nshort\n")
-    assert [len(text) for text in read_corpus_input(corpus).texts] == [MAX_TEXT_CHARS, 5]
+    assert [len(text) for text in read_corpus(corpus)[1]] == [MAX_TEXT_CHARS, 5]
 
 
 ANY_CHARACTER = st.characters(codec=None, categories=None, exclude_categories=())  # surrogates and U+2028 too
@@ -173,12 +186,12 @@ def test_any_jsonl_corpus_reads_cleanly_and_keeps_its_texts(tmp_path_factory, te
     escaped = ascii_only or not encodable  # a UTF-8 file holds a lone surrogate only as a \ud800 escape
     raw = "".join(json.dumps({"text": text}, ensure_ascii=escaped) + "\n" for text in texts).encode()
     corpus.write_bytes(data.draw(byte_damage(raw)) if damage else raw)
-    result = clean_outcome(lambda: read_corpus_input(corpus))
+    result = clean_outcome(lambda: read_corpus(corpus))
     if result is not None:
-        for value in (*result.texts, *result.ids):
+        for value in (*result[0], *result[1]):
             value.encode("utf-8")
     if not damage and encodable:
-        assert result is not None and result.texts == texts
+        assert result is not None and result[1] == texts
 
 
 # --- release archives ------------------------------------------------------------------------------------------
