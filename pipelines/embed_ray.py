@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+import socket
 import tarfile
 import tempfile
 import weakref
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from core.cpu import usable_cores
-from core.errors import ToolchainError, gist, require
+from core.errors import ConfigError, ToolchainError, gist, require
 from core.storage import Place
 from pipelines.corpus import Fields, FileScan, Shard, scan_file
 from pipelines.embed import ShardRecord, ShardWriter
@@ -37,7 +38,10 @@ from pipelines.package import safe_extract
 from pipelines.runtime import ArtifactEncoder
 
 ROOT = Path(__file__).resolve().parent.parent
-CODE_EXCLUDES = [".venv*", "dist", "models", ".git", "**/__pycache__", "*.tar.gz"]
+CONNECT_SECONDS = 5
+# The packages travel with a job; not the web runtime (600 MB), venvs, exports or tests.
+CODE_EXCLUDES = [".venv*", "dist", "models", ".git", "**/__pycache__", "*.tar.gz", "**/node_modules", "tests",
+                 ".*cache", ".hypothesis", "*.egg-info"]
 
 
 def artifact_tar(artifact_dir: Path) -> bytes:
@@ -95,7 +99,7 @@ class RayEngine:
                  for s in shards]
         dataset = ray.data.from_items(items).map_batches(
             ShardActor, fn_constructor_kwargs={"artifact": [self.artifact], "threads": self.threads, "writer": writer},
-            batch_size=1, concurrency=self.actors, num_cpus=self.actor_cpus,
+            batch_size=1, concurrency=self.actors, num_cpus=self.actor_cpus, scheduling_strategy="SPREAD",
         )
         with _toolchain_errors(ray):
             for row in dataset.iter_rows():
@@ -123,6 +127,7 @@ def ray_engine(artifact_dir: Path, address: str | None, actors: int) -> RayEngin
     require("ray.data", "ray")
     cores = usable_cores()
     if address:  # a cluster: the code travels with the job; the artifact through the object store
+        check_reachable(address)
         runtime_env = {"working_dir": str(ROOT), "excludes": CODE_EXCLUDES}
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     else:
@@ -132,6 +137,21 @@ def ray_engine(artifact_dir: Path, address: str | None, actors: int) -> RayEngin
     # Leave half a core to Ray Data's own tasks; ONNX Runtime in each actor gets the cores divided among the actors.
     return RayEngine(ray.put(artifact_tar(artifact_dir)), actors, max(cores // actors, 1),
                      max(cores - 0.5, 0.5) / actors)
+
+
+def check_reachable(address: str) -> None:
+    """One line at once for a head that does not answer (ray.init would retry it for minutes)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--ray-address {address!r} is not host:port (the head's GCS port, 6379) or "
+                          "ray://host:port (Ray Client, 10001)")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at --ray-address {address} ({gist(exc)}); start it with "
+                          "`ray start --head` or check the address") from None
 
 
 def shutdown() -> None:

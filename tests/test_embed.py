@@ -1,16 +1,18 @@
-"""`embed`: a corpus embedded with the shipped artifact, locally and on a local Ray, killed and resumed."""
+"""`embed`: a corpus embedded with the shipped artifact, from and to a local disk or an object store, killed and
+resumed (Ray: tests/test_embed_ray.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as fs
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -85,9 +87,6 @@ def test_a_killed_run_resumes_with_no_row_missing_or_twice(local_run, x86_artifa
 
 
 def test_jsonl_and_parquet_with_ids(x86_artifact, tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     rows = [{"doc": f"d{i}", "body": f"sentence number {i}"} for i in range(50)]
     (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
@@ -107,13 +106,32 @@ def test_jsonl_and_parquet_with_ids(x86_artifact, tmp_path):
     ("not utf-8", "not UTF-8"),
     ("tampered artifact", "the file was altered or truncated"),
     ("other job", "holds another embed job"),
+    ("a shard of another schema", "has no text field 'body'"),
+    ("unreachable Ray", "cannot reach the Ray cluster at --ray-address 127.0.0.1:9"),
+    ("unwritable output URI", "cannot write to s3://no-such-bucket/vectors"),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(x86_artifact, local_run, tmp_path, case, needle):
+def test_bad_input_is_one_line_and_writes_nothing(x86_artifact, local_run, tmp_path, object_store, case, needle):
     import shutil
 
     artifact, corpus_file, output = Path(x86_artifact.folder), tmp_path / "in.jsonl", tmp_path / "out"
     corpus_file.write_text('{"body": "a"}\n{"text": "b"}\n')
     extra = ["--text-field", "body"]
+    if case == "a shard of another schema":  # a folder of parquet shards, one written with other columns
+        corpus_file = tmp_path / "shards"
+        corpus_file.mkdir()
+        pq.write_table(pa.table({"body": ["a", "b"]}), corpus_file / "part-0.parquet")
+        pq.write_table(pa.table({"text": ["c"]}), corpus_file / "part-1.parquet")
+    elif case == "unreachable Ray":
+        corpus_file.write_text('{"body": "a"}\n')
+        extra += ["--engine", "ray", "--ray-address", "127.0.0.1:9"]  # the discard port: nothing listens
+    elif case == "unwritable output URI":
+        corpus_file.write_text('{"body": "a"}\n')
+        output = object_store[0]("vectors").replace("s3://bucket/", "s3://no-such-bucket/")
+        result = _embed(artifact, corpus_file, output, *extra)
+        assert result.exit_code == 2, result.output
+        assert len(result.stderr.strip().splitlines()) == 1 and needle in result.stderr, result.stderr
+        assert object_store[1].get_file_info("no-such-bucket").type == fs.FileType.NotFound  # nothing made
+        return
     if case == "empty":
         corpus_file = tmp_path / "empty.txt"
         corpus_file.write_text("")
@@ -160,18 +178,3 @@ def test_object_store_in_and_out(local_run, x86_artifact, stored_corpus, object_
     np.testing.assert_allclose(vectors, expected, atol=1e-6)
     shards = [f"part-{index:05d}.parquet" for index in range(9)]
     assert _stored_files(store, "local-out") == sorted(["job.json", *shards, *(f"ledger/{s}.json" for s in shards)])
-
-
-def test_ray_workers_read_and_write_the_store_with_the_local_vectors(local_run, x86_artifact, stored_corpus,
-                                                                      object_store):
-    pytest.importorskip("ray")
-    uri, _ = object_store
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    cmd = [sys.executable, str(ROOT / "cli.py"), "embed", str(x86_artifact.folder), "--input", stored_corpus,
-           "--output", uri("ray-out"), "--chunk-rows", CHUNK, "--engine", "ray", "--actors", "2"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    ids, vectors, _ = read_vectors(uri("ray-out"))
-    expected_ids, expected, _ = read_vectors(local_run[0])
-    assert ids == expected_ids
-    np.testing.assert_allclose(vectors, expected, atol=1e-6)
