@@ -48,6 +48,8 @@ demo: $(STAMP)
 # timed both (embed's last line puts its rate beside bench's batch-32 figure), and with x86 on a local Ray with
 # two actors. The vectors of the x86 runs are identical.
 EMBED := dist/embed
+# Corpus scale, local and on a three-node Ray on this machine (10M rows of the bundled model: hours on 2 cores).
+SCALE_ROWS ?= 1000000 10000000
 bench-embed: $(STAMP)
 	$(PYTHON) cli.py export --target x86 --out $(EMBED)
 	$(PYTHON) cli.py export --target x86-openvino --out $(EMBED)
@@ -59,6 +61,7 @@ bench-embed: $(STAMP)
 		--output $(EMBED)/vectors-openvino
 	RAY_USAGE_STATS_ENABLED=0 $(PYTHON) cli.py embed $(EMBED)/all-MiniLM-L6-v2/x86 --input $(EMBED)/corpus-100k.txt \
 		--output $(EMBED)/vectors-ray --engine ray --actors 2
+	$(PYTHON) -m tests.bench_embed $(EMBED)/all-MiniLM-L6-v2/x86 $(EMBED)/scale $(foreach n,$(SCALE_ROWS),--rows $(n))
 
 # The bundled model distilled to 3 layers (evenly spaced) and exported to every target (each verified and gated);
 # its x86 artifact benched beside the teacher's in one run: dist/distill/speed/report.html sets them side by side.

@@ -16,7 +16,6 @@ import json
 import lzma
 import os
 import subprocess
-import sys
 import tarfile
 import time
 import zipfile
@@ -42,6 +41,7 @@ from core.tokenizer_guard import encode_rows, tokenizer_errors
 from pipelines.corpus import MAX_SHARDS, Fields, plan_corpus, read_shard, scan_file
 from pipelines.export import export
 from pipelines.package import safe_extract, write_archive
+from tests.peak import measured_cli
 from tests.test_hostile_files import FUZZ, byte_damage, clean_outcome
 from tests.tiny_models import FAMILIES, build_tiny_model
 
@@ -62,28 +62,14 @@ class Run:
     peak_bytes: int
 
 
-# The CLI under a wrapper that writes its own VmHWM at exit: getrusage's ru_maxrss would start from the test
-# process's size at fork (Linux keeps it across exec), while VmHWM belongs to the new program's address space.
-PEAK_WRAPPER = (
-    "import atexit, runpy, sys\n"
-    "peak_file = sys.argv[1]\n"
-    "def record():\n"
-    "    with open('/proc/self/status') as status, open(peak_file, 'w') as out:\n"
-    "        out.write(next(line for line in status if line.startswith('VmHWM:')).split()[1])\n"
-    "atexit.register(record)\n"
-    "sys.argv = sys.argv[2:]\n"
-    "runpy.run_path('cli.py', run_name='__main__')\n"
-)
-
-
 def run_cli(args: list[str], scratch: Path) -> Run:
     """The CLI in a child process with its own TMPDIR: exit code, stderr, wall time and peak resident memory."""
     scratch.mkdir(parents=True, exist_ok=True)
     peak_file = scratch.with_name(f"{scratch.name}.peak-kb")
     env = {**os.environ, "TMPDIR": str(scratch), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.monotonic()
-    child = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, str(peak_file), "cli.py", *args], cwd=ROOT, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    child = subprocess.run(measured_cli(peak_file, args), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
     seconds = time.monotonic() - start
     peak_kb = int(peak_file.read_text()) if peak_file.is_file() else 0  # none: the CLI died before exiting
     return Run(child.returncode, child.stderr, seconds, peak_kb * 1024)
