@@ -16,6 +16,7 @@ ids on every run and every engine.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -206,32 +207,11 @@ def _parquet_rows(file: Place, fields: Fields, start: int) -> Iterator[tuple[int
     until they are measured: the file is an archive of its texts and ids, refused past ``unpack_limit`` of its size
     (core.safe_io)."""
     compute = require("pyarrow.compute", "embed")
-    parquet = require("pyarrow.parquet", "embed")
     types = require("pyarrow.types", "embed")
     limit, decoded = unpack_limit(size(file) or 0, MAX_TEXT_BYTES), 0
     with open_input(file) as handle:
-        try:
-            reader = parquet.ParquetFile(handle)
-            names = reader.schema_arrow.names
-            columns = [name for name in (fields.text, fields.id) if name and name in names]
-            reader = parquet.ParquetFile(handle, read_dictionary=columns)
-            groups, row = [], 0
-            for group in range(reader.metadata.num_row_groups):
-                count = reader.metadata.row_group(group).num_rows
-                if row + count > start:
-                    groups.append(group)
-                else:
-                    row += count
-            batches = reader.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=groups, columns=columns)
-        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError ... for a damaged file
-            raise CorpusError(f"{file} is not a readable parquet file ({type(exc).__name__})") from None
-        while True:
-            try:
-                batch = next(batches, None)
-            except Exception as exc:
-                raise CorpusError(f"{file} is not a readable parquet file ({type(exc).__name__})") from None
-            if batch is None:
-                return
+        batches, row = _parquet_batches(file, handle, fields, start)
+        while (batch := _parquet_step(file, batches)) is not None:
             for values in batch.columns:
                 if types.is_dictionary(values.type):
                     lengths = compute.binary_length(values.dictionary).take(values.indices)
@@ -245,13 +225,43 @@ def _parquet_rows(file: Place, fields: Fields, start: int) -> Iterator[tuple[int
             row += batch.num_rows
 
 
+def _parquet_batches(file: Place, handle, fields: Fields, start: int) -> tuple[Iterator, int]:
+    """Record batches of the text and id columns (dictionary-encoded) from the row group that holds row ``start``;
+    the row number that group begins at."""
+    parquet = require("pyarrow.parquet", "embed")
+    with _damaged_parquet(file):
+        names = parquet.ParquetFile(handle).schema_arrow.names
+        columns = [name for name in (fields.text, fields.id) if name and name in names]
+        reader = parquet.ParquetFile(handle, read_dictionary=columns)
+        groups, row = [], 0
+        for group in range(reader.metadata.num_row_groups):
+            count = reader.metadata.row_group(group).num_rows
+            if row + count > start:
+                groups.append(group)
+            else:
+                row += count
+        return reader.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=groups, columns=columns), row
+
+
+def _parquet_step(file: Place, batches: Iterator):
+    with _damaged_parquet(file):
+        return next(batches, None)
+
+
 def _parquet_footer_rows(file: Place) -> int:
     parquet = require("pyarrow.parquet", "embed")
-    with open_input(file) as handle:
-        try:
-            return parquet.ParquetFile(handle).metadata.num_rows
-        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError ... for a damaged file
-            raise CorpusError(f"{file} is not a readable parquet file ({type(exc).__name__})") from None
+    with open_input(file) as handle, _damaged_parquet(file):
+        return parquet.ParquetFile(handle).metadata.num_rows
+
+
+@contextlib.contextmanager
+def _damaged_parquet(file: Place) -> Iterator[None]:
+    try:
+        yield
+    except CorpusError:
+        raise
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError ... for a damaged file
+        raise CorpusError(f"{file} is not a readable parquet file ({type(exc).__name__})") from None
 
 
 def _row(file: Place, where: str, row: object, fields: Fields) -> tuple[str | None, str]:
