@@ -134,9 +134,11 @@ def ray_engine(artifact_dir: Path, address: str | None, actors: int) -> RayEngin
         ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     ray.data.DataContext.get_current().enable_progress_bars = False
-    # Leave half a core to Ray Data's own tasks; ONNX Runtime in each actor gets the cores divided among the actors.
-    return RayEngine(ray.put(artifact_tar(artifact_dir)), actors, max(cores // actors, 1),
-                     max(cores - 0.5, 0.5) / actors)
+    # The cluster's CPUs (this machine's, on a local Ray) divided among the actors, half a core left to Ray Data's own
+    # tasks; ONNX Runtime in each actor gets as many threads as its share.
+    total = int(ray.cluster_resources().get("CPU", cores))
+    return RayEngine(ray.put(artifact_tar(artifact_dir)), actors, max(total // actors, 1),
+                     max(total - 0.5, 0.5) / actors)
 
 
 def check_reachable(address: str) -> None:

@@ -51,8 +51,10 @@ def expected(tiny_x86, corpus, tmp_path_factory) -> tuple[list[str], np.ndarray]
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head with no CPU for work (it holds the driver's objects) and two worker nodes of 2 logical CPUs: the
-    actors spread one per worker node, and either node can take both (the test that kills a node runs last)."""
+    """A head with no CPU for work (it holds the driver's objects) and two worker nodes of 2 logical CPUs. Each of
+    the two actors asks for 1.75 CPUs (the cluster's 4, less half a core for Ray Data, divided by two), so they run
+    on different nodes and no node has room for a third: a killed node's work must go to the actor that is left.
+    The test that kills a node runs last."""
     cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()
