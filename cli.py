@@ -351,7 +351,8 @@ def embed(artifact, input_path, output, text_field, id_field, engine, ray_addres
             runner = ray_engine(artifact, ray_address, actors)
         else:
             runner = LocalEngine(encoder)
-        plan = plan_input(source, fields, chunk_rows, runner)
+        with RateProgress(_console(terminal), 0, "checking input", "files/s") as checking:
+            plan = plan_input(source, fields, chunk_rows, runner, checking.update)
         progress = stack.enter_context(RateProgress(_console(terminal), plan.rows))
         result = embed_corpus(plan, destination, runner, manifest, chunk_rows, batch_size, precision, progress.advance)
     speed = manifest.speed

@@ -124,10 +124,11 @@ def _parquet_bytes(ids: list[str], vectors: np.ndarray, metadata: dict) -> bytes
 
 
 class Engine(Protocol):
-    """Where shards run. ``scan`` reads the input files through (pipelines.corpus.scan_file); ``run`` embeds and writes
-    each pending shard with ``writer`` and yields its record as soon as it is written."""
+    """Where shards run. ``scan`` reads the input files through (pipelines.corpus.scan_file) and yields each file's
+    scan as it completes, in any order; ``run`` embeds and writes each pending shard with ``writer`` and yields its
+    record as soon as it is written."""
 
-    def scan(self, files: Sequence[Place], fields: Fields, chunk_rows: int) -> list[FileScan]: ...
+    def scan(self, files: Sequence[Place], fields: Fields, chunk_rows: int) -> Iterator[FileScan]: ...
 
     def run(self, shards: Sequence[Shard], writer: ShardWriter) -> Iterator[ShardRecord]: ...
 
@@ -138,18 +139,28 @@ class LocalEngine:
 
     encoder: ArtifactEncoder
 
-    def scan(self, files: Sequence[Place], fields: Fields, chunk_rows: int) -> list[FileScan]:
-        return [scan_file(file, fields, chunk_rows) for file in files]
+    def scan(self, files: Sequence[Place], fields: Fields, chunk_rows: int) -> Iterator[FileScan]:
+        for file in files:
+            yield scan_file(file, fields, chunk_rows)
 
     def run(self, shards: Sequence[Shard], writer: ShardWriter) -> Iterator[ShardRecord]:
         for shard in shards:
             yield writer.embed(shard, self.encoder)
 
 
-def plan_input(source: Place, fields: Fields, chunk_rows: int, engine: Engine) -> CorpusPlan:
-    """The input's shards, its files scanned by the engine (on Ray, by its workers)."""
+def plan_input(source: Place, fields: Fields, chunk_rows: int, engine: Engine,
+               progress: Callable[[int, int], None] | None = None) -> CorpusPlan:
+    """The input's shards, its files scanned by the engine (on Ray, by its workers); ``progress`` gets (files done,
+    files) as each scan completes."""
     files = input_files(source)
-    return plan_corpus(source, fields, chunk_rows, engine.scan(files, fields, chunk_rows))
+    scans: dict[Place, FileScan] = {}
+    if progress:
+        progress(0, len(files))
+    for scan in engine.scan(files, fields, chunk_rows):
+        scans[scan.file] = scan
+        if progress:
+            progress(len(scans), len(files))
+    return plan_corpus(source, fields, chunk_rows, [scans[file] for file in files])
 
 
 def start_job(output: Place, job: EmbedJob) -> set[int]:

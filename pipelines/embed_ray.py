@@ -84,11 +84,15 @@ class RayEngine:
     threads: int  # ONNX Runtime threads per actor
     actor_cpus: float
 
-    def scan(self, files: Sequence[Place], fields: Fields, chunk_rows: int) -> list[FileScan]:
+    def scan(self, files: Sequence[Place], fields: Fields, chunk_rows: int) -> Iterator[FileScan]:
+        """One Ray task per file, on any node."""
         ray = require("ray", "ray")
         task = ray.remote(num_cpus=self.actor_cpus)(scan_file)
+        pending = [task.remote(file, fields, chunk_rows) for file in files]
         with _toolchain_errors(ray):
-            return ray.get([task.remote(file, fields, chunk_rows) for file in files])
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                yield ray.get(done[0])
 
     def run(self, shards: Sequence[Shard], writer: ShardWriter) -> Iterator[ShardRecord]:
         """One dataset over every pending shard, so the actors start once; a record comes back per written shard."""

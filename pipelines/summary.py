@@ -74,6 +74,9 @@ class RateProgress(_Bar):
     def advance(self, rows: int) -> None:
         self._bar.advance(self._task, rows)
 
+    def update(self, done: int, total: int) -> None:
+        self._bar.update(self._task, completed=done, total=total)
+
 
 def _cell(value, fmt: str = "{:.4f}") -> str:
     return "–" if value is None else fmt.format(value)
