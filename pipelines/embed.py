@@ -108,7 +108,7 @@ class ShardWriter:
         with failures_as(OutputError, place, "write"):
             storage.write_atomic(place, lambda stream: stream.write(data))
             storage.write_atomic(self.output.child(f"{LEDGER}/{shard_name(shard.index)}.json"),
-                         lambda stream: stream.write(json.dumps(asdict(record)).encode()))
+                                 lambda stream: stream.write(json.dumps(asdict(record)).encode()))
         return record
 
 
