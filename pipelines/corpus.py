@@ -94,16 +94,19 @@ def scan_file(file: Place, fields: Fields, chunk_rows: int) -> FileScan:
     with failures_as(CorpusError, file, "read"):
         if file.name.endswith(".parquet") and _parquet_footer_rows(file) > limit:  # refused before a row is decoded
             _too_many_rows(file, limit, chunk_rows)
-        for start, _, _ in _rows(file, fields, 0):
+        digest = hashlib.sha256()
+        parquet = file.name.endswith(".parquet")
+        rows_read = _parquet_rows(file, fields, 0) if parquet else _line_rows(file, fields, 0, digest)
+        for start, _, _ in rows_read:
             if rows % chunk_rows == 0:
                 starts.append(start)
             rows += 1
             if rows > limit:
                 _too_many_rows(file, limit, chunk_rows)
-        digest = hashlib.sha256()
-        with open_input(file) as handle:
-            while block := handle.read(READ_BLOCK):
-                digest.update(block)
+        if parquet:  # read by column chunks, not front to back: hashed apart (a line file is hashed as it is read)
+            with open_input(file) as handle:
+                while block := handle.read(READ_BLOCK):
+                    digest.update(block)
     return FileScan(file, rows, tuple(starts), digest.hexdigest())
 
 
@@ -149,9 +152,9 @@ def _rows(file: Place, fields: Fields, start: int) -> Iterator[tuple[int, str | 
     return (_parquet_rows if file.name.endswith(".parquet") else _line_rows)(file, fields, start)
 
 
-def _line_rows(file: Place, fields: Fields, start: int) -> Iterator[tuple[int, str | None, str]]:
+def _line_rows(file: Place, fields: Fields, start: int, digest=None) -> Iterator[tuple[int, str | None, str]]:
     jsonl = file.name.endswith(".jsonl")
-    for number, (offset, raw) in enumerate(_lines(file, start), start=1):
+    for number, (offset, raw) in enumerate(_lines(file, start, digest), start=1):
         where = f"line {number}" if start == 0 else f"the line at byte {offset:,}"
         try:
             line = raw.decode("utf-8")
@@ -164,14 +167,16 @@ def _line_rows(file: Place, fields: Fields, start: int) -> Iterator[tuple[int, s
             yield (offset, *_jsonl_row(file, where, line, fields))
 
 
-def _lines(file: Place, start: int) -> Iterator[tuple[int, bytes]]:
+def _lines(file: Place, start: int, digest=None) -> Iterator[tuple[int, bytes]]:
     """(offset, line) from ``start`` on, lines split at "\n" only (JSON Lines' rule: U+2028 and the other breaks
     str.splitlines knows may sit inside a JSON string); no trailing phantom line. A line longer than any allowed
-    text is refused before it is held whole."""
+    text is refused before it is held whole. ``digest`` (a hashlib object) gets every block read."""
     with open_input(file) as handle:
         handle.seek(start)
         pending, offset, count = b"", start, 0
         while block := handle.read(READ_BLOCK):
+            if digest is not None:
+                digest.update(block)
             lines = (pending + block).split(b"\n")
             pending = lines.pop()
             for line in lines:
